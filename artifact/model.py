@@ -1,0 +1,93 @@
+"""The model artifact: what ``Pickled_model.pkl`` holds once unpickled."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+
+from features import HIT_FEATURES, IN_SESSION_FEATURES, SESSION_FEATURES
+from features.columns import SESSION_COLUMNS
+from features.hits import hit_feature_matrix
+from features.session import SessionEncoding, rows_to_columns, session_matrix
+
+
+class FeatureMismatchError(RuntimeError):
+    """The model was trained on other features than the code computes."""
+
+
+@dataclass
+class ConversionModel:
+    """Session-start and in-session conversion models over raw ga_sessions rows.
+
+    Behaves like a scikit-learn classifier: ``predict_proba(df)`` takes ga_sessions rows
+    as read from the CSV. The worker and the API use the array methods instead, which
+    keep pandas off the hot path.
+    """
+
+    version: str
+    encoding: SessionEncoding
+    session_booster: xgb.Booster
+    in_session_booster: xgb.Booster | None
+    session_features: tuple[str, ...]
+    in_session_features: tuple[str, ...]
+    classes_: tuple[int, int] = (0, 1)
+
+    def check_features(self) -> None:
+        """Fail loudly when the code's feature list differs from the trained one."""
+        if tuple(self.session_features) != SESSION_FEATURES:
+            raise FeatureMismatchError(
+                f"model {self.version} was trained on session features "
+                f"{list(self.session_features)}, the code computes {list(SESSION_FEATURES)}"
+            )
+        if self.in_session_booster is not None and (
+            tuple(self.in_session_features) != IN_SESSION_FEATURES
+        ):
+            raise FeatureMismatchError(
+                f"model {self.version} was trained on in-session features "
+                f"{list(self.in_session_features)}, the code computes {list(HIT_FEATURES)}"
+            )
+
+    def set_threads(self, n: int) -> None:
+        """Set how many threads a predict call may use (1 suits small batches)."""
+        for booster in (self.session_booster, self.in_session_booster):
+            if booster is not None:
+                booster.set_param({"nthread": n})
+
+    def session_vectors(self, cols: Mapping[str, Sequence[Any]]) -> np.ndarray:
+        """Compute session features of rows given as columns."""
+        return session_matrix(cols, self.encoding)
+
+    def score_session_vectors(self, x: np.ndarray) -> np.ndarray:
+        """Score session-start feature vectors; returns P(convert) per row."""
+        if len(x) == 0:
+            return np.empty(0, dtype=np.float64)
+        return np.asarray(self.session_booster.inplace_predict(x), dtype=np.float64)
+
+    def score_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Score ga_sessions rows given as dictionaries (events, API requests)."""
+        return self.score_session_vectors(
+            self.session_vectors(rows_to_columns(rows, SESSION_COLUMNS))
+        )
+
+    def score_in_session(self, session_x: np.ndarray, states: np.ndarray) -> np.ndarray:
+        """Score sessions after some hits, from session vectors and hit states."""
+        if self.in_session_booster is None:
+            return self.score_session_vectors(session_x)
+        if len(session_x) == 0:
+            return np.empty(0, dtype=np.float64)
+        x = np.hstack([session_x, hit_feature_matrix(states)]).astype(np.float32)
+        return np.asarray(self.in_session_booster.inplace_predict(x), dtype=np.float64)
+
+    def predict_proba(self, df: Any) -> np.ndarray:
+        """Return (n, 2) class probabilities for a DataFrame of raw ga_sessions rows."""
+        cols = {c: df[c].tolist() if c in df else [None] * len(df) for c in SESSION_COLUMNS}
+        p = self.score_session_vectors(self.session_vectors(cols))
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, df: Any, threshold: float = 0.5) -> np.ndarray:
+        """Return 0/1 predictions at a probability threshold."""
+        return (self.predict_proba(df)[:, 1] >= threshold).astype(int)

@@ -1,0 +1,32 @@
+"""The Redis key layout, built in one place.
+
+Every key of a session carries the session id in a hash tag (``{...}``), so all of a
+session's keys land on one Redis Cluster slot and a Lua script may touch them together.
+"""
+
+KEY_PREFIX = "scorer"
+
+
+def session_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
+    """Return the hash holding a session's row fields and in-session state."""
+    return f"{prefix}:{{{session_id}}}:state"
+
+
+def applied_hits_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
+    """Return the set of hit numbers already applied to a session (idempotency)."""
+    return f"{prefix}:{{{session_id}}}:applied"
+
+
+def pending_hits_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
+    """Return the list of hits that arrived before their session's row."""
+    return f"{prefix}:{{{session_id}}}:pending"
+
+
+def latest_score_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
+    """Return the string key holding a session's latest score as ScoreEvent JSON."""
+    return f"{prefix}:{{{session_id}}}:score"
+
+
+def score_history_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
+    """Return the bounded list of a session's scores (ScoreEvent JSON), newest first."""
+    return f"{prefix}:{{{session_id}}}:history"

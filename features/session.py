@@ -1,0 +1,351 @@
+"""Features of a session row, known at session start.
+
+One implementation serves every caller: training passes whole CSV columns, the worker
+a micro-batch of events, the API one row. Each column is walked once with plain Python
+(dictionary look-ups and small parsers with memoised results), so one row costs a few
+tens of microseconds and a million rows a few seconds; nothing here needs pandas.
+
+Categorical columns are encoded with a fitted :class:`SessionEncoding`: frequent
+categories keep a smoothed log-odds of conversion and a log frequency, rare ones share
+the "other" bucket, and missing values a bucket of their own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from features.geo import DISTANCE_TO_MOSCOW_KM, MOSCOW, MOSCOW_REGION, RUSSIA, SAINT_PETERSBURG
+
+ORGANIC_MEDIUMS: frozenset[str] = frozenset({"organic", "referral", "(none)"})
+SOCIAL_SOURCES: frozenset[str] = frozenset(
+    {
+        "QxAxdyPLuQMEcrdZWdWb",
+        "MvfHsxITijuriZxsqZqt",
+        "ISrKoXQCxqqYvAZICvjs",
+        "IZEXUFLARCUMynmHNBGo",
+        "PlbkrSYoHuZBWfYjYnfw",
+        "gVRrcxiDQubJiljoTbGm",
+    }
+)
+
+CATEGORICAL_COLUMNS: tuple[str, ...] = (
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_adcontent",
+    "utm_keyword",
+    "device_os",
+    "device_brand",
+    "device_browser",
+    "device_screen_resolution",
+    "geo_country",
+    "geo_city",
+)
+
+NULL_CATEGORY = "__null__"
+OTHER_CATEGORY = "__other__"
+VISIT_NUMBER_CAP = 100  # a handful of clients revisit hundreds of times; cap the outliers
+SCREEN_SIDE_CAP = 10_000  # resolutions beyond this are data errors
+
+# name, meaning, source columns: the documentation table is generated from this list.
+BASE_FEATURES: tuple[tuple[str, str, str], ...] = (
+    ("visit_number", "visit number, capped at 100", "visit_number"),
+    ("log_visit_number", "log(1 + visit_number)", "visit_number"),
+    ("is_first_visit", "1 when visit_number is 1", "visit_number"),
+    ("visit_bucket", "visit number bucket: 1, 2, 3, 4-5, 6-10, 11+ (0..5)", "visit_number"),
+    (
+        "days_since_first_visit",
+        "days from the client's first visit to this one",
+        "client_id, session_id",
+    ),
+    ("hour", "hour of the visit (0-23)", "visit_time"),
+    ("day_part", "night 0-5h, morning 6-11h, day 12-17h, evening 18-23h (0..3)", "visit_time"),
+    ("time_is_rounded", "1 when visit_time is a whole hour (older, coarse records)", "visit_time"),
+    ("weekday", "day of week, Monday 0", "visit_date"),
+    ("is_weekend", "1 on Saturday and Sunday", "visit_date"),
+    ("day_of_month", "day of month", "visit_date"),
+    ("month", "month of the visit", "visit_date"),
+    ("screen_width", "screen width in pixels (NaN when unknown)", "device_screen_resolution"),
+    ("screen_height", "screen height in pixels (NaN when unknown)", "device_screen_resolution"),
+    ("log_screen_area", "log of width x height", "device_screen_resolution"),
+    ("screen_aspect", "height / width", "device_screen_resolution"),
+    (
+        "screen_unknown",
+        "1 when the resolution is empty, 0x0 or (not set)",
+        "device_screen_resolution",
+    ),
+    ("is_mobile", "device_category is mobile", "device_category"),
+    ("is_desktop", "device_category is desktop", "device_category"),
+    ("is_tablet", "device_category is tablet", "device_category"),
+    ("is_organic", "utm_medium is organic, referral or (none)", "utm_medium"),
+    ("is_social", "utm_source is one of the six social networks", "utm_source"),
+    ("organic_desktop", "organic traffic on a desktop", "utm_medium, device_category"),
+    ("campaign_missing", "utm_campaign is empty", "utm_campaign"),
+    ("adcontent_missing", "utm_adcontent is empty", "utm_adcontent"),
+    ("keyword_missing", "utm_keyword is empty", "utm_keyword"),
+    ("os_missing", "device_os is empty", "device_os"),
+    ("brand_missing", "device_brand is empty", "device_brand"),
+    ("model_missing", "device_model is empty", "device_model"),
+    ("is_russia", "geo_country is Russia", "geo_country"),
+    ("is_moscow", "geo_city is Moscow", "geo_city"),
+    ("is_saint_petersburg", "geo_city is Saint Petersburg", "geo_city"),
+    ("is_moscow_region", "a town of the Moscow region (not Moscow itself)", "geo_city"),
+    ("city_unknown", "geo_city is empty or (not set)", "geo_city"),
+    ("distance_to_moscow_km", "great-circle distance to Moscow (NaN when unknown)", "geo_city"),
+)
+
+
+def _encoded_features() -> tuple[tuple[str, str, str], ...]:
+    rows = []
+    for col in CATEGORICAL_COLUMNS:
+        rows.append((f"te_{col}", f"smoothed log-odds of conversion of the {col} value", col))
+        rows.append((f"freq_{col}", f"log share of sessions with the {col} value", col))
+    return tuple(rows)
+
+
+SESSION_FEATURE_TABLE: tuple[tuple[str, str, str], ...] = BASE_FEATURES + _encoded_features()
+SESSION_FEATURES: tuple[str, ...] = tuple(name for name, _, _ in SESSION_FEATURE_TABLE)
+
+
+def is_null(value: object) -> bool:
+    """Tell whether a raw value means "empty" (None, NaN or an empty string)."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and value == ""
+
+
+def _text(value: object) -> str | None:
+    return None if is_null(value) else str(value)
+
+
+@lru_cache(maxsize=4096)
+def _parse_date(text: str) -> tuple[float, float, float, float]:
+    try:
+        d = date.fromisoformat(text[:10])
+    except ValueError:
+        return (math.nan, math.nan, math.nan, math.nan)
+    wd = d.weekday()
+    return (float(wd), float(wd >= 5), float(d.day), float(d.month))
+
+
+@lru_cache(maxsize=131072)
+def _parse_time(text: str) -> tuple[float, float, float]:
+    parts = text.split(":")
+    try:
+        hour = int(parts[0])
+        minute = int(parts[1]) if len(parts) > 1 else 0
+        second = int(float(parts[2])) if len(parts) > 2 else 0
+    except ValueError:
+        return (math.nan, math.nan, math.nan)
+    if not (0 <= hour < 24 and 0 <= minute < 60 and 0 <= second < 60):
+        return (math.nan, math.nan, math.nan)
+    return (float(hour), float(hour // 6), float(minute == 0 and second == 0))
+
+
+@lru_cache(maxsize=16384)
+def _parse_resolution(text: str) -> tuple[float, float, float, float, float]:
+    nan = math.nan
+    width_text, sep, height_text = text.partition("x")
+    try:
+        width, height = float(width_text), float(height_text)
+    except ValueError:
+        return (nan, nan, nan, nan, 1.0)
+    if not sep or width <= 0 or height <= 0:
+        return (nan, nan, nan, nan, 1.0)
+    width, height = min(width, SCREEN_SIDE_CAP), min(height, SCREEN_SIDE_CAP)
+    return (width, height, math.log(width * height), height / width, 0.0)
+
+
+def _visit_number(value: object) -> float:
+    try:
+        n = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+    if math.isnan(n) or n < 1:
+        return math.nan
+    return min(n, VISIT_NUMBER_CAP)
+
+
+def _visit_bucket(n: float) -> float:
+    if math.isnan(n):
+        return math.nan
+    if n <= 3:
+        return n - 1
+    if n <= 5:
+        return 3.0
+    return 4.0 if n <= 10 else 5.0
+
+
+def _days_since_first_visit(client_id: object, session_id: object) -> float:
+    """Read the first-visit and this visit's unix times from the two identifiers."""
+    try:
+        first = float(str(client_id).rsplit(".", 1)[1])
+        this = float(str(session_id).split(".")[1])
+    except (IndexError, ValueError):
+        return math.nan
+    return max(this - first, 0.0) / 86400.0
+
+
+def _flag(values: Iterable[object], test: Callable[[object], bool]) -> list[float]:
+    return [1.0 if test(v) else 0.0 for v in values]
+
+
+@dataclass
+class CategoryCodes:
+    """Encoding of one categorical column: log-odds and log share per kept value."""
+
+    log_odds: dict[str, float]
+    log_share: dict[str, float]
+    default_log_odds: float
+    default_log_share: float
+
+    def encode(self, values: Sequence[object]) -> tuple[list[float], list[float]]:
+        keys = [self.key(v) for v in values]
+        lo, ls = self.log_odds, self.log_share
+        return (
+            [lo.get(k, self.default_log_odds) for k in keys],
+            [ls.get(k, self.default_log_share) for k in keys],
+        )
+
+    @staticmethod
+    def key(value: object) -> str:
+        return NULL_CATEGORY if is_null(value) else str(value)
+
+
+@dataclass
+class SessionEncoding:
+    """The fitted part of the session features: one :class:`CategoryCodes` per column."""
+
+    columns: dict[str, CategoryCodes] = field(default_factory=dict)
+
+    @classmethod
+    def fit(
+        cls,
+        cols: Mapping[str, Sequence[object]],
+        y: Sequence[int] | np.ndarray,
+        *,
+        min_count: int = 30,
+        smoothing: float = 50.0,
+    ) -> SessionEncoding:
+        """Learn the encodings from training rows and their outcomes."""
+        target = np.asarray(y, dtype=np.float64)
+        n = len(target)
+        prior = (target.sum() + 1.0) / (n + 2.0)
+        prior_logit = math.log(prior / (1 - prior))
+        columns: dict[str, CategoryCodes] = {}
+        for col in CATEGORICAL_COLUMNS:
+            keys = [CategoryCodes.key(v) for v in cols[col]]
+            counts: dict[str, int] = {}
+            positives: dict[str, float] = {}
+            for k, t in zip(keys, target, strict=True):
+                counts[k] = counts.get(k, 0) + 1
+                positives[k] = positives.get(k, 0.0) + t
+            # Rare values share one bucket, so each kept value has enough rows to estimate.
+            other_n = sum(c for k, c in counts.items() if c < min_count)
+            other_pos = sum(positives[k] for k, c in counts.items() if c < min_count)
+            kept = {k: (c, positives[k]) for k, c in counts.items() if c >= min_count}
+            kept[OTHER_CATEGORY] = (other_n, other_pos)
+
+            def smoothed_logit(count: float, pos: float) -> float:
+                p = (pos + smoothing * prior) / (count + smoothing)
+                return math.log(p / (1 - p))
+
+            log_odds = {k: smoothed_logit(c, p) for k, (c, p) in kept.items()}
+            log_share = {k: math.log((c + 1.0) / (n + 1.0)) for k, (c, _) in kept.items()}
+            columns[col] = CategoryCodes(
+                log_odds=log_odds,
+                log_share=log_share,
+                default_log_odds=log_odds.get(OTHER_CATEGORY, prior_logit),
+                default_log_share=log_share[OTHER_CATEGORY],
+            )
+        return cls(columns=columns)
+
+
+def session_matrix(cols: Mapping[str, Sequence[Any]], encoding: SessionEncoding) -> np.ndarray:
+    """Compute the session features of many rows, given their columns; (n, F) float32."""
+    n = len(cols["session_id"])
+    out = np.empty((n, len(SESSION_FEATURES)), dtype=np.float32)
+    j = 0
+
+    def put(values: Sequence[float]) -> None:
+        nonlocal j
+        out[:, j] = values
+        j += 1
+
+    visit = [_visit_number(v) for v in cols["visit_number"]]
+    put(visit)
+    put([math.log1p(v) for v in visit])
+    put([1.0 if v == 1 else (math.nan if math.isnan(v) else 0.0) for v in visit])
+    put([_visit_bucket(v) for v in visit])
+    put(
+        [
+            _days_since_first_visit(c, s)
+            for c, s in zip(cols["client_id"], cols["session_id"], strict=True)
+        ]
+    )
+
+    nan3 = (math.nan, math.nan, math.nan)
+    times = [nan3 if is_null(t) else _parse_time(str(t)) for t in cols["visit_time"]]
+    for i in range(3):
+        put([t[i] for t in times])
+    nan4 = (math.nan,) * 4
+    dates = [nan4 if is_null(d) else _parse_date(str(d)) for d in cols["visit_date"]]
+    for i in range(4):
+        put([d[i] for d in dates])
+
+    unknown_screen = (math.nan, math.nan, math.nan, math.nan, 1.0)
+    screens = [
+        unknown_screen if is_null(r) else _parse_resolution(str(r))
+        for r in cols["device_screen_resolution"]
+    ]
+    for i in range(5):
+        put([s[i] for s in screens])
+
+    device = [_text(v) for v in cols["device_category"]]
+    for name in ("mobile", "desktop", "tablet"):
+        put([1.0 if d == name else 0.0 for d in device])
+    organic = _flag(cols["utm_medium"], lambda v: v in ORGANIC_MEDIUMS)
+    put(organic)
+    put(_flag(cols["utm_source"], lambda v: v in SOCIAL_SOURCES))
+    put([o * (1.0 if d == "desktop" else 0.0) for o, d in zip(organic, device, strict=True)])
+    for col in (
+        "utm_campaign",
+        "utm_adcontent",
+        "utm_keyword",
+        "device_os",
+        "device_brand",
+        "device_model",
+    ):
+        put(_flag(cols[col], is_null))
+
+    put(_flag(cols["geo_country"], lambda v: v == RUSSIA))
+    cities = [_text(v) for v in cols["geo_city"]]
+    put([1.0 if c == MOSCOW else 0.0 for c in cities])
+    put([1.0 if c == SAINT_PETERSBURG else 0.0 for c in cities])
+    put([1.0 if c in MOSCOW_REGION else 0.0 for c in cities])
+    put([1.0 if c is None or c == "(not set)" else 0.0 for c in cities])
+    put([DISTANCE_TO_MOSCOW_KM.get(c, math.nan) if c else math.nan for c in cities])
+
+    for col in CATEGORICAL_COLUMNS:
+        log_odds, log_share = encoding.columns[col].encode(cols[col])
+        put(log_odds)
+        put(log_share)
+
+    assert j == len(SESSION_FEATURES), "feature table and computation disagree"
+    return out
+
+
+def rows_to_columns(
+    rows: Sequence[Mapping[str, Any]], columns: Iterable[str]
+) -> dict[str, list[Any]]:
+    """Turn row dictionaries (events, API requests) into the columns session_matrix takes."""
+    return {c: [r.get(c) for r in rows] for c in columns}

@@ -1,0 +1,332 @@
+"""Training: target, time split, features, XGBoost, evaluation, the artifact."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from sklearn.metrics import roc_auc_score
+
+from artifact import ConversionModel, save_model
+from features import IN_SESSION_FEATURES, SESSION_FEATURES
+from features.columns import SESSION_COLUMNS
+from features.hits import (
+    action_table,
+    cumulative_states,
+    hit_feature_matrix,
+    hit_increments_coded,
+)
+from features.session import SessionEncoding, session_matrix
+from training.dataset import Dataset, load_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Knobs of one training run."""
+
+    test_days: int = 28  # the last weeks are held out
+    early_stop_days: int = 14  # the last weeks of the training window stop boosting
+    folds: int = 5  # out-of-fold category encodings for training rows
+    seed: int = 42
+    max_rounds: int = 2000
+    early_stopping_rounds: int = 50
+    max_snapshot_hits: int = 40  # snapshots per session (its first hits)
+    max_snapshots: int = 3_000_000
+    threads: int = 2
+    session_params: dict[str, Any] = field(
+        default_factory=lambda: {
+            "max_depth": 5,
+            "eta": 0.05,
+            "subsample": 0.8,
+            "colsample_bytree": 0.8,
+            "min_child_weight": 20,
+            "lambda": 5.0,
+        }
+    )
+    in_session_params: dict[str, Any] = field(
+        default_factory=lambda: {
+            "max_depth": 6,
+            "eta": 0.08,
+            "subsample": 0.8,
+            "colsample_bytree": 0.8,
+            "min_child_weight": 20,
+            "lambda": 5.0,
+        }
+    )
+
+
+@dataclass
+class Split:
+    """Row indices of the training, early-stopping and test windows."""
+
+    fit: np.ndarray
+    stop: np.ndarray
+    test: np.ndarray
+    window: dict[str, str]
+
+
+def time_split(sessions: pd.DataFrame, test_days: int, early_stop_days: int) -> Split:
+    """Hold out the last test_days for testing, and the weeks before them for stopping."""
+    dates = pd.to_datetime(sessions["visit_date"], errors="coerce")
+    last = dates.max()
+    test_from = last - pd.Timedelta(days=test_days - 1)
+    stop_from = test_from - pd.Timedelta(days=early_stop_days)
+    idx = np.arange(len(sessions))
+    test = idx[(dates >= test_from).to_numpy()]
+    stop = idx[((dates >= stop_from) & (dates < test_from)).to_numpy()]
+    fit = idx[(dates < stop_from).to_numpy()]
+    if min(len(fit), len(stop), len(test)) == 0:
+        raise ValueError(
+            f"the data spans {dates.min():%Y-%m-%d}..{last:%Y-%m-%d}: too short for "
+            f"{early_stop_days} early-stopping and {test_days} test days"
+        )
+    fmt = "%Y-%m-%d"
+    window = {
+        "train_from": f"{dates.min():{fmt}}",
+        "early_stop_from": f"{stop_from:{fmt}}",
+        "test_from": f"{test_from:{fmt}}",
+        "test_to": f"{last:{fmt}}",
+    }
+    return Split(fit=fit, stop=stop, test=test, window=window)
+
+
+def _columns(sessions: pd.DataFrame, rows: np.ndarray) -> dict[str, list[Any]]:
+    part = sessions.iloc[rows]
+    return {c: part[c].tolist() for c in SESSION_COLUMNS}
+
+
+def session_features(
+    ds: Dataset, split: Split, cfg: TrainConfig
+) -> tuple[np.ndarray, SessionEncoding]:
+    """Compute every session's features; training rows get out-of-fold encodings."""
+    y = ds.converted
+    train_rows = np.concatenate([split.fit, split.stop])
+    x = np.empty((len(ds.sessions), len(SESSION_FEATURES)), dtype=np.float32)
+    rng = np.random.default_rng(cfg.seed)
+    fold_of = rng.integers(0, cfg.folds, size=len(train_rows))
+    for k in range(cfg.folds):
+        held, rest = train_rows[fold_of == k], train_rows[fold_of != k]
+        enc = SessionEncoding.fit(_columns(ds.sessions, rest), y[rest])
+        x[held] = session_matrix(_columns(ds.sessions, held), enc)
+    encoding = SessionEncoding.fit(_columns(ds.sessions, train_rows), y[train_rows])
+    x[split.test] = session_matrix(_columns(ds.sessions, split.test), encoding)
+    return x, encoding
+
+
+def _fit_booster(
+    params: dict[str, Any],
+    x_fit: np.ndarray,
+    y_fit: np.ndarray,
+    x_stop: np.ndarray,
+    y_stop: np.ndarray,
+    names: tuple[str, ...],
+    cfg: TrainConfig,
+) -> xgb.Booster:
+    full = {
+        "objective": "binary:logistic",
+        "eval_metric": "auc",
+        "tree_method": "hist",
+        "nthread": cfg.threads,
+        "seed": cfg.seed,
+        **params,
+    }
+    d_fit = xgb.DMatrix(x_fit, label=y_fit, feature_names=list(names))
+    d_stop = xgb.DMatrix(x_stop, label=y_stop, feature_names=list(names))
+    booster = xgb.train(
+        full,
+        d_fit,
+        num_boost_round=cfg.max_rounds,
+        evals=[(d_stop, "stop")],
+        early_stopping_rounds=cfg.early_stopping_rounds,
+        verbose_eval=False,
+    )
+    # Keep only the trees up to the best round, so every caller predicts the same way.
+    return booster[: booster.best_iteration + 1]
+
+
+@dataclass
+class Snapshots:
+    """In-session training rows: a session after its hit k, before any target hit."""
+
+    session: np.ndarray
+    hits_seen: np.ndarray
+    states: np.ndarray
+    label: np.ndarray
+
+
+def snapshots(ds: Dataset, rows: np.ndarray, cfg: TrainConfig) -> Snapshots:
+    """Build point-in-time snapshots of the given sessions after each of their hits.
+
+    A snapshot after hit k sees hits 1..k only; sessions are cut at their first target
+    hit, so no snapshot sees the conversion or anything after it.
+    """
+    h = ds.hits
+    increments = hit_increments_coded(
+        h.hit_number, h.hit_time_ms, h.action, action_table(h.actions)
+    )
+    states = cumulative_states(h.session, increments)
+    position = states[:, 0]  # hits applied so far, 1-based
+    first_target = ds.first_target_hit[h.session]
+    before_target = (first_target == 0) | (h.hit_number < first_target)
+    chosen = np.zeros(len(ds.sessions), dtype=bool)
+    chosen[rows] = True
+    keep = before_target & chosen[h.session] & (position <= cfg.max_snapshot_hits)
+    idx = np.flatnonzero(keep)
+    if len(idx) > cfg.max_snapshots:
+        rng = np.random.default_rng(cfg.seed)
+        idx = np.sort(rng.choice(idx, size=cfg.max_snapshots, replace=False))
+    return Snapshots(
+        session=h.session[idx],
+        hits_seen=position[idx].astype(np.int32),
+        states=states[idx],
+        label=ds.converted[h.session[idx]].astype(np.int8),
+    )
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
+
+
+def auc_by_hits_seen(snap: Snapshots, p: np.ndarray, session_p: np.ndarray) -> list[dict[str, Any]]:
+    """Compare in-session and session-start AUC on snapshots grouped by hits seen."""
+    buckets = [(1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, 20), (21, 10_000)]
+    out = []
+    for lo, hi in buckets:
+        m = (snap.hits_seen >= lo) & (snap.hits_seen <= hi)
+        if m.sum() == 0:
+            continue
+        out.append(
+            {
+                "hits_seen": f"{lo}" if lo == hi else f"{lo}-{hi if hi < 10_000 else ''}",
+                "snapshots": int(m.sum()),
+                "positives": int(snap.label[m].sum()),
+                "in_session_auc": _auc(snap.label[m], p[m]),
+                "session_start_auc": _auc(snap.label[m], session_p[m]),
+            }
+        )
+    return out
+
+
+def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict[str, Any]:
+    """Train both models on the CSVs in data_dir and write the artifact into out_dir."""
+    cfg = cfg or TrainConfig()
+    stages: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ds = load_dataset(data_dir)
+    stages["load_s"] = time.perf_counter() - t0
+    log.info(
+        "loaded %d sessions, %d hits (%d orphan hits dropped), conversion %.4f",
+        len(ds.sessions),
+        len(ds.hits),
+        ds.hits.orphans,
+        ds.converted.mean(),
+    )
+
+    split = time_split(ds.sessions, cfg.test_days, cfg.early_stop_days)
+    t = time.perf_counter()
+    x, encoding = session_features(ds, split, cfg)
+    stages["session_features_s"] = time.perf_counter() - t
+    y = ds.converted
+
+    t = time.perf_counter()
+    session_booster = _fit_booster(
+        cfg.session_params,
+        x[split.fit],
+        y[split.fit],
+        x[split.stop],
+        y[split.stop],
+        SESSION_FEATURES,
+        cfg,
+    )
+    stages["session_model_s"] = time.perf_counter() - t
+    p_test = session_booster.inplace_predict(x[split.test])
+    session_auc = _auc(y[split.test], p_test)
+    log.info(
+        "session-start model: %d trees, test ROC-AUC %.4f",
+        session_booster.num_boosted_rounds(),
+        session_auc or float("nan"),
+    )
+
+    t = time.perf_counter()
+    snap_fit = snapshots(ds, split.fit, cfg)
+    snap_stop = snapshots(ds, split.stop, cfg)
+    snap_test = snapshots(ds, split.test, cfg)
+
+    def in_x(s: Snapshots) -> np.ndarray:
+        return np.hstack([x[s.session], hit_feature_matrix(s.states)]).astype(np.float32)
+
+    in_session_booster = _fit_booster(
+        cfg.in_session_params,
+        in_x(snap_fit),
+        snap_fit.label,
+        in_x(snap_stop),
+        snap_stop.label,
+        IN_SESSION_FEATURES,
+        cfg,
+    )
+    stages["in_session_model_s"] = time.perf_counter() - t
+    p_snap = in_session_booster.inplace_predict(in_x(snap_test))
+    p_snap_start = session_booster.inplace_predict(x[snap_test.session])
+    in_session_auc = _auc(snap_test.label, p_snap)
+    log.info(
+        "in-session model: %d trees, test ROC-AUC %.4f over %d snapshots",
+        in_session_booster.num_boosted_rounds(),
+        in_session_auc or float("nan"),
+        len(snap_test.label),
+    )
+
+    version = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + ds.fingerprint[:8]
+    model = ConversionModel(
+        version=version,
+        encoding=encoding,
+        session_booster=session_booster,
+        in_session_booster=in_session_booster,
+        session_features=SESSION_FEATURES,
+        in_session_features=IN_SESSION_FEATURES,
+    )
+    metrics = {
+        "session_start": {
+            "test_roc_auc": session_auc,
+            "test_sessions": int(len(split.test)),
+            "test_conversion_rate": float(y[split.test].mean()),
+            "trees": int(session_booster.num_boosted_rounds()),
+        },
+        "in_session": {
+            "test_roc_auc": in_session_auc,
+            "session_start_auc_on_same_snapshots": _auc(snap_test.label, p_snap_start),
+            "test_snapshots": int(len(snap_test.label)),
+            "trees": int(in_session_booster.num_boosted_rounds()),
+            "by_hits_seen": auc_by_hits_seen(snap_test, p_snap, p_snap_start),
+        },
+    }
+    card = {
+        "model": "xgboost",
+        "xgboost_version": xgb.__version__,
+        "session_features": list(SESSION_FEATURES),
+        "in_session_features": list(IN_SESSION_FEATURES),
+        "training_data": {
+            "directory": str(data_dir),
+            "fingerprint": ds.fingerprint,
+            "sessions": int(len(ds.sessions)),
+            "hits": int(len(ds.hits)),
+            "orphan_hits": int(ds.hits.orphans),
+            "conversion_rate": float(y.mean()),
+            "window": split.window,
+        },
+        "metrics": metrics,
+        "params": {"session": cfg.session_params, "in_session": cfg.in_session_params},
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    card = save_model(model, out_dir, card)
+    stages["total_s"] = time.perf_counter() - t0
+    card["stages"] = {k: round(v, 2) for k, v in stages.items()}
+    return card
