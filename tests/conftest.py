@@ -25,7 +25,7 @@ def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     from training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("model")
-    card = train(data_dir, out, TrainConfig(max_rounds=150, threads=1))
+    card = train(data_dir, out, TrainConfig(max_rounds=150, threads=1, tune_max_trials=2))
     card["model_dir"] = str(out)
     return card
 

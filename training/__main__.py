@@ -27,6 +27,18 @@ def _parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train the models and write the artifact and report")
     tr.add_argument("--data", type=Path, required=True)
     tr.add_argument("--out", type=Path, default=Path("models"))
+    tr.add_argument(
+        "--tune-budget",
+        type=float,
+        default=120.0,
+        help="seconds for the XGBoost parameter search (default 120)",
+    )
+    tr.add_argument("--threads", type=int, default=2)
+    tr.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="skip the logistic regression and random forest baselines",
+    )
     return parser
 
 
@@ -47,9 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         from training.checkdata import main as check_main
 
         return check_main(args.data)
-    from training.train import train
+    from training.train import TrainConfig, train
 
-    card = train(args.data, args.out)
+    cfg = TrainConfig(
+        tune_budget_s=args.tune_budget, threads=args.threads, compare=not args.no_compare
+    )
+    card = train(args.data, args.out, cfg)
     print(
         json.dumps(
             {"version": card["version"], "metrics": card["metrics"], "stages": card["stages"]},

@@ -1,0 +1,211 @@
+"""Evaluation of a trained model: metrics, charts and a short report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    average_precision_score,
+    brier_score_loss,
+    log_loss,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+
+def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Predicted against observed conversion by score decile (equal-count bins)."""
+    order = np.argsort(p, kind="stable")
+    out = []
+    for part in np.array_split(order, bins):
+        if len(part) == 0:
+            continue
+        out.append(
+            {
+                "rows": int(len(part)),
+                "mean_predicted": float(p[part].mean()),
+                "observed": float(y[part].mean()),
+            }
+        )
+    return out
+
+
+def lift_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Conversion of each score decile, best first, relative to the base rate."""
+    base = float(y.mean()) or 1.0
+    order = np.argsort(-p, kind="stable")
+    out = []
+    seen = 0
+    caught = 0.0
+    for k, part in enumerate(np.array_split(order, bins), start=1):
+        seen += len(part)
+        caught += float(y[part].sum())
+        out.append(
+            {
+                "decile": k,
+                "conversion": float(y[part].mean()),
+                "lift": float(y[part].mean() / base),
+                "cumulative_capture": caught / max(float(y.sum()), 1.0),
+                "share_of_sessions": seen / len(y),
+            }
+        )
+    return out
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+    """ROC-AUC, average precision, log loss, Brier score and the calibration table."""
+    y = np.asarray(y).astype(int)
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    both = 0 < y.sum() < len(y)
+    return {
+        "rows": int(len(y)),
+        "positives": int(y.sum()),
+        "roc_auc": float(roc_auc_score(y, p)) if both else None,
+        "average_precision": float(average_precision_score(y, p)) if both else None,
+        "log_loss": float(log_loss(y, p, labels=[0, 1])),
+        "brier": float(brier_score_loss(y, p)),
+        "mean_predicted": float(p.mean()),
+        "observed_rate": float(y.mean()),
+        "calibration": calibration_table(y, p),
+        "lift": lift_table(y, p),
+    }
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def write_report(
+    out_dir: Path,
+    y: np.ndarray,
+    curves: dict[str, np.ndarray],
+    importance: dict[str, float],
+    metrics: dict[str, Any],
+    by_hits: list[dict[str, Any]],
+) -> Path:
+    """Write the charts, metrics.json and report.md into out_dir/report; return it.
+
+    ``curves`` maps a model's name to its test-set probabilities; the first one is the
+    chosen model.
+    """
+    report = out_dir / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    y = np.asarray(y).astype(int)
+    figures: dict[str, str] = {}
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, p in curves.items():
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, test weeks")
+    ax.legend(loc="lower right", fontsize=8)
+    figures["roc"] = _save(fig, report / "roc.png")
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, p in curves.items():
+        prec, rec, _ = precision_recall_curve(y, p)
+        ax.plot(rec, prec, label=f"{name} (AP {average_precision_score(y, p):.3f})")
+    ax.axhline(y.mean(), color="k", ls=":", lw=1)
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall, test weeks")
+    ax.legend(loc="upper right", fontsize=8)
+    figures["precision_recall"] = _save(fig, report / "precision_recall.png")
+
+    chosen_name, chosen_p = next(iter(curves.items()))
+    table = calibration_table(y, chosen_p)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    pred = [r["mean_predicted"] for r in table]
+    obs = [r["observed"] for r in table]
+    top = max(max(pred), max(obs)) * 1.1
+    ax.plot([0, top], [0, top], "k:", lw=1)
+    ax.plot(pred, obs, "o-", label=chosen_name)
+    ax.set(
+        xlabel="mean predicted probability",
+        ylabel="observed conversion",
+        title="Calibration by score decile",
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    figures["calibration"] = _save(fig, report / "calibration.png")
+
+    lift = lift_table(y, chosen_p)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.bar([r["decile"] for r in lift], [r["lift"] for r in lift])
+    ax.axhline(1.0, color="k", ls=":", lw=1)
+    ax.set(
+        xlabel="score decile (1 = highest)",
+        ylabel="lift over base rate",
+        title=f"Lift, {chosen_name}",
+    )
+    figures["lift"] = _save(fig, report / "lift.png")
+
+    top_features = sorted(importance.items(), key=lambda kv: kv[1], reverse=True)[:20]
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.barh([k for k, _ in reversed(top_features)], [v for _, v in reversed(top_features)])
+    ax.set(xlabel="total gain", title="Feature importance, session-start model")
+    ax.tick_params(axis="y", labelsize=8)
+    figures["feature_importance"] = _save(fig, report / "feature_importance.png")
+
+    if by_hits:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        labels = [r["hits_seen"] for r in by_hits]
+        xs = np.arange(len(labels))
+        ax.plot(xs, [r["in_session_auc"] or np.nan for r in by_hits], "o-", label="in-session")
+        ax.plot(
+            xs, [r["session_start_auc"] or np.nan for r in by_hits], "s--", label="session-start"
+        )
+        ax.set_xticks(xs, labels)
+        ax.set(xlabel="hits seen", ylabel="ROC-AUC", title="Scoring after each hit")
+        ax.legend(fontsize=8)
+        figures["auc_by_hits_seen"] = _save(fig, report / "auc_by_hits_seen.png")
+
+    (report / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    lines = ["# Training report", ""]
+    lines += _summary_lines(metrics)
+    lines += ["", "## Figures", ""]
+    lines += [f"- [{name.replace('_', ' ')}]({file})" for name, file in figures.items()]
+    lines += [
+        "",
+        "All figures use the held-out test weeks. Full numbers: [metrics.json](metrics.json).",
+        "",
+    ]
+    (report / "report.md").write_text("\n".join(lines))
+    return report
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _summary_lines(metrics: dict[str, Any]) -> list[str]:
+    lines = ["| model | split | ROC-AUC | average precision | log loss |", "|---|---|---|---|---|"]
+    for row in metrics.get("comparison", []):
+        lines.append(
+            f"| {row['model']} | {row['split']} | {_fmt(row['roc_auc'])} | "
+            f"{_fmt(row['average_precision'])} | {_fmt(row['log_loss'])} |"
+        )
+    hits = metrics.get("in_session", {}).get("by_hits_seen", [])
+    if hits:
+        lines += [
+            "",
+            "## In-session model by hits seen",
+            "",
+            "| hits seen | snapshots | in-session AUC | session-start AUC |",
+            "|---|---|---|---|",
+        ]
+        for r in hits:
+            lines.append(
+                f"| {r['hits_seen']} | {r['snapshots']} | {_fmt(r['in_session_auc'])}"
+                f" | {_fmt(r['session_start_auc'])} |"
+            )
+    return lines
