@@ -1,0 +1,101 @@
+import hashlib
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from features.columns import HIT_COLUMNS, SESSION_COLUMNS
+from features.target import TARGET_ACTIONS
+from training.generate import generate
+
+MSK = timezone(timedelta(hours=3))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("gen")
+    generate(out, 20_000, seed=3, progress=False, chunk_sessions=7_000)
+    return out
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_files_have_the_real_columns_in_order(small: Path) -> None:
+    sessions = pd.read_csv(small / "ga_sessions.csv", nrows=5)
+    hits = pd.read_csv(small / "ga_hits.csv", nrows=5)
+    assert list(sessions.columns) == list(SESSION_COLUMNS)
+    assert list(hits.columns) == list(HIT_COLUMNS)
+    assert list(pd.read_csv(small / "truth.csv", nrows=1).columns) == ["session_id", "p_convert"]
+
+
+def test_same_seed_same_bytes(small: Path, tmp_path: Path) -> None:
+    generate(tmp_path, 20_000, seed=3, progress=False, chunk_sessions=7_000)
+    for name in ("ga_sessions.csv", "ga_hits.csv", "truth.csv"):
+        assert _digest(tmp_path / name) == _digest(small / name)
+
+
+def test_identifiers_carry_the_visit_time(small: Path) -> None:
+    s = pd.read_csv(small / "ga_sessions.csv", dtype=str)
+    assert s["session_id"].is_unique
+    parts = s["session_id"].str.split(".", expand=True)
+    assert (parts[1] == parts[2]).all()
+    for _, row in s.head(200).iterrows():
+        ts = int(row["session_id"].split(".")[1])
+        local = datetime.fromtimestamp(ts, MSK)
+        assert local.strftime("%Y-%m-%d %H:%M:%S") == f"{row['visit_date']} {row['visit_time']}"
+        first = int(row["client_id"].split(".")[1])
+        assert first <= ts
+
+
+def test_null_conventions_and_types(small: Path) -> None:
+    s = pd.read_csv(small / "ga_sessions.csv")
+    assert s["visit_number"].dtype.kind == "i"
+    assert s["session_id"].notna().all()
+    assert 0.5 < s["device_os"].isna().mean() < 0.65
+    assert 0.5 < s["utm_keyword"].isna().mean() < 0.65
+    assert s["device_model"].isna().mean() > 0.97
+    h = pd.read_csv(small / "ga_hits.csv")
+    assert h["event_value"].isna().all()
+    assert (h["hit_type"] == "event").all()
+    assert h["hit_time"].dtype.kind == "f"
+
+
+def test_coarse_period_has_hour_rounded_times_and_no_hit_time(small: Path) -> None:
+    s = pd.read_csv(small / "ga_sessions.csv", dtype=str)
+    h = pd.read_csv(small / "ga_hits.csv", dtype={"session_id": str})
+    old = s[s["visit_date"] < "2021-10-01"]
+    assert old["visit_time"].str.endswith(":00:00").all()
+    assert old["device_os"].isna().all()
+    assert h[h["session_id"].isin(old["session_id"])]["hit_time"].isna().all()
+
+
+def test_hits_increase_within_a_session_and_some_are_orphans(small: Path) -> None:
+    s = pd.read_csv(small / "ga_sessions.csv", dtype=str)
+    h = pd.read_csv(small / "ga_hits.csv", dtype={"session_id": str})
+    assert (h.groupby("session_id")["hit_number"].diff().dropna() > 0).all()
+    assert (~h["session_id"].isin(s["session_id"])).any()
+
+
+def test_conversion_matches_its_probabilities(small: Path) -> None:
+    h = pd.read_csv(small / "ga_hits.csv", dtype={"session_id": str})
+    truth = pd.read_csv(small / "truth.csv", dtype={"session_id": str})
+    converted = set(h.loc[h["event_action"].isin(TARGET_ACTIONS), "session_id"])
+    rate = truth["session_id"].isin(converted).mean()
+    assert 0.018 < rate < 0.036
+    assert abs(truth["p_convert"].mean() - rate) < 0.006
+
+
+def test_intent_shows_before_the_first_target_hit(small: Path) -> None:
+    h = pd.read_csv(small / "ga_hits.csv", dtype={"session_id": str})
+    target = h["event_action"].isin(TARGET_ACTIONS)
+    first = h[target].groupby("session_id")["hit_number"].min()
+    h["first_target"] = h["session_id"].map(first)
+    before = h[h["first_target"].isna() | (h["hit_number"] < h["first_target"])]
+    card = before["event_action"].isin(
+        ["view_card", "view_new_card", "go_to_car_card", "photos_view", "gallery_open"]
+    )
+    share = card.groupby(before["first_target"].notna()).mean()
+    assert share[True] > share[False]
