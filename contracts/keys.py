@@ -28,5 +28,8 @@ def latest_score_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
 
 
 def score_history_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
-    """Return the bounded list of a session's scores (ScoreEvent JSON), newest first."""
+    """Return the hash of a session's scores: field ``trigger:hit_number``, ScoreEvent JSON.
+
+    A redelivered event finds its score here and publishes the very same copy again.
+    """
     return f"{prefix}:{{{session_id}}}:history"

@@ -1,0 +1,69 @@
+"""Command line of the stream package: the worker and the replayer."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m stream", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("worker", help="consume ga.sessions and ga.hits, publish scores")
+    rep = sub.add_parser("replay", help="publish CSV rows as events in event-time order")
+    rep.add_argument("--data", type=Path, required=True)
+    rep.add_argument(
+        "--rate", type=float, default=0.0, help="events per second (0: as fast as possible)"
+    )
+    rep.add_argument("--limit-sessions", type=int, default=None)
+    rep.add_argument("--no-progress", action="store_true")
+    tail = sub.add_parser("tail", help="print score events and wait until all have arrived")
+    tail.add_argument("--topic", default="conversion.scores")
+    tail.add_argument(
+        "--expect-from-data",
+        type=Path,
+        default=None,
+        help="wait for one score per session and per hit of this data set",
+    )
+    tail.add_argument("--show", type=int, default=5)
+    tail.add_argument("--timeout", type=float, default=120.0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command of the stream package."""
+    args = _parser().parse_args(argv)
+    from stream.settings import StreamSettings
+
+    settings = StreamSettings()
+    if args.command == "worker":
+        from stream.worker import run_worker
+
+        return run_worker(settings)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "replay":
+        from stream.replay import replay
+
+        stats = replay(
+            settings,
+            args.data,
+            rate=args.rate,
+            limit_sessions=args.limit_sessions,
+            progress=not args.no_progress,
+        )
+        print(
+            f"replayed {stats.sessions} sessions and {stats.hits} hits in "
+            f"{stats.seconds:.1f} s ({stats.rate:.0f} events/s)"
+        )
+        return 0
+    from stream.tail import tail
+
+    return tail(settings, args.topic, args.expect_from_data, args.show, args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

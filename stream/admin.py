@@ -1,0 +1,34 @@
+"""Creating the service's topics before anything subscribes to them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from contracts import topics
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_topics(bootstrap: str, prefix: str, partitions: int) -> None:
+    """Create every topic of the contract that does not exist yet."""
+    names = [topics.topic_name(t, prefix) for t in topics.ALL_TOPICS]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            result = await admin.create_topics(
+                [NewTopic(name=n, num_partitions=partitions, replication_factor=1) for n in missing]
+            )
+            log.info("created topics %s (%s)", missing, result)
+        # Creation is asynchronous on the broker: wait until metadata shows every topic.
+        for _ in range(50):
+            if set(names) <= set(await admin.list_topics()):
+                return
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()

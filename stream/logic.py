@@ -1,0 +1,140 @@
+"""What the worker does with one event, as plain functions of values."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+
+from contracts.scores import score_id
+from features.columns import HIT_COLUMNS, SESSION_COLUMNS
+
+MSK = timezone(timedelta(hours=3))  # the site's visit_date/visit_time are Moscow time
+
+
+class BadEvent(ValueError):
+    """An event that cannot be processed; its message says why."""
+
+
+def _decode(raw: bytes | None) -> dict[str, Any]:
+    if raw is None:
+        raise BadEvent("empty message value")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadEvent(f"value is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadEvent(f"value is a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def _int(event: Mapping[str, Any], field: str) -> int:
+    value = event.get(field)
+    if isinstance(value, bool) or value is None:
+        raise BadEvent(f"{field} is missing")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BadEvent(f"{field} is not a number: {value!r}") from None
+    if not math.isfinite(number) or number != int(number):
+        raise BadEvent(f"{field} is not a whole number: {value!r}")
+    return int(number)
+
+
+def _session_id(event: Mapping[str, Any]) -> str:
+    sid = event.get("session_id")
+    if not isinstance(sid, str) or not sid:
+        raise BadEvent("session_id is missing or not a string")
+    return sid
+
+
+def parse_session(raw: bytes | None) -> dict[str, Any]:
+    """Validate a ga.sessions event and return its 18 fields (None for empty)."""
+    event = _decode(raw)
+    _session_id(event)
+    row = {c: event.get(c) for c in SESSION_COLUMNS}
+    row["visit_number"] = _int(event, "visit_number")
+    if row["visit_number"] < 1:
+        raise BadEvent(f"visit_number must be at least 1, got {row['visit_number']}")
+    for field in ("visit_date", "visit_time"):
+        if not isinstance(row[field], str):
+            raise BadEvent(f"{field} is missing or not a string")
+    start_time(row)  # raises on a malformed date or time
+    for c in SESSION_COLUMNS:
+        value = row[c]
+        if value is not None and c != "visit_number" and not isinstance(value, str):
+            raise BadEvent(f"{c} must be a string or null, got {type(value).__name__}")
+    return row
+
+
+def parse_hit(raw: bytes | None) -> dict[str, Any]:
+    """Validate a ga.hits event and return its 11 fields."""
+    event = _decode(raw)
+    _session_id(event)
+    hit = {c: event.get(c) for c in HIT_COLUMNS}
+    hit["hit_number"] = _int(event, "hit_number")
+    if hit["hit_number"] < 1:
+        raise BadEvent(f"hit_number must be at least 1, got {hit['hit_number']}")
+    t = hit.get("hit_time")
+    if t is not None:
+        try:
+            hit["hit_time"] = float(t)
+        except (TypeError, ValueError):
+            raise BadEvent(f"hit_time is not a number: {t!r}") from None
+    action = hit.get("event_action")
+    if action is not None and not isinstance(action, str):
+        raise BadEvent("event_action must be a string or null")
+    return hit
+
+
+def start_time(row: Mapping[str, Any]) -> datetime:
+    """Return when a session started, from its Moscow-time visit_date and visit_time."""
+    try:
+        return datetime.fromisoformat(f"{row['visit_date']}T{row['visit_time']}").replace(
+            tzinfo=MSK
+        )
+    except (TypeError, ValueError):
+        raise BadEvent(
+            f"visit_date/visit_time {row.get('visit_date')!r} {row.get('visit_time')!r} "
+            "are not a date and a time"
+        ) from None
+
+
+def hit_time(session_start: str, hit_time_ms: float | None) -> str:
+    """Return a hit's event time: the session start plus hit_time when known."""
+    if hit_time_ms is None or not math.isfinite(hit_time_ms):
+        return session_start
+    start = datetime.fromisoformat(session_start)
+    return (start + timedelta(milliseconds=hit_time_ms)).isoformat()
+
+
+def score_event(
+    *,
+    session_id: str,
+    client_id: str | None,
+    probability: float,
+    model_version: str,
+    trigger: str,
+    hit_number: int | None,
+    event_time: str | None,
+) -> dict[str, Any]:
+    """Build the score event published on conversion.scores."""
+    return {
+        "score_id": score_id(session_id, trigger, hit_number, model_version),
+        "session_id": session_id,
+        "client_id": client_id,
+        "probability": round(float(probability), 6),
+        "model_version": model_version,
+        "trigger": trigger,
+        "hit_number": hit_number,
+        "event_time": event_time,
+        "scored_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
+
+
+def history_field(trigger: str, hit_number: int | None) -> str:
+    """Name a score's field in the session's score history."""
+    return f"{trigger}:{'' if hit_number is None else hit_number}"

@@ -1,0 +1,232 @@
+"""The Redis session store: per-session state, applied hits, parked hits and scores.
+
+Layout (keys from ``contracts.keys``, all with the session TTL):
+- state hash: ``client_id``, ``start`` (ISO start time), ``vec`` (session features as
+  float32 bytes) and one field per hit-state counter (``s:<name>``);
+- applied set: hit numbers already applied (a redelivered hit changes nothing);
+- pending list: hits that arrived before their session row;
+- score key: the latest ScoreEvent JSON; history hash: every score by trigger:hit.
+
+Each batch reads with one pipeline and writes with one MULTI/EXEC transaction, so a
+crash leaves either all of a batch's writes or none of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from contracts import keys
+from features.hits import STATE_NAMES, empty_state
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STATE_FIELDS = [f"s:{name}" for name in STATE_NAMES]
+
+# Park a hit only while its session row is still unknown, atomically with that check.
+PARK_SCRIPT = """
+if redis.call('HEXISTS', KEYS[1], 'start') == 1 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+# Hand over the parked hits of a session and forget them, in one step.
+TAKE_PENDING_SCRIPT = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return items
+"""
+
+
+class InfrastructureError(RuntimeError):
+    """Redis stayed unreachable through every retry."""
+
+
+@dataclass
+class SessionState:
+    """What the store knows of one session."""
+
+    known: bool  # its session row has been seen
+    client_id: str | None
+    start: str | None
+    vector: np.ndarray | None
+    state: np.ndarray
+
+
+@dataclass
+class SessionWrite:
+    """A session row's first appearance: its fields and its session-start score."""
+
+    session_id: str
+    client_id: str | None
+    start: str
+    vector: np.ndarray
+    score_json: bytes
+    history_field: str
+
+
+@dataclass
+class HitWrite:
+    """A session's state after a batch of hits, with the scores they produced."""
+
+    session_id: str
+    state: np.ndarray
+    applied: list[int]
+    scores: list[tuple[str, bytes]]  # (history field, ScoreEvent JSON), in order
+
+
+class RedisStore:
+    """Reads and writes session state in Redis."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str, ttl_s: int, retries: int) -> None:
+        self.r = client
+        self.prefix = prefix
+        self.ttl = ttl_s
+        self.retries = retries
+        self._park = client.register_script(PARK_SCRIPT)
+        self._take = client.register_script(TAKE_PENDING_SCRIPT)
+
+    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        delay = 0.1
+        for attempt in range(1, self.retries + 1):
+            try:
+                return await call()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if attempt == self.retries:
+                    raise InfrastructureError(
+                        f"redis {what} failed {attempt} times: {exc}"
+                    ) from exc
+                log.warning("redis %s failed (%s); retry %d in %.1f s", what, exc, attempt, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    def _k(self, fn: Callable[[str, str], str], sid: str) -> str:
+        return fn(sid, self.prefix)
+
+    async def read(self, session_ids: Sequence[str]) -> dict[str, SessionState]:
+        """Read the state of sessions (one round trip)."""
+        sids = list(dict.fromkeys(session_ids))
+
+        async def run() -> list[Any]:
+            pipe = self.r.pipeline(transaction=False)
+            for sid in sids:
+                pipe.hgetall(self._k(keys.session_key, sid))
+            return await pipe.execute()
+
+        out = {}
+        for sid, h in zip(sids, await self._retry("read", run), strict=True):
+            state = empty_state()
+            for i, f in enumerate(STATE_FIELDS):
+                v = h.get(f.encode())
+                if v is not None:
+                    state[i] = float(v)
+            vec = h.get(b"vec")
+            out[sid] = SessionState(
+                known=b"start" in h,
+                client_id=_text(h.get(b"client_id")),
+                start=_text(h.get(b"start")),
+                vector=None if vec is None else np.frombuffer(vec, dtype=np.float32).copy(),
+                state=state,
+            )
+        return out
+
+    async def applied(self, pairs: Sequence[tuple[str, int]]) -> list[bool]:
+        """Tell which (session, hit_number) pairs have been applied already."""
+        if not pairs:
+            return []
+
+        async def run() -> list[Any]:
+            pipe = self.r.pipeline(transaction=False)
+            for sid, n in pairs:
+                pipe.sismember(self._k(keys.applied_hits_key, sid), n)
+            return await pipe.execute()
+
+        return [bool(x) for x in await self._retry("applied", run)]
+
+    async def stored_scores(self, items: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        """Return the stored score JSON for (session, history field) pairs."""
+        if not items:
+            return []
+
+        async def run() -> list[Any]:
+            pipe = self.r.pipeline(transaction=False)
+            for sid, field in items:
+                pipe.hget(self._k(keys.score_history_key, sid), field)
+            return await pipe.execute()
+
+        return list(await self._retry("stored scores", run))
+
+    async def park(self, sid: str, raw_hit: bytes) -> bool:
+        """Park a hit until its session row arrives; False when the row is there now."""
+
+        async def run() -> Any:
+            return await self._park(
+                keys=[self._k(keys.session_key, sid), self._k(keys.pending_hits_key, sid)],
+                args=[raw_hit, self.ttl],
+            )
+
+        return bool(await self._retry("park", run))
+
+    async def take_pending(self, sid: str) -> list[bytes]:
+        """Remove and return the hits parked for a session."""
+
+        async def run() -> Any:
+            return await self._take(keys=[self._k(keys.pending_hits_key, sid)])
+
+        return list(await self._retry("take pending", run))
+
+    async def write(self, sessions: Sequence[SessionWrite], hits: Sequence[HitWrite]) -> None:
+        """Write a batch's sessions, states, applied hits and scores atomically."""
+        if not sessions and not hits:
+            return
+
+        async def run() -> Any:
+            pipe = self.r.pipeline(transaction=True)
+            for s in sessions:
+                state_key = self._k(keys.session_key, s.session_id)
+                fields: dict[str, Any] = {
+                    "start": s.start,
+                    "vec": s.vector.astype(np.float32).tobytes(),
+                }
+                if s.client_id is not None:
+                    fields["client_id"] = s.client_id
+                pipe.hset(state_key, mapping=fields)
+                pipe.expire(state_key, self.ttl)
+                self._score(pipe, s.session_id, [(s.history_field, s.score_json)])
+            for h in hits:
+                state_key = self._k(keys.session_key, h.session_id)
+                pipe.hset(
+                    state_key,
+                    mapping={f: repr(float(v)) for f, v in zip(STATE_FIELDS, h.state, strict=True)},
+                )
+                pipe.expire(state_key, self.ttl)
+                applied_key = self._k(keys.applied_hits_key, h.session_id)
+                pipe.sadd(applied_key, *h.applied)
+                pipe.expire(applied_key, self.ttl)
+                self._score(pipe, h.session_id, h.scores)
+            return await pipe.execute()
+
+        await self._retry("write", run)
+
+    def _score(self, pipe: Any, sid: str, scores: list[tuple[str, bytes]]) -> None:
+        if not scores:
+            return
+        history = self._k(keys.score_history_key, sid)
+        pipe.hset(history, mapping=dict(scores))
+        pipe.expire(history, self.ttl)
+        pipe.set(self._k(keys.latest_score_key, sid), scores[-1][1], ex=self.ttl)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()

@@ -1,0 +1,86 @@
+"""Reading a topic back: print a sample and wait until the expected events arrived."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pandas as pd
+from aiokafka import AIOKafkaConsumer
+
+from contracts import topics
+from stream.settings import StreamSettings
+
+
+def expected_scores(data: Path) -> int:
+    """Count the scores a data set should produce: one per session and per known hit."""
+    sessions = pd.read_csv(data / "ga_sessions.csv", usecols=["session_id"], dtype=str)
+    hits = pd.read_csv(data / "ga_hits.csv", usecols=["session_id", "hit_number"], dtype=str)
+    known = hits[hits["session_id"].isin(set(sessions["session_id"]))]
+    return sessions["session_id"].nunique() + len(known.drop_duplicates())
+
+
+async def read_topic(
+    bootstrap: str, name: str, *, until: int | None, timeout_s: float, idle_s: float = 5.0
+) -> list[dict]:
+    """Read a topic from its start until `until` distinct score ids or a timeout."""
+    consumer = AIOKafkaConsumer(
+        name,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        events: list[dict] = []
+        ids: set[str] = set()
+        last_new = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for r in records:
+                    e = orjson.loads(r.value)
+                    events.append(e)
+                    if e.get("score_id") not in ids:
+                        ids.add(e.get("score_id"))
+                        last_new = time.monotonic()
+            if until is not None and len(ids) >= until:
+                break
+            if until is None and time.monotonic() - last_new > idle_s:
+                break
+        return events
+    finally:
+        await consumer.stop()
+
+
+def tail(
+    settings: StreamSettings, topic: str, data: Path | None, show: int, timeout_s: float
+) -> int:
+    """Print a sample of a topic's events; with data, wait for all of its scores."""
+    name = topics.topic_name(topic, settings.topic_prefix)
+    expected = expected_scores(data) if data is not None else None
+    events = asyncio.run(
+        read_topic(settings.kafka_bootstrap, name, until=expected, timeout_s=timeout_s)
+    )
+    # A sample that reads as a story: one session's scores, from its start on.
+    first = next((e["session_id"] for e in events if e.get("trigger") == "session_start"), None)
+    story = sorted(
+        (e for e in events if e.get("session_id") == first),
+        key=lambda e: (e.get("trigger") != "session_start", e.get("hit_number") or 0),
+    )
+    for e in story[:show]:
+        print(orjson.dumps(e).decode())
+    distinct = {e.get("score_id") for e in events}
+    by_trigger = Counter(e.get("trigger") for e in events)
+    print(
+        f"{len(events)} events on {name} ({len(distinct)} distinct), by trigger: {dict(by_trigger)}"
+    )
+    if expected is not None:
+        print(f"expected {expected} scores from {data}")
+        return 0 if len(distinct) >= expected else 1
+    return 0

@@ -1,0 +1,46 @@
+"""Starting the worker: settings, model, Redis, the Faust app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+import redis.asyncio as aioredis
+
+from artifact import load_model
+from stream.admin import ensure_topics
+from stream.app import attach_agents, create_app
+from stream.processor import Processor
+from stream.settings import StreamSettings
+from stream.state import RedisStore
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: StreamSettings) -> int:
+    """Load the model, connect to Redis and run the Faust worker until stopped."""
+    model = load_model(settings.model_path)
+    asyncio.run(
+        ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.topic_partitions)
+    )
+    client = aioredis.Redis.from_url(
+        settings.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0
+    )
+    store = RedisStore(
+        client,
+        prefix=settings.redis_key_prefix,
+        ttl_s=settings.session_ttl_s,
+        retries=settings.redis_retries,
+    )
+    app = create_app(settings)
+    attach_agents(app, settings, Processor(model, store))
+    log.info(
+        "worker %s: model %s, topics prefixed %r",
+        settings.app_id,
+        model.version,
+        settings.topic_prefix,
+    )
+    worker = faust.Worker(app, loglevel=settings.log_level)
+    worker.execute_from_commandline()
+    return 0
