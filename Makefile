@@ -1,11 +1,22 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
-PY ?= .venv/bin/python
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
-stack-up: ## Start the local Kafka broker and Redis server on 127.0.0.1 (idempotent)
+install: $(STAMP) ## Create .venv with the project (editable) and its dev tools
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+stack-up: install ## Start the local Kafka broker and Redis server on 127.0.0.1 (idempotent)
 	@bash scripts/stack.sh up
 
 stack-down: ## Stop the Kafka broker and Redis server that stack-up started
@@ -14,4 +25,18 @@ stack-down: ## Stop the Kafka broker and Redis server that stack-up started
 stack-status: ## Say whether the local Kafka broker and Redis server are running
 	@bash scripts/stack.sh status
 
-.PHONY: help stack-up stack-down stack-status
+test: install ## Run every test, the integration tests against the real local stack
+	@bash scripts/test.sh
+
+lint: install ## Lint, check formatting and types
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+demo: install ## Set everything up, train a model, stream a replay through it, show scores
+	@bash scripts/demo.sh
+
+clean: ## Remove generated data, models and test output (not the venv or the stack)
+	rm -rf data models test-artifacts .pytest_cache
+
+.PHONY: help install stack-up stack-down stack-status test lint demo clean

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # Exit code when Redis or Kafka stay unreachable: the batch is not acked, a supervisor
 # restarts the worker and the batch is delivered again.
 EXIT_INFRASTRUCTURE = 70
+EXIT_BUG = 71
 
 
 class Counters:
@@ -60,19 +61,26 @@ def attach_agents(app: faust.App, settings: StreamSettings, processor: Processor
     hits_name = topics.topic_name(topics.HITS, prefix)
     counters = Counters()
 
-    async def publish(out: Output) -> None:
+    async def send_all(messages: list[tuple[str, bytes | None, bytes]]) -> None:
         producer = app.producer
-        futures = []
-        for sid, payload in out.scores:
-            futures.append(
-                await producer.send(scores_name, sid.encode(), payload, None, None, None)
-            )
-        for sid, raw in out.requeued_hits:
-            futures.append(await producer.send(hits_name, sid.encode(), raw, None, None, None))
-        for payload in out.dead_letters:
-            futures.append(await producer.send(dead_name, None, payload, None, None, None))
+        futures = [
+            await producer.send(topic, key, value, None, None, None)
+            for topic, key, value in messages
+        ]
         # Acks follow delivery: a batch is acked only once all it produced is on Kafka.
         await asyncio.gather(*futures)
+
+    async def publish(out: Output) -> None:
+        await send_all(
+            [(scores_name, sid.encode(), payload) for sid, payload in out.scores]
+            + [(dead_name, None, payload) for payload in out.dead_letters]
+        )
+        if out.released:
+            # Only now may hits of these sessions be applied: their start score is out.
+            parked = await processor.release(out.released)
+            await send_all([(hits_name, sid.encode(), raw) for sid, raw in parked])
+            await processor.forget_pending(sorted({sid for sid, _ in parked}))
+            counters.add("requeued_hits", len(parked))
         counters.add("scores", len(out.scores))
         counters.add("dead_letters", len(out.dead_letters))
         counters.add("duplicates", out.duplicates)
@@ -98,6 +106,11 @@ def attach_agents(app: faust.App, settings: StreamSettings, processor: Processor
         except InfrastructureError as exc:
             log.critical("giving up on %s batch: %s; exiting so it is delivered again", kind, exc)
             os._exit(EXIT_INFRASTRUCTURE)
+        except Exception:
+            # Faust would ack a batch whose agent raised: exit instead, unacked, so the
+            # batch is delivered again once the bug is fixed. Bad data never gets here.
+            log.critical("unexpected failure on a %s batch; exiting unacked", kind, exc_info=True)
+            os._exit(EXIT_BUG)
 
     @app.agent(sessions_topic, concurrency=1)
     async def score_sessions(stream: Any) -> None:

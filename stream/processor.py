@@ -53,7 +53,7 @@ class Output:
     """What a batch produced: score events, hits to send back, dead letters."""
 
     scores: list[tuple[str, bytes]] = field(default_factory=list)  # (session_id, JSON)
-    requeued_hits: list[tuple[str, bytes]] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)  # sessions to release after publishing
     dead_letters: list[bytes] = field(default_factory=list)
     duplicates: int = 0
     parked: int = 0
@@ -157,12 +157,20 @@ class Processor:
             )
             out.scores.append((sid, payload))
         await self.store.write(list(writes.values()), [])
-        # Hits that came before their session go back through the hits topic, so one
-        # agent alone ever changes a session's hit state.
-        for sid in dict.fromkeys(sids):
-            for raw in await self.store.take_pending(sid):
-                out.requeued_hits.append((sid, raw))
+        out.released = list(dict.fromkeys(sids))
         return out
+
+    async def release(self, sids: list[str]) -> list[tuple[str, bytes]]:
+        """Let hits through for sessions whose start score is on Kafka; return parked hits.
+
+        Parked hits go back through the hits topic, so one agent alone ever changes a
+        session's hit state.
+        """
+        return await self.store.release(sids)
+
+    async def forget_pending(self, sids: list[str]) -> None:
+        """Drop parked hits that are back on the hits topic."""
+        await self.store.forget_pending(sids)
 
     async def hits(self, records: list[Record]) -> Output:
         """Process hit records."""
@@ -195,7 +203,7 @@ class Processor:
         for i, (rec, hit) in enumerate(parsed):
             sid, number = hit["session_id"], hit["hit_number"]
             st = states[sid]
-            if not st.known:
+            if not st.ready:
                 if await self.store.park(sid, rec.value or b""):
                     out.parked += 1
                     continue

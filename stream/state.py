@@ -32,19 +32,20 @@ T = TypeVar("T")
 
 STATE_FIELDS = [f"s:{name}" for name in STATE_NAMES]
 
-# Park a hit only while its session row is still unknown, atomically with that check.
+# Park a hit only while its session is not released yet, atomically with that check.
 PARK_SCRIPT = """
-if redis.call('HEXISTS', KEYS[1], 'start') == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'ready') == 1 then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
-# Hand over the parked hits of a session and forget them, in one step.
-TAKE_PENDING_SCRIPT = """
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-redis.call('DEL', KEYS[1])
-return items
+# Release a session to the hits agent (its session-start score is on Kafka) and hand
+# over the hits parked so far; no hit parks after this.
+RELEASE_SCRIPT = """
+redis.call('HSET', KEYS[1], 'ready', '1')
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return redis.call('LRANGE', KEYS[2], 0, -1)
 """
 
 
@@ -56,7 +57,8 @@ class InfrastructureError(RuntimeError):
 class SessionState:
     """What the store knows of one session."""
 
-    known: bool  # its session row has been seen
+    known: bool  # its session row has been stored
+    ready: bool  # its session-start score is published: hits may be applied
     client_id: str | None
     start: str | None
     vector: np.ndarray | None
@@ -94,7 +96,7 @@ class RedisStore:
         self.ttl = ttl_s
         self.retries = retries
         self._park = client.register_script(PARK_SCRIPT)
-        self._take = client.register_script(TAKE_PENDING_SCRIPT)
+        self._release = client.register_script(RELEASE_SCRIPT)
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         delay = 0.1
@@ -134,6 +136,7 @@ class RedisStore:
             vec = h.get(b"vec")
             out[sid] = SessionState(
                 known=b"start" in h,
+                ready=b"ready" in h,
                 client_id=_text(h.get(b"client_id")),
                 start=_text(h.get(b"start")),
                 vector=None if vec is None else np.frombuffer(vec, dtype=np.float32).copy(),
@@ -178,13 +181,33 @@ class RedisStore:
 
         return bool(await self._retry("park", run))
 
-    async def take_pending(self, sid: str) -> list[bytes]:
-        """Remove and return the hits parked for a session."""
+    async def release(self, sids: Sequence[str]) -> list[tuple[str, bytes]]:
+        """Mark sessions ready for their hits; return the hits parked for them."""
+        if not sids:
+            return []
+
+        async def run() -> list[Any]:
+            pipe = self.r.pipeline(transaction=False)
+            for sid in sids:
+                await self._release(
+                    keys=[self._k(keys.session_key, sid), self._k(keys.pending_hits_key, sid)],
+                    args=[self.ttl],
+                    client=pipe,
+                )
+            return await pipe.execute()
+
+        results = await self._retry("release", run)
+        return [(sid, raw) for sid, items in zip(sids, results, strict=True) for raw in items]
+
+    async def forget_pending(self, sids: Sequence[str]) -> None:
+        """Drop the parked hits of sessions once they are back on the hits topic."""
+        if not sids:
+            return
 
         async def run() -> Any:
-            return await self._take(keys=[self._k(keys.pending_hits_key, sid)])
+            return await self.r.delete(*[self._k(keys.pending_hits_key, sid) for sid in sids])
 
-        return list(await self._retry("take pending", run))
+        await self._retry("forget pending", run)
 
     async def write(self, sessions: Sequence[SessionWrite], hits: Sequence[HitWrite]) -> None:
         """Write a batch's sessions, states, applied hits and scores atomically."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -23,10 +24,24 @@ def expected_scores(data: Path) -> int:
     return sessions["session_id"].nunique() + len(known.drop_duplicates())
 
 
+def _score_id(event: dict) -> object:
+    return event.get("score_id")
+
+
 async def read_topic(
-    bootstrap: str, name: str, *, until: int | None, timeout_s: float, idle_s: float = 5.0
+    bootstrap: str,
+    name: str,
+    *,
+    until: int | None,
+    timeout_s: float,
+    idle_s: float = 5.0,
+    identity: Callable[[dict], object] = _score_id,
 ) -> list[dict]:
-    """Read a topic from its start until `until` distinct score ids or a timeout."""
+    """Read a topic from its start until `until` distinct events arrived, or a timeout.
+
+    Events are told apart by ``identity`` (the score id by default); without ``until``
+    reading stops once nothing new came for ``idle_s``.
+    """
     consumer = AIOKafkaConsumer(
         name,
         bootstrap_servers=bootstrap,
@@ -38,7 +53,7 @@ async def read_topic(
     try:
         deadline = time.monotonic() + timeout_s
         events: list[dict] = []
-        ids: set[str] = set()
+        ids: set[object] = set()
         last_new = time.monotonic()
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
@@ -46,8 +61,8 @@ async def read_topic(
                 for r in records:
                     e = orjson.loads(r.value)
                     events.append(e)
-                    if e.get("score_id") not in ids:
-                        ids.add(e.get("score_id"))
+                    if identity(e) not in ids:
+                        ids.add(identity(e))
                         last_new = time.monotonic()
             if until is not None and len(ids) >= until:
                 break

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-SMALL_SESSIONS = 6_000
+SMALL_SESSIONS = 20_000
 
 
 @pytest.fixture(scope="session")

@@ -25,9 +25,9 @@ def test_card_describes_the_model(model_path: Path) -> None:
     assert card["session_features"] == list(SESSION_FEATURES)
     assert card["in_session_features"] == list(IN_SESSION_FEATURES)
     assert len(card["artifact_sha256"]) == 64
-    assert card["training_data"]["window"]["test_from"] > card["training_data"]["window"][
-        "train_from"
-    ]
+    assert (
+        card["training_data"]["window"]["test_from"] > card["training_data"]["window"]["train_from"]
+    )
 
 
 def test_unpickled_model_scores_raw_csv_rows(model_path: Path, data_dir: Path) -> None:

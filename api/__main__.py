@@ -1,0 +1,29 @@
+"""Serve the API: ``python -m api [--host H] [--port P]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import uvicorn
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run uvicorn with the app factory."""
+    parser = argparse.ArgumentParser(prog="python -m api", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    uvicorn.run(
+        "api.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

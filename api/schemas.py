@@ -1,0 +1,133 @@
+"""Request and response bodies of the API."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+RESOLUTION = re.compile(r"^\d{1,5}x\d{1,5}$")
+
+EXAMPLE_ROW: dict[str, Any] = {
+    "session_id": "9055434745589932991.1637753792.1637753792",
+    "client_id": "2108382700.1637753791",
+    "visit_date": "2021-11-24",
+    "visit_time": "14:36:32",
+    "visit_number": 1,
+    "utm_source": "ZpYIoDJMcFzVoPFsHGJL",
+    "utm_medium": "banner",
+    "utm_campaign": "LEoPHuyFvzoNfnzGgfcd",
+    "utm_adcontent": "vCIpmpaGBnIQhyYNkXqp",
+    "utm_keyword": None,
+    "device_category": "mobile",
+    "device_os": "Android",
+    "device_brand": "Huawei",
+    "device_model": None,
+    "device_screen_resolution": "360x720",
+    "device_browser": "Chrome",
+    "geo_country": "Russia",
+    "geo_city": "Zlatoust",
+}
+
+
+class SessionRow(BaseModel):
+    """One ga_sessions row, with the CSV's column names; null where the CSV is empty."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_ROW]})
+
+    session_id: str = Field(min_length=1, max_length=200)
+    client_id: str | None = Field(default=None, max_length=200)
+    visit_date: str
+    visit_time: str
+    visit_number: int = Field(ge=1, le=100_000)
+    utm_source: str | None = Field(default=None, max_length=200)
+    utm_medium: str | None = Field(default=None, max_length=200)
+    utm_campaign: str | None = Field(default=None, max_length=200)
+    utm_adcontent: str | None = Field(default=None, max_length=200)
+    utm_keyword: str | None = Field(default=None, max_length=200)
+    device_category: str | None = Field(default=None, max_length=50)
+    device_os: str | None = Field(default=None, max_length=100)
+    device_brand: str | None = Field(default=None, max_length=100)
+    device_model: str | None = Field(default=None, max_length=200)
+    device_screen_resolution: str | None = Field(default=None, max_length=50)
+    device_browser: str | None = Field(default=None, max_length=100)
+    geo_country: str | None = Field(default=None, max_length=100)
+    geo_city: str | None = Field(default=None, max_length=100)
+
+    @field_validator("visit_date")
+    @classmethod
+    def _date(cls, v: str) -> str:
+        try:
+            date.fromisoformat(v)
+        except ValueError:
+            raise ValueError("visit_date must be a date as YYYY-MM-DD") from None
+        if len(v) != 10:
+            raise ValueError("visit_date must be a date as YYYY-MM-DD")
+        return v
+
+    @field_validator("visit_time")
+    @classmethod
+    def _time(cls, v: str) -> str:
+        try:
+            time.fromisoformat(v)
+        except ValueError:
+            raise ValueError("visit_time must be a time as HH:MM:SS") from None
+        if len(v) != 8:
+            raise ValueError("visit_time must be a time as HH:MM:SS")
+        return v
+
+    @field_validator("device_screen_resolution")
+    @classmethod
+    def _resolution(cls, v: str | None) -> str | None:
+        if v is None or v == "(not set)" or RESOLUTION.match(v):
+            return v
+        raise ValueError(
+            "device_screen_resolution must be WIDTHxHEIGHT (e.g. 414x896) or (not set)"
+        )
+
+
+class PredictResponse(BaseModel):
+    """The session-start conversion probability of one row."""
+
+    session_id: str
+    probability: float
+    model_version: str
+
+
+class BatchRequest(BaseModel):
+    """Many rows to score at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows: list[SessionRow] = Field(min_length=1)
+
+
+class BatchResponse(BaseModel):
+    """Probabilities in the order of the request's rows."""
+
+    model_version: str
+    predictions: list[PredictResponse]
+
+
+class ScoreResponse(BaseModel):
+    """A session's latest score from the stream."""
+
+    score_id: str
+    session_id: str
+    client_id: str | None
+    probability: float
+    model_version: str
+    trigger: str
+    hit_number: int | None
+    event_time: str | None
+    scored_at: str
+    age_s: float
+
+
+class HealthResponse(BaseModel):
+    """Liveness, with the model being served."""
+
+    status: str
+    model_version: str

@@ -1,0 +1,17 @@
+"""Settings of the API, read once when the app is created."""
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseSettings):
+    """Where the API finds its model and the stream's scores; prefix ``SCORER_``."""
+
+    model_config = SettingsConfigDict(env_prefix="SCORER_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    model_path: Path = Path("models/Pickled_model.pkl")
+    redis_key_prefix: str = "scorer"
+    api_key: str | None = None
+    max_batch_rows: int = 10_000

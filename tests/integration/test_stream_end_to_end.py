@@ -1,0 +1,114 @@
+"""The whole path on the real Kafka broker and Redis: replay → worker → scores → API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from api.settings import ApiSettings
+from contracts import keys, topics
+from stream.replay import build_events, send_events
+from stream.settings import StreamSettings
+from stream.tail import read_topic
+from training.generate import generate
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def replay_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("replay")
+    generate(out, 300, seed=11, progress=False)
+    return out
+
+
+def test_replayed_sessions_are_scored_end_to_end(
+    worker, stream_settings: StreamSettings, replay_data: Path, model_path: Path
+) -> None:
+    events = build_events(replay_data)
+    sessions = [orjson.loads(v) for t, _, v in events if t == topics.SESSIONS]
+    session_ids = {s["session_id"] for s in sessions}
+    hits_by_session: dict[str, set[int]] = defaultdict(set)
+    for t, _, v in events:
+        if t == topics.HITS:
+            h = orjson.loads(v)
+            if h["session_id"] in session_ids:
+                hits_by_session[h["session_id"]].add(h["hit_number"])
+    # One hit goes out before its session starts: it must wait for the row, not vanish.
+    early = next(
+        i
+        for i, (t, _, v) in enumerate(events)
+        if t == topics.HITS and orjson.loads(v)["session_id"] in session_ids
+    )
+    events.insert(0, events.pop(early))
+    # Bad events mixed in: the worker must route them aside and keep going.
+    events.insert(5, (topics.SESSIONS, b"junk", b"{not json"))
+    events.insert(9, (topics.HITS, b"junk", orjson.dumps({"session_id": "x"})))
+    asyncio.run(send_events(stream_settings, events, progress=False))
+
+    expected = len(session_ids) + sum(len(v) for v in hits_by_session.values())
+    prefix = stream_settings.topic_prefix
+    scores = asyncio.run(
+        read_topic(
+            stream_settings.kafka_bootstrap,
+            topics.topic_name(topics.SCORES, prefix),
+            until=expected,
+            timeout_s=120,
+        )
+    )
+    by_session: dict[str, list[dict]] = defaultdict(list)
+    for e in scores:
+        by_session[e["session_id"]].append(e)
+
+    # Every session got a session-start score, every hit of a known session a hit score.
+    starts = {e["session_id"] for e in scores if e["trigger"] == "session_start"}
+    assert starts == session_ids
+    for sid, numbers in hits_by_session.items():
+        got = {e["hit_number"] for e in by_session[sid] if e["trigger"] == "hit"}
+        assert got == numbers, sid
+    assert all(0 < e["probability"] < 1 for e in scores)
+    assert len({e["score_id"] for e in scores}) == expected
+
+    # The latest score in Redis is the last one published for the session.
+    r = redis.Redis.from_url(stream_settings.redis_url)
+    for sid, published in by_session.items():
+        stored = orjson.loads(r.get(keys.latest_score_key(sid, stream_settings.redis_key_prefix)))
+        assert stored == published[-1]
+
+    # The API returns it.
+    api = create_app(
+        ApiSettings(
+            redis_url=stream_settings.redis_url,
+            model_path=model_path,
+            redis_key_prefix=stream_settings.redis_key_prefix,
+        )
+    )
+    with TestClient(api) as client:
+        sid = next(iter(hits_by_session))
+        body = client.get(f"/sessions/{sid}/score").json()
+        assert body["score_id"] == by_session[sid][-1]["score_id"]
+        assert body["trigger"] == "hit"
+        assert client.get("/sessions/unknown-session/score").status_code == 404
+
+    # The bad events are dead letters with their reason; the worker is still running.
+    dead = asyncio.run(
+        read_topic(
+            stream_settings.kafka_bootstrap,
+            topics.topic_name(topics.DEAD_LETTERS, prefix),
+            until=2,
+            timeout_s=30,
+            identity=lambda e: (e["source_topic"], e["offset"]),
+        )
+    )
+    reasons = sorted(d["error"] for d in dead)
+    assert any("not JSON" in x for x in reasons)
+    assert any("hit_number is missing" in x for x in reasons)
+    assert {d["original_text"] for d in dead} >= {"{not json"}
+    assert worker.alive()
