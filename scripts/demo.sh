@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=.venv/bin/python
-SESSIONS=${DEMO_SESSIONS:-3000}
+SESSIONS=${DEMO_SESSIONS:-10000}
 DATA=data/demo
 MODELS=models
 API_PORT=${SCORER_API_PORT:-8000}

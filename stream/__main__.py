@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         from stream.worker import run_worker
 
         return run_worker(settings)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
