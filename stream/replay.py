@@ -52,7 +52,10 @@ def event_order(sessions: pd.DataFrame, hits: pd.DataFrame) -> tuple[np.ndarray,
     it takes the time of the hit before it (or of the session start).
     """
     local = pd.to_datetime(sessions["visit_date"] + " " + sessions["visit_time"], errors="coerce")
-    start_ms = (local.astype("int64") // 10**6 - MSK_OFFSET_MS).to_numpy()
+    # Whatever resolution pandas picks for the datetimes, count milliseconds explicitly.
+    start_ms = (
+        (local - pd.Timestamp(0)) // pd.Timedelta(milliseconds=1) - MSK_OFFSET_MS
+    ).to_numpy()
     by_id = pd.Series(start_ms, index=sessions["session_id"].to_numpy())
     by_id = by_id[~by_id.index.duplicated()]
     # Orphan hits have no row: their session_id still carries the visit's unix time.
