@@ -56,9 +56,10 @@ def parse_session(raw: bytes | None) -> dict[str, Any]:
     event = _decode(raw)
     _session_id(event)
     row = {c: event.get(c) for c in SESSION_COLUMNS}
-    row["visit_number"] = _int(event, "visit_number")
-    if row["visit_number"] < 1:
-        raise BadEvent(f"visit_number must be at least 1, got {row['visit_number']}")
+    visit_number = _int(event, "visit_number")
+    if visit_number < 1:
+        raise BadEvent(f"visit_number must be at least 1, got {visit_number}")
+    row["visit_number"] = visit_number
     for field in ("visit_date", "visit_time"):
         if not isinstance(row[field], str):
             raise BadEvent(f"{field} is missing or not a string")
@@ -75,9 +76,10 @@ def parse_hit(raw: bytes | None) -> dict[str, Any]:
     event = _decode(raw)
     _session_id(event)
     hit = {c: event.get(c) for c in HIT_COLUMNS}
-    hit["hit_number"] = _int(event, "hit_number")
-    if hit["hit_number"] < 1:
-        raise BadEvent(f"hit_number must be at least 1, got {hit['hit_number']}")
+    hit_number = _int(event, "hit_number")
+    if hit_number < 1:
+        raise BadEvent(f"hit_number must be at least 1, got {hit_number}")
+    hit["hit_number"] = hit_number
     t = hit.get("hit_time")
     if t is not None:
         try:

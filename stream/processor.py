@@ -14,7 +14,7 @@ import base64
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -221,7 +221,7 @@ class Processor:
 
         writes: dict[str, HitWrite] = {}
         if to_score:
-            vecs = np.vstack([states[sid].vector for _, sid, _ in to_score])
+            vecs = np.vstack([cast(np.ndarray, states[sid].vector) for _, sid, _ in to_score])
             try:
                 probs = self.model.score_in_session(vecs, np.vstack([s for _, _, s in to_score]))
             except Exception as exc:  # noqa: BLE001 - a model failure is per batch data

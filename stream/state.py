@@ -152,7 +152,7 @@ class RedisStore:
         async def run() -> list[Any]:
             pipe = self.r.pipeline(transaction=False)
             for sid, n in pairs:
-                pipe.sismember(self._k(keys.applied_hits_key, sid), n)
+                pipe.sismember(self._k(keys.applied_hits_key, sid), str(n))
             return await pipe.execute()
 
         return [bool(x) for x in await self._retry("applied", run)]
@@ -218,13 +218,13 @@ class RedisStore:
             pipe = self.r.pipeline(transaction=True)
             for s in sessions:
                 state_key = self._k(keys.session_key, s.session_id)
-                fields: dict[str, Any] = {
+                fields: dict[str | bytes, bytes | str | int | float] = {
                     "start": s.start,
                     "vec": s.vector.astype(np.float32).tobytes(),
                 }
                 if s.client_id is not None:
                     fields["client_id"] = s.client_id
-                pipe.hset(state_key, mapping=fields)
+                pipe.hset(state_key, mapping=fields)  # type: ignore[arg-type]
                 pipe.expire(state_key, self.ttl)
                 self._score(pipe, s.session_id, [(s.history_field, s.score_json)])
             for h in hits:

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import string
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -249,6 +250,7 @@ CAR_MODELS = [
 ]
 HIT_REFERER_MAIN = "HbolMJUevblAbkHClEQa"
 EVENT_LABEL_MAIN = "KclpemfoHstknWHFiLit"
+NULL = np.array(None, dtype=object)  # an empty CSV field, for np.where
 
 
 @dataclass
@@ -398,7 +400,7 @@ def _sessions(rng: np.random.Generator, v: _Vocab, n: int) -> _Sessions:
     # Safari runs on Apple devices; keep brand and browser consistent.
     brand_idx = np.where(safari & ~desktop, 0, np.where(apple & ~safari, 1, brand_idx))
     brand = np.array([b[0] for b in MOBILE_BRANDS], dtype=object)[brand_idx]
-    brand = np.where(desktop, None, brand)
+    brand = np.where(desktop, NULL, brand)
     brand = np.where(desktop & safari & (rng.random(n) < 0.4), "Apple", brand)
     os_new = np.where(
         desktop,
@@ -411,7 +413,7 @@ def _sessions(rng: np.random.Generator, v: _Vocab, n: int) -> _Sessions:
         ),
         np.where(brand == "Apple", "iOS", "Android"),
     )
-    device_os = np.where(coarse | (rng.random(n) < 0.012), None, os_new)
+    device_os = np.where(coarse | (rng.random(n) < 0.012), NULL, os_new)
     screens = np.where(
         desktop,
         np.array(DESKTOP_SCREENS, dtype=object)[rng.integers(0, len(DESKTOP_SCREENS), n)],
@@ -440,7 +442,7 @@ def _sessions(rng: np.random.Generator, v: _Vocab, n: int) -> _Sessions:
     )
     city = np.where(russia, city, np.where(rng.random(n) < 0.5, "(not set)", "Abroad-city"))
     model = np.where(
-        rng.random(n) < 0.009, np.array(v.models, dtype=object)[rng.integers(0, 104, n)], None
+        rng.random(n) < 0.009, np.array(v.models, dtype=object)[rng.integers(0, 104, n)], NULL
     )
     organic = np.isin(med, [2, 4, 5])
 
@@ -471,9 +473,9 @@ def _sessions(rng: np.random.Generator, v: _Vocab, n: int) -> _Sessions:
             rng.random(n) < 0.00005, None, np.array(v.sources, dtype=object)[src]
         ),
         "utm_medium": np.array([m[0] for m in MEDIUMS], dtype=object)[med],
-        "utm_campaign": np.where(camp_null, None, np.array(v.campaigns, dtype=object)[camp]),
-        "utm_adcontent": np.where(adc_null, None, np.array(v.adcontents, dtype=object)[adc]),
-        "utm_keyword": np.where(kw_null, None, np.array(v.keywords, dtype=object)[kw]),
+        "utm_campaign": np.where(camp_null, NULL, np.array(v.campaigns, dtype=object)[camp]),
+        "utm_adcontent": np.where(adc_null, NULL, np.array(v.adcontents, dtype=object)[adc]),
+        "utm_keyword": np.where(kw_null, NULL, np.array(v.keywords, dtype=object)[kw]),
         "device_category": np.array([d[0] for d in DEVICES], dtype=object)[dev],
         "device_os": device_os,
         "device_brand": brand,
@@ -562,7 +564,7 @@ def _hits(
     referer_roll = rng.random(total)
     referer = np.where(
         referer_roll < 0.399,
-        None,
+        NULL,
         np.where(
             referer_roll < 0.399 + 0.601 * 0.94,
             HIT_REFERER_MAIN,
@@ -572,7 +574,7 @@ def _hits(
     label_roll = rng.random(total)
     label = np.where(
         label_roll < 0.239,
-        None,
+        NULL,
         np.where(
             label_roll < 0.239 + 0.41,
             EVENT_LABEL_MAIN,
@@ -597,14 +599,14 @@ def _hits(
 
 
 def _table(
-    cols: dict[str, object], names: Sequence[str], types: dict[str, pa.DataType]
+    cols: Mapping[str, Any], names: Sequence[str], types: dict[str, pa.DataType]
 ) -> pa.Table:
     arrays = []
     for name in names:
         values = cols[name]
         typ = types.get(name, pa.string())
         if typ == pa.string():
-            arrays.append(pa.array(list(values), type=pa.string()))  # type: ignore[call-overload]
+            arrays.append(pa.array(list(values), type=pa.string()))
         else:
             arrays.append(pa.array(values, type=typ, from_pandas=True))
     return pa.Table.from_arrays(arrays, names=list(names))

@@ -441,7 +441,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
         session_features=SESSION_FEATURES,
         in_session_features=IN_SESSION_FEATURES,
     )
-    metrics = {
+    metrics: dict[str, Any] = {
         "comparison": comparison,
         "tuning": tuning,
         "session_start": {
@@ -478,7 +478,10 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     card = save_model(model, out_dir, card)
-    importance = session_booster.get_score(importance_type="total_gain")
+    importance = {
+        k: float(v)  # type: ignore[arg-type]
+        for k, v in session_booster.get_score(importance_type="total_gain").items()
+    }
     write_report(
         out_dir, y[split.test], curves, importance, metrics, metrics["in_session"]["by_hits_seen"]
     )
