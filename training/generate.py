@@ -37,14 +37,6 @@ COARSE_UNTIL = date(2021, 11, 1)  # older records: hour-rounded times, no device
 TARGET_RATE = 0.02705
 MSK_OFFSET_S = 3 * 3600
 
-SOCIAL = [
-    "QxAxdyPLuQMEcrdZWdWb",
-    "MvfHsxITijuriZxsqZqt",
-    "ISrKoXQCxqqYvAZICvjs",
-    "IZEXUFLARCUMynmHNBGo",
-    "PlbkrSYoHuZBWfYjYnfw",
-    "gVRrcxiDQubJiljoTbGm",
-]
 # source, share, effect on the log-odds
 SOURCES = [
     ("ZpYIoDJMcFzVoPFsHGJL", 0.310, 0.02),
