@@ -99,3 +99,42 @@ def test_intent_shows_before_the_first_target_hit(small: Path) -> None:
     )
     share = card.groupby(before["first_target"].notna()).mean()
     assert share[True] > share[False]
+
+
+def test_clients_return_with_rising_visit_numbers_on_the_same_device(small: Path) -> None:
+    s = pd.read_csv(small / "ga_sessions.csv", dtype={"session_id": str, "client_id": str})
+    per_client = len(s) / s["client_id"].nunique()
+    assert 1.2 < per_client < 1.5
+    s["ts"] = s["session_id"].str.split(".").str[1].astype(int)
+    repeat = s[s["client_id"].duplicated(keep=False)].sort_values(["client_id", "visit_number"])
+    assert len(repeat) > 1000
+    by_client = repeat.groupby("client_id")
+    # steps of one, or more where a session row was lost with its orphan hits
+    steps = by_client["visit_number"].diff().dropna()
+    assert (steps >= 1).all() and (steps == 1).mean() > 0.99
+    assert (by_client["ts"].diff().dropna() >= 0).all()
+    assert (repeat.groupby("client_id")["device_category"].nunique() == 1).all()
+
+
+def test_hit_numbers_stay_within_500_and_hit_dates_follow_the_clock(small: Path) -> None:
+    h = pd.read_csv(small / "ga_hits.csv", dtype={"session_id": str})
+    assert h["hit_number"].between(1, 500).all()
+    start = pd.to_datetime(h["session_id"].str.split(".").str[1].astype(int), unit="s")
+    local = start + pd.Timedelta(hours=3) + pd.to_timedelta(h["hit_time"].fillna(0), unit="ms")
+    assert (local.dt.strftime("%Y-%m-%d") == h["hit_date"]).all()
+
+
+def test_expected_auc_of_the_truth() -> None:
+    import numpy as np
+
+    from training.generate import expected_auc
+
+    assert expected_auc(np.full(1000, 0.03)) == pytest.approx(0.5, abs=0.01)
+    # two groups: p=0.5 and p=0.01, equal sizes: AUC = P(pos from high group ...)
+    p = np.r_[np.full(500, 0.5), np.full(500, 0.01)]
+    pos_hi, pos_lo = 0.5 * 500, 0.01 * 500
+    neg_hi, neg_lo = 0.5 * 500, 0.99 * 500
+    exact = (pos_hi * neg_lo + 0.5 * (pos_hi * neg_hi + pos_lo * neg_lo)) / (
+        (pos_hi + pos_lo) * (neg_hi + neg_lo)
+    )
+    assert expected_auc(p) == pytest.approx(exact, abs=0.01)
