@@ -36,7 +36,10 @@ lint: install ## Lint, check formatting and types
 demo: install ## Set everything up, train a model, stream a replay through it, show scores
 	@bash scripts/demo.sh
 
+bench-train: install ## Benchmark: generate 1.86M sessions, check them, train; time and memory per stage
+	$(PY) -m bench.train
+
 clean: ## Remove generated data, models and test output (not the venv or the stack)
 	rm -rf data models test-artifacts .pytest_cache
 
-.PHONY: help install stack-up stack-down stack-status test lint demo clean
+.PHONY: help install stack-up stack-down stack-status test lint demo bench-train clean

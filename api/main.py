@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -9,9 +12,55 @@ from typing import Any
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from api.metrics import ApiMetrics, BodyLimitMiddleware, MetricsMiddleware
 from api.routes import router
 from api.settings import ApiSettings
-from artifact import ConversionModel, load_model, read_card
+from artifact import ArtifactError, ConversionModel, load_model, read_card
+
+log = logging.getLogger(__name__)
+
+
+async def watch_model(app: FastAPI, interval_s: float) -> None:
+    """Swap in a newly deployed artifact once it loads and verifies.
+
+    The card beside the pickle names the artifact's SHA-256; when it changes, the new
+    pickle is loaded (its digest checked before unpickling, its feature list after) in a
+    thread, and replaces the served model only if that succeeds. A broken artifact is
+    logged and retried on the next look, so a deploy whose card was written before its
+    pickle is picked up once both are in place.
+    """
+    cfg: ApiSettings = app.state.settings
+    warned: str | None = None
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            card = await asyncio.to_thread(read_card, cfg.model_path)
+        except (ArtifactError, OSError, ValueError) as exc:
+            if warned != "card":
+                log.warning("model reload: cannot read the card: %s", exc)
+                warned = "card"
+            continue
+        sha = card.get("artifact_sha256")
+        if sha == app.state.card.get("artifact_sha256"):
+            continue
+        try:
+            model = await asyncio.to_thread(load_model, cfg.model_path)
+        except (ArtifactError, OSError, ValueError) as exc:
+            if warned != sha:
+                log.warning(
+                    "model reload: artifact %s not loaded, keeping %s: %s",
+                    sha,
+                    app.state.model.version,
+                    exc,
+                )
+                app.state.metrics.model_reloads.labels("failed").inc()
+                warned = sha
+            continue
+        log.info("model reload: %s replaces %s", model.version, app.state.model.version)
+        app.state.model, app.state.card = model, card
+        app.state.metrics.serve_model(model.version)
+        app.state.metrics.model_reloads.labels("loaded").inc()
+        warned = None
 
 
 def create_app(
@@ -21,15 +70,18 @@ def create_app(
     redis: Any = None,
 ) -> FastAPI:
     """Build the app; a test may hand in its own model and Redis client."""
+    cfg = settings or ApiSettings()
+    metrics = ApiMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        cfg = settings or ApiSettings()
         app.state.settings = cfg
+        app.state.metrics = metrics
         app.state.model = model or load_model(cfg.model_path)
         app.state.card = (
             read_card(cfg.model_path) if model is None else {"version": app.state.model.version}
         )
+        metrics.serve_model(app.state.model.version)
         client = (
             redis
             if redis is not None
@@ -38,9 +90,16 @@ def create_app(
             )
         )
         app.state.redis = client
+        watcher = None
+        if model is None and cfg.model_reload_s > 0:
+            watcher = asyncio.create_task(watch_model(app, cfg.model_reload_s))
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             if redis is None:
                 await client.aclose()
 
@@ -52,4 +111,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.include_router(router)
+    # The last added runs first: every request is counted, oversized bodies included,
+    # and those are refused before anything parses them.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Request, Security
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, Security
 from fastapi.security import APIKeyHeader
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.schemas import (
     BatchRequest,
     BatchResponse,
     HealthResponse,
     PredictResponse,
+    ReadyResponse,
     ScoreResponse,
     SessionRow,
+    SessionStateResponse,
 )
 from api.settings import ApiSettings
 from artifact import ConversionModel
 from contracts import keys
 from features.columns import SESSION_COLUMNS
+from features.hits import STATE_NAMES, empty_state
+
+HISTORY_LIMIT = 50  # scores shown by GET /sessions/{session_id}
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
@@ -57,17 +64,50 @@ async def health(model: Model) -> HealthResponse:
     return HealthResponse(status="ok", model_version=model.version)
 
 
+@router.get(
+    "/ready",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "not ready, with the reason"}},
+)
+async def ready(request: Request, response: Response, redis: Redis) -> ReadyResponse:
+    """Say whether the API can serve: the model is loaded and Redis answers."""
+    model = getattr(request.app.state, "model", None)
+    checks = {"model": "loaded" if model is not None else "not loaded"}
+    try:
+        await asyncio.wait_for(redis.ping(), timeout=1.0)
+        checks["redis"] = "ok"
+    except Exception as exc:  # any failure to answer means not ready; the reason is shown
+        checks["redis"] = f"unreachable: {type(exc).__name__}: {exc}"[:300]
+    ok = model is not None and checks["redis"] == "ok"
+    response.status_code = 200 if ok else 503
+    return ReadyResponse(
+        status="ready" if ok else "not ready",
+        model_version=None if model is None else model.version,
+        checks=checks,
+    )
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: requests, latencies, errors, rows scored, the model served."""
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
 @protected.post("/predict", response_model=PredictResponse)
-async def predict(row: SessionRow, model: Model) -> PredictResponse:
+async def predict(row: SessionRow, model: Model, request: Request) -> PredictResponse:
     """Score one ga_sessions row at session start."""
     p = model.score_rows([row.model_dump()])[0]
+    request.app.state.metrics.rows_scored.inc()
     return PredictResponse(
         session_id=row.session_id, probability=round(float(p), 6), model_version=model.version
     )
 
 
 @protected.post("/predict/batch", response_model=BatchResponse)
-async def predict_batch(body: BatchRequest, model: Model, settings: Settings) -> BatchResponse:
+async def predict_batch(
+    body: BatchRequest, model: Model, settings: Settings, request: Request
+) -> BatchResponse:
     """Score many ga_sessions rows at once."""
     if len(body.rows) > settings.max_batch_rows:
         raise HTTPException(
@@ -77,15 +117,19 @@ async def predict_batch(body: BatchRequest, model: Model, settings: Settings) ->
         )
     cols = {c: [getattr(r, c) for r in body.rows] for c in SESSION_COLUMNS}
     probs = model.score_session_vectors(model.session_vectors(cols))
-    return BatchResponse(
-        model_version=model.version,
-        predictions=[
-            PredictResponse(
-                session_id=r.session_id, probability=round(float(p), 6), model_version=model.version
-            )
-            for r, p in zip(body.rows, probs, strict=True)
-        ],
+    request.app.state.metrics.rows_scored.inc(len(body.rows))
+    version = model.version
+    # Built as plain JSON: ten thousand response objects would cost more than scoring.
+    content = orjson.dumps(
+        {
+            "model_version": version,
+            "predictions": [
+                {"session_id": sid, "probability": round(float(p), 6), "model_version": version}
+                for sid, p in zip(cols["session_id"], probs, strict=True)
+            ],
+        }
     )
+    return Response(content, media_type="application/json")  # type: ignore[return-value]
 
 
 @protected.get("/sessions/{session_id}/score", response_model=ScoreResponse)
@@ -98,6 +142,49 @@ async def latest_score(session_id: str, redis: Redis, settings: Settings) -> Sco
     scored = datetime.fromisoformat(event["scored_at"])
     event["age_s"] = round((datetime.now(UTC) - scored).total_seconds(), 3)
     return ScoreResponse(**event)
+
+
+@protected.get(
+    "/sessions/{session_id}",
+    response_model=SessionStateResponse,
+    responses={404: {"description": "the stream has no state for this session"}},
+)
+async def session_state(session_id: str, redis: Redis, settings: Settings) -> SessionStateResponse:
+    """Return the stream's state of a session and its latest scores (at most 50)."""
+    prefix = settings.redis_key_prefix
+    pipe = redis.pipeline(transaction=False)
+    pipe.hgetall(keys.session_key(session_id, prefix))
+    pipe.hgetall(keys.score_history_key(session_id, prefix))
+    pipe.scard(keys.applied_hits_key(session_id, prefix))
+    pipe.llen(keys.pending_hits_key(session_id, prefix))
+    state, history, applied, pending = await pipe.execute()
+    if not state and not history and not pending:
+        raise HTTPException(status_code=404, detail=f"no state for session {session_id}")
+    events = [orjson.loads(raw) for raw in history.values()]
+    events.sort(key=lambda e: (e["hit_number"] or 0, e["trigger"] != "session_start"))
+    now = datetime.now(UTC)
+    for e in events:
+        e["age_s"] = round((now - datetime.fromisoformat(e["scored_at"])).total_seconds(), 3)
+
+    def text(field: bytes) -> str | None:
+        value = state.get(field)
+        return None if value is None else value.decode()
+
+    counters = {}
+    for name, default in zip(STATE_NAMES, empty_state(), strict=True):
+        value = state.get(keys.state_field(name).encode())
+        counters[name] = float(value) if value is not None else float(default)
+    return SessionStateResponse(
+        session_id=session_id,
+        client_id=text(b"client_id"),
+        start=text(b"start"),
+        ready=b"ready" in state,
+        hits_applied=int(applied),
+        pending_hits=int(pending),
+        state=counters,
+        scores_total=len(events),
+        scores=[ScoreResponse(**e) for e in events[-HISTORY_LIMIT:]],
+    )
 
 
 @protected.get("/model")

@@ -131,3 +131,25 @@ class HealthResponse(BaseModel):
 
     status: str
     model_version: str
+
+
+class ReadyResponse(BaseModel):
+    """Readiness: the model is loaded and Redis answers."""
+
+    status: str
+    model_version: str | None
+    checks: dict[str, str]
+
+
+class SessionStateResponse(BaseModel):
+    """What the stream knows of a session: its state and its recent scores."""
+
+    session_id: str
+    client_id: str | None
+    start: str | None
+    ready: bool  # its session-start score is published and hits are being applied
+    hits_applied: int
+    pending_hits: int  # hits that arrived before the session row and wait for it
+    state: dict[str, float]  # the hit-state counters (see docs/features.md)
+    scores_total: int
+    scores: list[ScoreResponse]  # the latest ones, oldest first

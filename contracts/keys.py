@@ -5,6 +5,12 @@ session's keys land on one Redis Cluster slot and a Lua script may touch them to
 """
 
 KEY_PREFIX = "scorer"
+STATE_FIELD_PREFIX = "s:"  # hit-state counters in the state hash: ``s:<counter name>``
+
+
+def state_field(name: str) -> str:
+    """Return the state-hash field of one hit-state counter."""
+    return f"{STATE_FIELD_PREFIX}{name}"
 
 
 def session_key(session_id: str, prefix: str = KEY_PREFIX) -> str:

@@ -30,7 +30,7 @@ from features.hits import STATE_NAMES, empty_state
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-STATE_FIELDS = [f"s:{name}" for name in STATE_NAMES]
+STATE_FIELDS = [keys.state_field(name) for name in STATE_NAMES]
 
 # Park a hit only while its session is not released yet, atomically with that check.
 PARK_SCRIPT = """

@@ -352,7 +352,7 @@ def _vocab(seed: int) -> _Vocab:
     extra = [f"{_syllables(rng).title()}sk" for _ in range(2548 - len(CITIES) - 1)]
     cities = [c for c, _ in CITIES] + extra
     rest = 1 - sum(s for _, s in CITIES)
-    city_p = np.r_[[s for _, s in CITIES], _zipf(len(extra), 1.0) * rest]
+    city_p = np.r_[[s for _, s in CITIES], _zipf(len(extra), 0.75) * rest]
     city_fx = np.r_[np.zeros(len(CITIES)), rng.normal(0, 0.4, len(extra))]
     countries = COUNTRIES + [
         f"{_syllables(rng).title()}ia" for _ in range(166 - 1 - len(COUNTRIES))

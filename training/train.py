@@ -26,8 +26,11 @@ from features.hits import (
 from features.session import SessionEncoding, session_matrix
 from training.dataset import Dataset, load_dataset
 from training.evaluate import binary_metrics, write_report
+from training.resources import stage
 
 log = logging.getLogger(__name__)
+
+TEST_SCORES_FILE = "test_scores.csv"
 
 
 @dataclass
@@ -352,10 +355,10 @@ def auc_by_hits_seen(snap: Snapshots, p: np.ndarray, session_p: np.ndarray) -> l
 def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict[str, Any]:
     """Train both models on the CSVs in data_dir and write the artifact into out_dir."""
     cfg = cfg or TrainConfig()
-    stages: dict[str, float] = {}
+    stages: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
-    ds = load_dataset(data_dir)
-    stages["load_s"] = time.perf_counter() - t0
+    with stage("load", stages):
+        ds = load_dataset(data_dir)
     log.info(
         "loaded %d sessions, %d hits (%d orphan hits dropped), conversion %.4f",
         len(ds.sessions),
@@ -365,14 +368,12 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
     )
 
     split = time_split(ds.sessions, cfg.test_days, cfg.early_stop_days)
-    t = time.perf_counter()
-    x, encoding = session_features(ds, split, cfg)
-    stages["session_features_s"] = time.perf_counter() - t
+    with stage("session_features", stages):
+        x, encoding = session_features(ds, split, cfg)
     y = ds.converted
 
-    t = time.perf_counter()
-    session_booster, tuning = tune_session_model(x, y, split, cfg)
-    stages["session_model_s"] = time.perf_counter() - t
+    with stage("session_model", stages):
+        session_booster, tuning = tune_session_model(x, y, split, cfg)
     p_test = session_booster.inplace_predict(x[split.test])
     session_auc = _auc(y[split.test], p_test)
     log.info(
@@ -380,48 +381,46 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
         session_booster.num_boosted_rounds(),
         session_auc or float("nan"),
     )
-    t = time.perf_counter()
-    curves = {"xgboost (chosen)": np.asarray(p_test)}
-    comparison = [
-        dict(
-            model="xgboost (chosen)",
-            split="time",
-            **_summary(binary_metrics(y[split.test], p_test)),
-        )
-    ]
-    if cfg.compare:
-        for name, p in compare_baselines(x, y, split, cfg).items():
-            curves[name] = p
-            comparison.append(
-                dict(model=name, split="time", **_summary(binary_metrics(y[split.test], p)))
-            )
-        comparison.append(
+    with stage("comparison", stages):
+        curves = {"xgboost (chosen)": np.asarray(p_test)}
+        comparison = [
             dict(
-                model="xgboost (chosen params)",
-                split="random stratified",
-                **_summary(random_split_check(x, y, tuning["params"], cfg)),
+                model="xgboost (chosen)",
+                split="time",
+                **_summary(binary_metrics(y[split.test], p_test)),
             )
+        ]
+        if cfg.compare:
+            for name, p in compare_baselines(x, y, split, cfg).items():
+                curves[name] = p
+                comparison.append(
+                    dict(model=name, split="time", **_summary(binary_metrics(y[split.test], p)))
+                )
+            comparison.append(
+                dict(
+                    model="xgboost (chosen params)",
+                    split="random stratified",
+                    **_summary(random_split_check(x, y, tuning["params"], cfg)),
+                )
+            )
+
+    with stage("in_session_model", stages):
+        snap_fit = snapshots(ds, split.fit, cfg)
+        snap_stop = snapshots(ds, split.stop, cfg)
+        snap_test = snapshots(ds, split.test, cfg)
+
+        def in_x(s: Snapshots) -> np.ndarray:
+            return np.hstack([x[s.session], hit_feature_matrix(s.states)]).astype(np.float32)
+
+        in_session_booster = _fit_booster(
+            cfg.in_session_params,
+            in_x(snap_fit),
+            snap_fit.label,
+            in_x(snap_stop),
+            snap_stop.label,
+            IN_SESSION_FEATURES,
+            cfg,
         )
-    stages["comparison_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    snap_fit = snapshots(ds, split.fit, cfg)
-    snap_stop = snapshots(ds, split.stop, cfg)
-    snap_test = snapshots(ds, split.test, cfg)
-
-    def in_x(s: Snapshots) -> np.ndarray:
-        return np.hstack([x[s.session], hit_feature_matrix(s.states)]).astype(np.float32)
-
-    in_session_booster = _fit_booster(
-        cfg.in_session_params,
-        in_x(snap_fit),
-        snap_fit.label,
-        in_x(snap_stop),
-        snap_stop.label,
-        IN_SESSION_FEATURES,
-        cfg,
-    )
-    stages["in_session_model_s"] = time.perf_counter() - t
     p_snap = in_session_booster.inplace_predict(in_x(snap_test))
     p_snap_start = session_booster.inplace_predict(x[snap_test.session])
     in_session_auc = _auc(snap_test.label, p_snap)
@@ -474,17 +473,31 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
             "window": split.window,
         },
         "metrics": metrics,
-        "params": {"session": cfg.session_params, "in_session": cfg.in_session_params},
+        "params": {"session": tuning["params"], "in_session": cfg.in_session_params},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    card = save_model(model, out_dir, card)
-    importance = {
-        k: float(v)  # type: ignore[arg-type]
-        for k, v in session_booster.get_score(importance_type="total_gain").items()
-    }
-    write_report(
-        out_dir, y[split.test], curves, importance, metrics, metrics["in_session"]["by_hits_seen"]
-    )
-    stages["total_s"] = time.perf_counter() - t0
-    card["stages"] = {k: round(v, 2) for k, v in stages.items()}
+    with stage("artifact_and_report", stages):
+        card = save_model(model, out_dir, card)
+        importance = {
+            k: float(v)  # type: ignore[arg-type]
+            for k, v in session_booster.get_score(importance_type="total_gain").items()
+        }
+        write_report(
+            out_dir,
+            y[split.test],
+            curves,
+            importance,
+            metrics,
+            metrics["in_session"]["by_hits_seen"],
+        )
+        # The test rows' scores, for comparisons that need the rows (the benchmark's
+        # Bayes AUC on the same sessions, the online-quality check).
+        pd.DataFrame(
+            {
+                "session_id": ds.sessions["session_id"].to_numpy()[split.test],
+                "converted": y[split.test],
+                "p_session_start": np.round(np.asarray(p_test, dtype=np.float64), 7),
+            }
+        ).to_csv(out_dir / "report" / TEST_SCORES_FILE, index=False)
+    card["stages"] = {**stages, "total": {"seconds": round(time.perf_counter() - t0, 2)}}
     return card

@@ -1,23 +1,11 @@
 from pathlib import Path
 
 import pytest
+from fakes import FakeRedis
 from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import ApiSettings
-
-
-class FakeRedis:
-    """The two Redis calls the API makes, in memory."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    async def get(self, key: str) -> bytes | None:
-        return self.data.get(key)
-
-    async def ping(self) -> bool:
-        return True
 
 
 @pytest.fixture()

@@ -2,8 +2,11 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from fastapi.testclient import TestClient
 
+from api.main import create_app
 from api.schemas import EXAMPLE_ROW
+from api.settings import ApiSettings
 from artifact import load_model
 from contracts import keys
 
@@ -132,3 +135,153 @@ def test_openapi_shows_a_real_looking_example(client) -> None:
     schema = client.get("/openapi.json").json()
     row = schema["components"]["schemas"]["SessionRow"]
     assert row["examples"][0]["session_id"] == EXAMPLE_ROW["session_id"]
+
+
+def _score(sid: str, trigger: str, hit: int | None, p: float) -> bytes:
+    return json.dumps(
+        {
+            "score_id": f"{sid}-{trigger}-{hit}",
+            "session_id": sid,
+            "client_id": "1.2",
+            "probability": p,
+            "model_version": "v1",
+            "trigger": trigger,
+            "hit_number": hit,
+            "event_time": "2021-11-24T14:36:32+03:00",
+            "scored_at": datetime.now(UTC).isoformat(),
+        }
+    ).encode()
+
+
+def test_session_state_shows_counters_and_bounded_history(client, fake_redis) -> None:
+    from api.routes import HISTORY_LIMIT
+
+    sid = "s1"
+    fake_redis.hashes[keys.session_key(sid)] = {
+        b"client_id": b"1.2",
+        b"start": b"2021-11-24T14:36:32+03:00",
+        b"ready": b"1",
+        b"vec": b"\x00" * 8,
+        keys.state_field("hits").encode(): b"60.0",
+        keys.state_field("card_views").encode(): b"7.0",
+    }
+    history = {b"session_start:0": _score(sid, "session_start", None, 0.02)}
+    for k in range(1, 61):
+        history[f"hit:{k}".encode()] = _score(sid, "hit", k, k / 100)
+    fake_redis.hashes[keys.score_history_key(sid)] = history
+    fake_redis.sets[keys.applied_hits_key(sid)] = {str(k).encode() for k in range(1, 61)}
+    r = client.get(f"/sessions/{sid}")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["client_id"] == "1.2" and body["ready"] is True
+    assert body["hits_applied"] == 60 and body["pending_hits"] == 0
+    assert body["state"]["card_views"] == 7.0
+    assert body["state"]["max_hit_time_ms"] == -1.0  # never written: the empty state's value
+    assert body["scores_total"] == 61
+    assert len(body["scores"]) == HISTORY_LIMIT
+    assert [s["hit_number"] for s in body["scores"]] == list(range(11, 61))
+
+
+def test_session_with_only_parked_hits_is_known_and_not_ready(client, fake_redis) -> None:
+    fake_redis.lists[keys.pending_hits_key("early")] = [b"{}", b"{}"]
+    body = client.get("/sessions/early").json()
+    assert body["ready"] is False and body["pending_hits"] == 2 and body["scores"] == []
+
+
+def test_unknown_session_state_is_a_404(client) -> None:
+    r = client.get("/sessions/never-seen")
+    assert r.status_code == 404
+    assert "never-seen" in r.json()["detail"]
+
+
+def test_ready_when_model_and_redis_answer(client, fake_redis) -> None:
+    r = client.get("/ready")
+    assert r.status_code == 200
+    assert r.json()["checks"] == {"model": "loaded", "redis": "ok"}
+    fake_redis.down = True
+    r = client.get("/ready")
+    assert r.status_code == 503
+    assert r.json()["status"] == "not ready"
+    assert "Connection refused" in r.json()["checks"]["redis"]
+
+
+def test_ready_and_health_need_no_key(keyed_client) -> None:
+    assert keyed_client.get("/ready").status_code == 200
+    assert keyed_client.get("/sessions/x").status_code == 401
+
+
+def test_metrics_count_requests_by_route_template(client) -> None:
+    client.post("/predict", json=EXAMPLE_ROW)
+    client.get("/sessions/a-session/score")
+    client.get("/sessions/other/score")
+    text = client.get("/metrics").text
+    assert 'scorer_api_requests_total{method="POST",route="/predict",status="200"} 1.0' in text
+    assert (
+        'scorer_api_requests_total{method="GET",route="/sessions/{session_id}/score",'
+        'status="404"} 2.0'
+    ) in text
+    assert "a-session" not in text
+    assert 'scorer_api_request_seconds_bucket{le="0.005",route="/predict"}' in text
+    assert "scorer_api_rows_scored_total 1.0" in text
+    assert "scorer_api_model_info{version=" in text
+
+
+def test_a_body_over_the_limit_is_refused_before_parsing(model_path, fake_redis) -> None:
+    app = create_app(ApiSettings(model_path=model_path, max_body_bytes=2_000), redis=fake_redis)
+    with TestClient(app) as c:
+        big = {"rows": [EXAMPLE_ROW] * 10}
+        r = c.post("/predict/batch", json=big)
+        assert r.status_code == 413
+        assert "body" in r.json()["detail"] and "2000" in r.json()["detail"]
+
+        def chunks():  # no content-length: the body arrives in chunks
+            payload = json.dumps(big).encode()
+            for i in range(0, len(payload), 500):
+                yield payload[i : i + 500]
+
+        r = c.post("/predict/batch", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        assert c.post("/predict", json=EXAMPLE_ROW).status_code == 200
+        assert 'status="413"' in c.get("/metrics").text
+
+
+def test_a_new_artifact_is_picked_up_and_a_broken_one_is_not(
+    model_path, fake_redis, tmp_path
+) -> None:
+    import shutil
+    import time
+
+    from artifact import read_card, save_model
+
+    deployed = tmp_path / "models"
+    deployed.mkdir()
+    for name in ("Pickled_model.pkl", "model_card.json"):
+        shutil.copy(model_path.with_name(name), deployed / name)
+    path = deployed / "Pickled_model.pkl"
+    app = create_app(ApiSettings(model_path=path, model_reload_s=0.05), redis=fake_redis)
+
+    def wait_for(version: str) -> bool:
+        for _ in range(100):
+            if c.get("/health").json()["model_version"] == version:
+                return True
+            time.sleep(0.05)
+        return False
+
+    with TestClient(app) as c:
+        old = c.get("/health").json()["model_version"]
+        model = load_model(path)
+        model.version = "retrained-v2"
+        card = {k: v for k, v in read_card(path).items() if k != "artifact_sha256"}
+        save_model(model, deployed, card)
+        assert wait_for("retrained-v2")
+        assert c.get("/model").json()["version"] == "retrained-v2"
+        assert c.post("/predict", json=EXAMPLE_ROW).json()["model_version"] == "retrained-v2"
+
+        # A pickle that does not match its card is never loaded.
+        card = json.loads((deployed / "model_card.json").read_text())
+        card["artifact_sha256"] = "0" * 64
+        (deployed / "model_card.json").write_text(json.dumps(card))
+        time.sleep(0.5)
+        assert c.get("/health").json()["model_version"] == "retrained-v2"
+        assert 'scorer_api_model_reloads_total{result="failed"} 1.0' in c.get("/metrics").text
+        assert old != "retrained-v2"

@@ -143,3 +143,15 @@ def test_batch_equals_rows_one_at_a_time(encoding: SessionEncoding) -> None:
     batch = matrix(rows, encoding)
     single = np.vstack([matrix([r], encoding) for r in rows])
     np.testing.assert_array_equal(batch, single)
+
+
+def test_the_feature_document_is_generated_from_the_code() -> None:
+    from pathlib import Path
+
+    from features import IN_SESSION_FEATURES
+    from features.__main__ import render
+
+    doc = Path(__file__).parents[2] / "docs" / "features.md"
+    assert doc.read_text() == render(), "run: python -m features > docs/features.md"
+    for name in IN_SESSION_FEATURES:
+        assert f"| `{name}` |" in doc.read_text()

@@ -75,3 +75,32 @@ def test_a_file_without_the_expected_columns_is_refused(tmp_path: Path) -> None:
 def test_columns_constants_match_the_spec() -> None:
     assert len(SESSION_COLUMNS) == 18
     assert len(HIT_COLUMNS) == 11
+
+
+def test_quoted_fields_crlf_and_an_index_column_are_accepted(tmp_path: Path) -> None:
+    # Exports written by other tools quote fields, end lines with CRLF and may carry an
+    # unnamed index column first; the loader reads the named columns and ignores the rest.
+    def requote(text: str) -> str:
+        rows = []
+        for i, line in enumerate(text.strip().split("\n")):
+            fields = [f'"{f}"' if f else "" for f in line.split(",")]
+            rows.append(",".join(['""' if i == 0 else str(i - 1), *fields]))
+        return "\r\n".join(rows) + "\r\n"
+
+    (tmp_path / "ga_sessions.csv").write_text(requote(SESSIONS))
+    (tmp_path / "ga_hits.csv").write_text(requote(HITS))
+    ds = load_dataset(tmp_path)
+    assert ds.converted.tolist() == [0, 1, 0]
+    assert ds.hits.orphans == 1
+    assert ds.sessions.loc[1, "device_screen_resolution"] == "(not set)"
+    assert pd.isna(ds.sessions.loc[0, "device_os"])
+    assert np.isnan(ds.hits.hit_time_ms[0])
+
+
+def test_duplicate_session_rows_are_kept_once(tmp_path: Path) -> None:
+    lines = SESSIONS.strip().split("\n")
+    (tmp_path / "ga_sessions.csv").write_text("\n".join([*lines, lines[2]]) + "\n")
+    (tmp_path / "ga_hits.csv").write_text(HITS)
+    ds = load_dataset(tmp_path)
+    assert len(ds.sessions) == 3
+    assert ds.converted.tolist() == [0, 1, 0]

@@ -50,5 +50,43 @@ def test_trained_models_beat_chance_on_the_later_weeks(trained: dict) -> None:
     metrics = trained["metrics"]
     assert metrics["session_start"]["test_roc_auc"] > 0.55
     assert metrics["in_session"]["test_roc_auc"] > 0.55
-    assert trained["stages"]["total_s"] > 0
+    assert trained["stages"]["total"]["seconds"] > 0
+    assert trained["stages"]["load"]["peak_rss_mb"] > 0
     assert Path(trained["model_dir"], "Pickled_model.pkl").is_file()
+
+
+def test_the_report_holds_charts_metrics_and_the_model_comparison(trained: dict) -> None:
+    import json
+
+    report = Path(trained["model_dir"]) / "report"
+    for chart in (
+        "roc",
+        "precision_recall",
+        "calibration",
+        "lift",
+        "feature_importance",
+        "auc_by_hits_seen",
+    ):
+        png = report / f"{chart}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", chart
+        assert f"{chart}.png" in (report / "report.md").read_text()
+    metrics = json.loads((report / "metrics.json").read_text())
+    models = {(row["model"], row["split"]) for row in metrics["comparison"]}
+    assert {
+        ("xgboost (chosen)", "time"),
+        ("logistic regression", "time"),
+        ("random forest", "time"),
+        ("xgboost (chosen params)", "random stratified"),
+    } <= models
+    assert metrics["tuning"]["trials"], "the search records its trials"
+
+
+def test_test_scores_are_the_held_out_sessions_with_their_scores(trained: dict) -> None:
+    scores = pd.read_csv(Path(trained["model_dir"]) / "report" / "test_scores.csv")
+    start = trained["metrics"]["session_start"]
+    assert len(scores) == start["test_sessions"]
+    assert scores["converted"].mean() == pytest.approx(start["test_conversion_rate"])
+    from sklearn.metrics import roc_auc_score
+
+    auc = roc_auc_score(scores["converted"], scores["p_session_start"])
+    assert auc == pytest.approx(start["test_roc_auc"], abs=1e-4)
