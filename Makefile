@@ -39,7 +39,10 @@ demo: install ## Set everything up, train a model, stream a replay through it, s
 bench-train: install ## Benchmark: generate 1.86M sessions, check them, train; time and memory per stage
 	$(PY) -m bench.train
 
+bench-api: install ## Benchmark: /predict and a 10,000-row batch on one uvicorn process, against a pandas+sklearn baseline
+	$(PY) -m bench.api
+
 clean: ## Remove generated data, models and test output (not the venv or the stack)
 	rm -rf data models test-artifacts .pytest_cache
 
-.PHONY: help install stack-up stack-down stack-status test lint demo bench-train clean
+.PHONY: help install stack-up stack-down stack-status test lint demo bench-train bench-api clean

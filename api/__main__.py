@@ -14,6 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--no-access-log", action="store_true", help="do not log every request (saves CPU)"
+    )
     args = parser.parse_args(argv)
     uvicorn.run(
         "api.main:create_app",
@@ -21,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        access_log=not args.no_access_log,
     )
     return 0
 

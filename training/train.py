@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -44,7 +45,8 @@ class TrainConfig:
     max_rounds: int = 2000
     early_stopping_rounds: int = 50
     max_snapshot_hits: int = 40  # snapshots per session (its first hits)
-    max_snapshots: int = 3_000_000
+    max_snapshots: int = 3_000_000  # training snapshots (a random sample beyond this)
+    max_eval_snapshots: int = 1_000_000  # early-stopping and test snapshots
     threads: int = 2
     tune_budget_s: float = 120.0  # wall time for the XGBoost parameter search
     tune_max_trials: int = 12
@@ -275,8 +277,9 @@ def _fit_booster(
         "seed": cfg.seed,
         **params,
     }
-    d_fit = xgb.DMatrix(x_fit, label=y_fit, feature_names=list(names))
-    d_stop = xgb.DMatrix(x_stop, label=y_stop, feature_names=list(names))
+    # Quantised matrices: the hist method needs no float copy of millions of rows.
+    d_fit = xgb.QuantileDMatrix(x_fit, label=y_fit, feature_names=list(names))
+    d_stop = xgb.QuantileDMatrix(x_stop, label=y_stop, feature_names=list(names), ref=d_fit)
     booster = xgb.train(
         full,
         d_fit,
@@ -299,32 +302,40 @@ class Snapshots:
     label: np.ndarray
 
 
-def snapshots(ds: Dataset, rows: np.ndarray, cfg: TrainConfig) -> Snapshots:
+def snapshots(
+    ds: Dataset, rows: np.ndarray, cfg: TrainConfig, limit: int | None = None
+) -> Snapshots:
     """Build point-in-time snapshots of the given sessions after each of their hits.
 
     A snapshot after hit k sees hits 1..k only; sessions are cut at their first target
-    hit, so no snapshot sees the conversion or anything after it.
+    hit, so no snapshot sees the conversion or anything after it. The hits kept (the
+    chosen sessions' first ``max_snapshot_hits`` hits before any target) are a prefix of
+    each session, so the running states are computed on those hits alone.
     """
     h = ds.hits
-    increments = hit_increments_coded(
-        h.hit_number, h.hit_time_ms, h.action, action_table(h.actions)
-    )
-    states = cumulative_states(h.session, increments)
-    position = states[:, 0]  # hits applied so far, 1-based
+    n = len(h.session)
+    starts = np.flatnonzero(np.r_[True, h.session[1:] != h.session[:-1]]) if n else np.zeros(0)
+    position = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n])) + 1
     first_target = ds.first_target_hit[h.session]
     before_target = (first_target == 0) | (h.hit_number < first_target)
     chosen = np.zeros(len(ds.sessions), dtype=bool)
     chosen[rows] = True
-    keep = before_target & chosen[h.session] & (position <= cfg.max_snapshot_hits)
-    idx = np.flatnonzero(keep)
-    if len(idx) > cfg.max_snapshots:
-        rng = np.random.default_rng(cfg.seed)
-        idx = np.sort(rng.choice(idx, size=cfg.max_snapshots, replace=False))
+    keep = np.flatnonzero(chosen[h.session] & before_target & (position <= cfg.max_snapshot_hits))
+    increments = hit_increments_coded(
+        h.hit_number[keep], h.hit_time_ms[keep], h.action[keep], action_table(h.actions)
+    )
+    states = cumulative_states(h.session[keep], increments)
+    del increments
+    limit = cfg.max_snapshots if limit is None else limit
+    pick = np.arange(len(keep))
+    if len(pick) > limit:
+        pick = np.sort(np.random.default_rng(cfg.seed).choice(pick, size=limit, replace=False))
+    sessions = h.session[keep[pick]]
     return Snapshots(
-        session=h.session[idx],
-        hits_seen=position[idx].astype(np.int32),
-        states=states[idx],
-        label=ds.converted[h.session[idx]].astype(np.int8),
+        session=sessions,
+        hits_seen=position[keep[pick]].astype(np.int32),
+        states=states[pick],
+        label=ds.converted[sessions].astype(np.int8),
     )
 
 
@@ -370,6 +381,9 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
     split = time_split(ds.sessions, cfg.test_days, cfg.early_stop_days)
     with stage("session_features", stages):
         x, encoding = session_features(ds, split, cfg)
+        # From here on only the ids are needed: drop the raw columns (most of the memory).
+        ds.sessions = ds.sessions[["session_id"]].copy()
+        gc.collect()
     y = ds.converted
 
     with stage("session_model", stages):
@@ -406,11 +420,14 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
 
     with stage("in_session_model", stages):
         snap_fit = snapshots(ds, split.fit, cfg)
-        snap_stop = snapshots(ds, split.stop, cfg)
-        snap_test = snapshots(ds, split.test, cfg)
+        snap_stop = snapshots(ds, split.stop, cfg, limit=cfg.max_eval_snapshots)
+        snap_test = snapshots(ds, split.test, cfg, limit=cfg.max_eval_snapshots)
 
         def in_x(s: Snapshots) -> np.ndarray:
-            return np.hstack([x[s.session], hit_feature_matrix(s.states)]).astype(np.float32)
+            out = np.empty((len(s.session), len(IN_SESSION_FEATURES)), dtype=np.float32)
+            out[:, : x.shape[1]] = x[s.session]
+            out[:, x.shape[1] :] = hit_feature_matrix(s.states)
+            return out
 
         in_session_booster = _fit_booster(
             cfg.in_session_params,
