@@ -337,7 +337,7 @@ def _vocab(seed: int) -> _Vocab:
 
     browsers = [b for b, _ in BROWSERS] + RARE_BROWSERS
     browser_p = np.r_[[s for _, s in BROWSERS], _zipf(len(RARE_BROWSERS), 1.3) * 0.002]
-    brand_tail = RARE_BRANDS + [_syllables(rng) for _ in range(205 - 12 - len(RARE_BRANDS))]
+    brand_tail = RARE_BRANDS + _names(rng, 205 - 12 - len(RARE_BRANDS), "{}")
     brands = [b for b, _ in MOBILE_BRANDS] + brand_tail
     brand_p = np.r_[[s for _, s in MOBILE_BRANDS], _zipf(len(brand_tail), 1.2) * 0.02]
 
@@ -349,14 +349,12 @@ def _vocab(seed: int) -> _Vocab:
     screens = MOBILE_SCREENS + DESKTOP_SCREENS + TABLET_SCREENS + rare_screens
     screen_p = _zipf(len(rare_screens), 0.9)
 
-    extra = [f"{_syllables(rng).title()}sk" for _ in range(2548 - len(CITIES) - 1)]
+    extra = _names(rng, 2548 - len(CITIES) - 1, "{}sk")
     cities = [c for c, _ in CITIES] + extra
     rest = 1 - sum(s for _, s in CITIES)
     city_p = np.r_[[s for _, s in CITIES], _zipf(len(extra), 0.75) * rest]
     city_fx = np.r_[np.zeros(len(CITIES)), rng.normal(0, 0.4, len(extra))]
-    countries = COUNTRIES + [
-        f"{_syllables(rng).title()}ia" for _ in range(166 - 1 - len(COUNTRIES))
-    ]
+    countries = COUNTRIES + _names(rng, 166 - 1 - len(COUNTRIES), "{}ia")
 
     names = [a[0] for a in BROWSE_ACTIONS]
     cats = [a[1] for a in BROWSE_ACTIONS]
@@ -410,9 +408,18 @@ def _vocab(seed: int) -> _Vocab:
     )
 
 
+def _names(rng: np.random.Generator, count: int, pattern: str) -> list[str]:
+    """Return count distinct made-up names."""
+    names: dict[str, None] = {}
+    while len(names) < count:
+        names[pattern.format(_syllables(rng))] = None
+    return list(names)
+
+
 def _syllables(rng: np.random.Generator) -> str:
     parts = ["ka", "ro", "vel", "mi", "tor", "za", "lin", "ne", "dor", "sa", "vi", "ko", "ma"]
-    return "".join(parts[i] for i in rng.integers(0, len(parts), 3)).capitalize()
+    size = 2 + int(rng.integers(0, 3))
+    return "".join(parts[i] for i in rng.integers(0, len(parts), size)).capitalize()
 
 
 def _days() -> tuple[np.ndarray, np.ndarray]:

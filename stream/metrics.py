@@ -1,0 +1,119 @@
+"""Prometheus metrics of the worker, served on ``SCORER_METRICS_PORT`` (0: not served).
+
+Every series starts with ``scorer_worker_``. Counters count events once per delivery:
+a batch delivered again after a crash is counted again, and its repeats show up as
+duplicates.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class WorkerMetrics:
+    """The worker's counters, histograms and gauges, in a registry of their own."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.events_in = Counter(
+            "scorer_worker_events_in_total", "Events consumed, by input topic", ["topic"], registry=r
+        )
+        self.scores_out = Counter(
+            "scorer_worker_scores_out_total",
+            "Score events published, by trigger (session_start, hit, session_end)",
+            ["trigger"],
+            registry=r,
+        )
+        self.outcomes_out = Counter(
+            "scorer_worker_outcomes_out_total",
+            "Outcome events published, by outcome (converted, not_converted)",
+            ["outcome"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "scorer_worker_dead_letters_total",
+            "Events sent to the dead-letter topic, by the stage that failed",
+            ["stage"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "scorer_worker_duplicates_total",
+            "Events already applied (redelivered or sent twice), by input topic",
+            ["topic"],
+            registry=r,
+        )
+        self.parked = Counter(
+            "scorer_worker_parked_hits_total",
+            "Hits that arrived before their session row and waited for it",
+            registry=r,
+        )
+        self.out_of_order = Counter(
+            "scorer_worker_out_of_order_hits_total",
+            "Hits applied after a hit with a higher hit_number of the same session",
+            registry=r,
+        )
+        self.late = Counter(
+            "scorer_worker_late_hits_total",
+            "Hits of a session that had already been closed for inactivity",
+            registry=r,
+        )
+        self.closed = Counter(
+            "scorer_worker_sessions_closed_total",
+            "Sessions closed after the inactivity gap",
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "scorer_worker_batch_seconds",
+            "Processing time of one micro-batch, from taking it to publishing its output",
+            ["agent"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "scorer_worker_batch_events",
+            "Events per micro-batch",
+            ["agent"],
+            buckets=(1, 5, 10, 50, 100, 250, 500, 1000),
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            "scorer_worker_event_to_score_seconds",
+            "From an event's Kafka timestamp to its score being published",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lag = Gauge(
+            "scorer_worker_consumer_lag",
+            "Messages not yet consumed, by input topic and partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.open_sessions = Gauge(
+            "scorer_worker_open_sessions",
+            "Sessions waiting for their outcome, in this worker's partitions",
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "scorer_worker_model_info",
+            "The model version scoring events (value 1)",
+            ["version"],
+            registry=r,
+        )
+        self.model_reloads = Counter(
+            "scorer_worker_model_reloads_total",
+            "Attempts to load a newly deployed artifact, by result",
+            ["result"],
+            registry=r,
+        )
+
+    def serve(self, port: int) -> None:
+        """Serve the metrics over HTTP on 127.0.0.1 or all interfaces (port 0: nowhere)."""
+        if port:
+            start_http_server(port, registry=self.registry)
+
+    def use_model(self, version: str) -> None:
+        """Mark the model version in use."""
+        self.model_info.clear()
+        self.model_info.labels(version=version).set(1)
