@@ -832,7 +832,8 @@ def _hits(
     gaps = 1 + rng.integers(1, 4, total) * (rng.random(total) < 0.3)
     gaps[starts[counts > 0]] = 1
     cum = np.cumsum(gaps)
-    hit_number = cum - np.repeat(cum[starts] - 1, counts)
+    before = np.concatenate(([0], cum))[starts]  # safe when the last session has no hits
+    hit_number = cum - np.repeat(before, counts)
     last = np.zeros(n, dtype=np.int64)
     last[counts > 0] = hit_number[starts[counts > 0] + counts[counts > 0] - 1]
     hit_number = np.where(last[sess] > MAX_HITS, pos + 1, hit_number)
@@ -841,7 +842,7 @@ def _hits(
     pause = rng.lognormal(np.where(keen, 9.5, 8.8), 1.1)
     pause[starts[counts > 0]] = 0.0
     cum_t = np.cumsum(pause)
-    elapsed = cum_t - np.repeat(cum_t[starts], counts)
+    elapsed = cum_t - np.repeat(np.concatenate(([0.0], cum_t))[starts], counts)
     hit_time = np.where(s.coarse[sess], np.nan, np.round(elapsed))
 
     card = category == "card_web"

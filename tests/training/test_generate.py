@@ -138,3 +138,13 @@ def test_expected_auc_of_the_truth() -> None:
         (pos_hi + pos_lo) * (neg_hi + neg_lo)
     )
     assert expected_auc(p) == pytest.approx(exact, abs=0.01)
+
+
+def test_chunks_that_end_with_a_session_without_hits(tmp_path: Path) -> None:
+    # Tiny chunks make it likely that some chunk's last session has no hits.
+    generate(tmp_path, 400, seed=31, progress=False, chunk_sessions=7)
+    s = pd.read_csv(tmp_path / "ga_sessions.csv", dtype=str)
+    h = pd.read_csv(tmp_path / "ga_hits.csv", dtype={"session_id": str})
+    assert 380 <= len(s) <= 400  # a few rows are dropped to leave orphan hits
+    assert (~s["session_id"].isin(h["session_id"])).any()
+    assert (h.groupby("session_id")["hit_number"].min() >= 1).all()
