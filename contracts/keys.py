@@ -39,3 +39,16 @@ def score_history_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
     A redelivered event finds its score here and publishes the very same copy again.
     """
     return f"{prefix}:{{{session_id}}}:history"
+
+
+def open_sessions_key(partition: int, prefix: str = KEY_PREFIX) -> str:
+    """Return the sorted set of a partition's open sessions, scored by last event time (ms).
+
+    One set per input partition: the worker that owns the partition closes its sessions.
+    """
+    return f"{prefix}:{{open-{partition}}}"
+
+
+def watermark_key(partition: int, prefix: str = KEY_PREFIX) -> str:
+    """Return the hash of a partition's event-time watermark: ``event_ms`` and ``wall_ms``."""
+    return f"{prefix}:{{open-{partition}}}:watermark"

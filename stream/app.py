@@ -1,16 +1,25 @@
-"""The Faust app, its topics and its agents."""
+"""The Faust app, its topics, its agents and its timers.
+
+The agents only move data: they hand micro-batches to the processor and publish what
+it returns. Everything a batch produces is on Kafka before the batch is acked; the
+processor has written its Redis state (one transaction) before that.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import faust
 
+from artifact import ArtifactError, load_model, read_card
 from contracts import topics
+from stream.metrics import WorkerMetrics
 from stream.processor import Output, Processor, Record
 from stream.settings import StreamSettings
 from stream.state import InfrastructureError
@@ -21,16 +30,6 @@ log = logging.getLogger(__name__)
 # restarts the worker and the batch is delivered again.
 EXIT_INFRASTRUCTURE = 70
 EXIT_BUG = 71
-
-
-class Counters:
-    """Counts of what the worker has done, for logs and metrics."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, int] = {}
-
-    def add(self, name: str, n: int = 1) -> None:
-        self.values[name] = self.values.get(name, 0) + n
 
 
 def create_app(settings: StreamSettings) -> faust.App:
@@ -48,61 +47,109 @@ def create_app(settings: StreamSettings) -> faust.App:
         producer_linger_ms=5,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout_s / 4),
     )
 
 
-def attach_agents(app: faust.App, settings: StreamSettings, processor: Processor) -> Counters:
-    """Declare the topics and the two agents that feed the processor."""
-    prefix = settings.topic_prefix
-    sessions_topic = app.topic(topics.topic_name(topics.SESSIONS, prefix))
-    hits_topic = app.topic(topics.topic_name(topics.HITS, prefix))
-    scores_name = topics.topic_name(topics.SCORES, prefix)
-    dead_name = topics.topic_name(topics.DEAD_LETTERS, prefix)
-    hits_name = topics.topic_name(topics.HITS, prefix)
-    counters = Counters()
+class Pipeline:
+    """Publishing, counting and the timers' work, shared by the agents."""
 
-    async def send_all(messages: list[tuple[str, bytes | None, bytes]]) -> None:
-        producer = app.producer
+    def __init__(
+        self, app: faust.App, settings: StreamSettings, processor: Processor, metrics: WorkerMetrics
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.processor = processor
+        self.metrics = metrics
+        prefix = settings.topic_prefix
+        self.sessions_name = topics.topic_name(topics.SESSIONS, prefix)
+        self.hits_name = topics.topic_name(topics.HITS, prefix)
+        self.scores_name = topics.topic_name(topics.SCORES, prefix)
+        self.outcomes_name = topics.topic_name(topics.OUTCOMES, prefix)
+        self.dead_name = topics.topic_name(topics.DEAD_LETTERS, prefix)
+        # The hits agent and the closer both change a session's state: one at a time.
+        self.state_lock = asyncio.Lock()
+        self.positions: dict[tuple[str, int], int] = {}  # next offset to process
+        self.model_sha: str | None = None  # the served artifact's digest, from its card
+        self.failed_sha: str | None = None
+        with contextlib.suppress(ArtifactError, OSError, ValueError):
+            self.model_sha = read_card(settings.model_path).get("artifact_sha256")
+
+    async def send_all(self, messages: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+        """Publish messages and wait until Kafka has them all."""
+        producer = self.app.producer
         futures = [
             await producer.send(topic, key, value, None, None, None)
             for topic, key, value in messages
         ]
-        # Acks follow delivery: a batch is acked only once all it produced is on Kafka.
         await asyncio.gather(*futures)
 
-    async def publish(out: Output) -> None:
-        await send_all(
-            [(scores_name, sid.encode(), payload) for sid, payload in out.scores]
-            + [(dead_name, None, payload) for payload in out.dead_letters]
+    async def publish(self, out: Output) -> None:
+        """Publish a batch's output, then release the sessions it started."""
+        await self.send_all(
+            [(self.scores_name, sid.encode(), payload) for sid, payload in out.scores]
+            + [(self.outcomes_name, sid.encode(), payload) for sid, payload in out.outcomes]
+            + [(self.dead_name, None, payload) for _, payload in out.dead_letters]
         )
         if out.released:
             # Only now may hits of these sessions be applied: their start score is out.
-            parked = await processor.release(out.released)
-            await send_all([(hits_name, sid.encode(), raw) for sid, raw in parked])
-            await processor.forget_pending(sorted({sid for sid, _ in parked}))
-            counters.add("requeued_hits", len(parked))
-        counters.add("scores", len(out.scores))
-        counters.add("dead_letters", len(out.dead_letters))
-        counters.add("duplicates", out.duplicates)
-        counters.add("parked", out.parked)
+            parked = await self.processor.release(out.released)
+            await self.send_all([(self.hits_name, sid.encode(), raw) for sid, raw in parked])
+            await self.processor.forget_pending(sorted({sid for sid, _ in parked}))
+        self.count(out)
 
-    async def run(kind: str, events: Sequence[Any]) -> None:
-        records = [
-            Record(
-                value=e.message.value,
-                topic=e.message.topic,
-                partition=e.message.partition,
-                offset=e.message.offset,
-                key=e.message.key,
+    def count(self, out: Output) -> None:
+        """Add a published output to the metrics."""
+        m = self.metrics
+        for trigger, n in out.triggers.items():
+            m.scores_out.labels(trigger).inc(n)
+        for _, payload in out.outcomes:
+            m.outcomes_out.labels(
+                "converted" if b'"outcome":"converted"' in payload else "not_converted"
+            ).inc()
+        for stage, _ in out.dead_letters:
+            m.dead_letters.labels(stage).inc()
+        if out.parked:
+            m.parked.inc(out.parked)
+        if out.out_of_order:
+            m.out_of_order.inc(out.out_of_order)
+        if out.late:
+            m.late.inc(out.late)
+        now = time.time() * 1000.0
+        for ts in out.event_ts_ms:
+            m.end_to_end.observe(max(0.0, now - ts) / 1000.0)
+
+    async def run(self, kind: str, events: Sequence[Any]) -> None:
+        """Process one micro-batch; exit the process rather than ack a failed batch."""
+        started = time.perf_counter()
+        records = []
+        for e in events:
+            msg = e.message
+            records.append(
+                Record(
+                    value=msg.value,
+                    topic=msg.topic,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                    key=msg.key,
+                    timestamp_ms=None if msg.timestamp is None else msg.timestamp * 1000.0,
+                )
             )
-            for e in events
-        ]
-        counters.add(f"in_{kind}", len(records))
+            self.positions[(msg.topic, msg.partition)] = msg.offset + 1
+        topic = self.sessions_name if kind == "sessions" else self.hits_name
+        self.metrics.events_in.labels(topic).inc(len(records))
+        self.metrics.batch_size.labels(kind).observe(len(records))
         try:
-            out = await (
-                processor.sessions(records) if kind == "sessions" else processor.hits(records)
-            )
-            await publish(out)
+            if kind == "sessions":
+                out = await self.processor.sessions(records)
+                await self.publish(out)
+            else:
+                async with self.state_lock:
+                    out = await self.processor.hits(records)
+                    await self.publish(out)
+            if out.duplicates:
+                self.metrics.duplicates.labels(topic).inc(out.duplicates)
         except InfrastructureError as exc:
             log.critical("giving up on %s batch: %s; exiting so it is delivered again", kind, exc)
             os._exit(EXIT_INFRASTRUCTURE)
@@ -111,19 +158,141 @@ def attach_agents(app: faust.App, settings: StreamSettings, processor: Processor
             # batch is delivered again once the bug is fixed. Bad data never gets here.
             log.critical("unexpected failure on a %s batch; exiting unacked", kind, exc_info=True)
             os._exit(EXIT_BUG)
+        self.metrics.batch_seconds.labels(kind).observe(time.perf_counter() - started)
+
+    def my_partitions(self) -> set[int]:
+        """Return the input partitions assigned to this worker."""
+        try:
+            assigned = self.app.consumer.assignment()
+        except Exception:  # noqa: BLE001 - no consumer yet (starting or rebalancing)
+            return set()
+        return {tp.partition for tp in assigned if tp.topic in (self.sessions_name, self.hits_name)}
+
+    async def close_idle(self) -> int:
+        """Close the idle sessions of this worker's partitions; return how many."""
+        closed = 0
+        gap_ms = self.settings.session_gap_s * 1000.0
+        open_total = 0
+        try:
+            for partition in sorted(self.my_partitions()):
+                while True:
+                    async with self.state_lock:
+                        out = await self.processor.close_due(partition, gap_ms)
+                        if not out.closed:
+                            break
+                        await self.publish(out)
+                        await self.processor.finish_close(partition, out.closed)
+                    closed += len(out.closed)
+                    self.metrics.closed.inc(len(out.closed))
+                open_total += await self.processor.store.open_count(partition)
+        except InfrastructureError as exc:
+            log.critical("closing sessions failed: %s; exiting", exc)
+            os._exit(EXIT_INFRASTRUCTURE)
+        except Exception:
+            log.critical("unexpected failure closing sessions; exiting", exc_info=True)
+            os._exit(EXIT_BUG)
+        self.metrics.open_sessions.set(open_total)
+        return closed
+
+    def update_lag(self) -> None:
+        """Set the consumer-lag gauges from the partitions' high-water marks."""
+        try:
+            assigned = self.app.consumer.assignment()
+            for tp in assigned:
+                if tp.topic not in (self.sessions_name, self.hits_name):
+                    continue
+                high = self.app.consumer.highwater(tp)
+                if high is None:
+                    continue
+                done = self.positions.get((tp.topic, tp.partition), 0)
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - done))
+        except Exception as exc:  # noqa: BLE001 - lag is best effort while rebalancing
+            log.debug("lag not updated: %s", exc)
+
+    async def reload_model(self) -> bool:
+        """Swap in a newly deployed artifact once it verifies; return whether it did.
+
+        The card beside the pickle names the artifact's SHA-256; a new digest means a
+        new artifact. One that fails to load is logged once and skipped until its card
+        changes again; the current model keeps scoring.
+        """
+        path = self.settings.model_path
+        try:
+            card = await asyncio.to_thread(read_card, path)
+        except (ArtifactError, OSError, ValueError):
+            return False
+        sha = card.get("artifact_sha256")
+        if sha in (self.model_sha, self.failed_sha):
+            return False
+        current = self.processor.model
+        try:
+            model = await asyncio.to_thread(load_model, path)
+        except (ArtifactError, OSError, ValueError) as exc:
+            log.warning(
+                "model reload: %s not loaded, keeping %s: %s",
+                card.get("version"),
+                current.version,
+                exc,
+            )
+            self.metrics.model_reloads.labels("failed").inc()
+            self.failed_sha = sha
+            return False
+        self.processor.model = model
+        self.model_sha, self.failed_sha = sha, None
+        self.metrics.use_model(model.version)
+        self.metrics.model_reloads.labels("loaded").inc()
+        log.info("model reload: %s replaces %s", model.version, current.version)
+        return True
+
+
+def attach_agents(
+    app: faust.App, settings: StreamSettings, processor: Processor, metrics: WorkerMetrics
+) -> Pipeline:
+    """Declare the topics, the two agents that feed the processor, and the timers."""
+    pipe = Pipeline(app, settings, processor, metrics)
+    metrics.use_model(processor.model.version)
+    sessions_topic = app.topic(pipe.sessions_name)
+    hits_topic = app.topic(pipe.hits_name)
 
     @app.agent(sessions_topic, concurrency=1)
     async def score_sessions(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_max, settings.batch_within_s):
-            await run("sessions", events)
+            await pipe.run("sessions", events)
 
     @app.agent(hits_topic, concurrency=1)
     async def score_hits(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_max, settings.batch_within_s):
-            await run("hits", events)
+            await pipe.run("hits", events)
+
+    @app.timer(interval=settings.close_check_s)
+    async def close_idle_sessions() -> None:
+        await pipe.close_idle()
+
+    @app.timer(interval=5.0)
+    async def lag() -> None:
+        pipe.update_lag()
+
+    if settings.model_reload_s > 0:
+
+        @app.timer(interval=settings.model_reload_s)
+        async def reload() -> None:
+            await pipe.reload_model()
 
     @app.timer(interval=30.0)
     async def report() -> None:
-        log.info("worker counters: %s", counters.values)
+        log.info(
+            "worker: %s events in, %s scores out",
+            {k: int(v) for k, v in _totals(metrics.events_in).items()},
+            {k: int(v) for k, v in _totals(metrics.scores_out).items()},
+        )
 
-    return counters
+    return pipe
+
+
+def _totals(counter: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                out[",".join(sample.labels.values())] = sample.value
+    return out

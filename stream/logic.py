@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from contracts.outcomes import outcome_id
 from contracts.scores import score_id
 from features.columns import HIT_COLUMNS, SESSION_COLUMNS
 
@@ -140,3 +141,43 @@ def score_event(
 def history_field(trigger: str, hit_number: int | None) -> str:
     """Name a score's field in the session's score history."""
     return f"{trigger}:{'' if hit_number is None else hit_number}"
+
+
+def epoch_ms(iso: str) -> float:
+    """Return an ISO timestamp with offset as milliseconds since the epoch."""
+    return datetime.fromisoformat(iso).timestamp() * 1000.0
+
+
+def hit_event_ms(start_ms: float, hit_time_ms: float | None) -> float:
+    """Return a hit's event time in epoch ms: session start plus hit_time when known."""
+    if hit_time_ms is None or not math.isfinite(hit_time_ms) or hit_time_ms < 0:
+        return start_ms
+    return start_ms + hit_time_ms
+
+
+def iso_from_ms(ms: float) -> str:
+    """Return epoch ms as an ISO timestamp in Moscow time, the site's clock."""
+    return datetime.fromtimestamp(ms / 1000.0, MSK).isoformat(timespec="milliseconds")
+
+
+def outcome_event(
+    *,
+    session_id: str,
+    client_id: str | None,
+    outcome: str,
+    hit_number: int | None,
+    event_time: str | None,
+    last_score: bytes | None,
+) -> dict[str, Any]:
+    """Build the outcome event published on conversion.outcomes."""
+    return {
+        "outcome_id": outcome_id(session_id, outcome),
+        "session_id": session_id,
+        "client_id": client_id,
+        "outcome": outcome,
+        "reason": "target_hit" if outcome == "converted" else "inactivity",
+        "hit_number": hit_number,
+        "event_time": event_time,
+        "last_score": None if last_score is None else orjson.loads(last_score),
+        "decided_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }

@@ -18,7 +18,10 @@ class WorkerMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.events_in = Counter(
-            "scorer_worker_events_in_total", "Events consumed, by input topic", ["topic"], registry=r
+            "scorer_worker_events_in_total",
+            "Events consumed, by input topic",
+            ["topic"],
+            registry=r,
         )
         self.scores_out = Counter(
             "scorer_worker_scores_out_total",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -21,20 +22,26 @@ import orjson
 
 from artifact import ConversionModel
 from features.columns import SESSION_COLUMNS
-from features.hits import combine, hit_increments
+from features.hits import STATE_INDEX, combine, hit_increments
 from features.session import rows_to_columns
 from stream.logic import (
     BadEvent,
+    epoch_ms,
     history_field,
-    hit_time,
+    hit_event_ms,
+    iso_from_ms,
+    outcome_event,
     parse_hit,
     parse_session,
     score_event,
     start_time,
 )
-from stream.state import HitWrite, RedisStore, SessionWrite
+from stream.state import CloseWrite, HitWrite, RedisStore, SessionWrite
 
 log = logging.getLogger(__name__)
+
+MAX_HIT = STATE_INDEX["max_hit_number"]
+TARGETS = STATE_INDEX["target_hits"]
 
 
 @dataclass
@@ -46,17 +53,33 @@ class Record:
     partition: int
     offset: int
     key: bytes | None = None
+    timestamp_ms: float | None = None  # the Kafka record's timestamp
 
 
 @dataclass
 class Output:
-    """What a batch produced: score events, hits to send back, dead letters."""
+    """What a batch produced: events to publish, sessions to release, and counts."""
 
     scores: list[tuple[str, bytes]] = field(default_factory=list)  # (session_id, JSON)
+    outcomes: list[tuple[str, bytes]] = field(default_factory=list)  # (session_id, JSON)
     released: list[str] = field(default_factory=list)  # sessions to release after publishing
-    dead_letters: list[bytes] = field(default_factory=list)
+    dead_letters: list[tuple[str, bytes]] = field(default_factory=list)  # (stage, JSON)
     duplicates: int = 0
     parked: int = 0
+    out_of_order: int = 0
+    late: int = 0
+    triggers: dict[str, int] = field(default_factory=dict)  # scores by trigger
+    event_ts_ms: list[float] = field(default_factory=list)  # Kafka timestamps of scored events
+    closed: list[str] = field(default_factory=list)  # sessions to mark closed once published
+
+    def score(self, sid: str, payload: bytes, trigger: str) -> None:
+        """Add a score event to publish."""
+        self.scores.append((sid, payload))
+        self.triggers[trigger] = self.triggers.get(trigger, 0) + 1
+
+
+def _converted(outcome: bytes | None) -> bool:
+    return outcome is not None and b'"outcome":"converted"' in outcome
 
 
 def dead_letter(record: Record, stage: str, error: str) -> bytes:
@@ -83,6 +106,8 @@ class Processor:
     def __init__(self, model: ConversionModel, store: RedisStore) -> None:
         self.model = model
         self.store = store
+        # partition -> (event-time high-water mark, wall time it was reached), in ms
+        self.watermarks: dict[int, tuple[float, float]] = {}
 
     def _dead(self, out: Output, record: Record, stage: str, error: str) -> None:
         log.warning(
@@ -93,7 +118,7 @@ class Processor:
             stage,
             error,
         )
-        out.dead_letters.append(dead_letter(record, stage, error))
+        out.dead_letters.append((stage, dead_letter(record, stage, error)))
 
     async def sessions(self, records: list[Record]) -> Output:
         """Process session-start records."""
@@ -107,41 +132,29 @@ class Processor:
         if not parsed:
             return out
         rows = [row for _, row in parsed]
+        model = self.model
         try:
-            vectors = self.model.session_vectors(rows_to_columns(rows, SESSION_COLUMNS))
-            probs = self.model.score_session_vectors(vectors)
+            vectors = model.session_vectors(rows_to_columns(rows, SESSION_COLUMNS))
+            probs = model.score_session_vectors(vectors)
         except Exception as exc:  # noqa: BLE001 - a feature or model failure is per batch data
             for rec, _ in parsed:
                 self._dead(out, rec, "score", f"{type(exc).__name__}: {exc}")
             return out
         sids = [row["session_id"] for row in rows]
         known = await self.store.read(sids)
-        version = self.model.version
         hfield = history_field("session_start", None)
-        stored = dict(
-            zip(
-                [s for s in dict.fromkeys(sids) if known[s].known],
-                await self.store.stored_scores(
-                    [(s, hfield) for s in dict.fromkeys(sids) if known[s].known]
-                ),
-                strict=True,
-            )
-        )
         writes: dict[str, SessionWrite] = {}
-        for i, row in enumerate(rows):
+        for i, (rec, row) in enumerate(parsed):
             sid = row["session_id"]
             if sid in writes or known[sid].known:
                 out.duplicates += 1
-                copy = writes[sid].score_json if sid in writes else stored.get(sid)
-                if copy is not None:
-                    out.scores.append((sid, copy))
                 continue
             start = start_time(row).isoformat()
             event = score_event(
                 session_id=sid,
                 client_id=row.get("client_id"),
                 probability=float(probs[i]),
-                model_version=version,
+                model_version=model.version,
                 trigger="session_start",
                 hit_number=None,
                 event_time=start,
@@ -154,9 +167,21 @@ class Processor:
                 vector=vectors[i],
                 score_json=payload,
                 history_field=hfield,
+                partition=rec.partition,
+                event_ms=epoch_ms(start),
             )
-            out.scores.append((sid, payload))
-        await self.store.write(list(writes.values()), [])
+            out.score(sid, payload, "session_start")
+            if rec.timestamp_ms is not None:
+                out.event_ts_ms.append(rec.timestamp_ms)
+        # Redelivered rows: publish the stored start score again, the very same copy.
+        again = [s for s in dict.fromkeys(sids) if s not in writes and known[s].known]
+        for sid, copy in zip(
+            again, await self.store.stored_scores([(s, hfield) for s in again]), strict=True
+        ):
+            if copy is not None:
+                out.score(sid, copy, "session_start")
+        new = list(writes.values())
+        await self.store.write(new, [], self._raise_marks(new))
         out.released = list(dict.fromkeys(sids))
         return out
 
@@ -198,8 +223,10 @@ class Processor:
             return out
 
         seen: dict[str, set[int]] = {}
-        to_score: list[tuple[int, str, np.ndarray]] = []  # (parsed index, sid, state)
+        to_score: list[tuple[int, str, np.ndarray, float]] = []  # (index, sid, state, event ms)
         duplicates: list[tuple[str, int]] = []
+        starts: dict[str, float] = {}
+        converted_at: dict[str, int] = {}  # session -> index in to_score of its first target
         for i, (rec, hit) in enumerate(parsed):
             sid, number = hit["session_id"], hit["hit_number"]
             st = states[sid]
@@ -216,44 +243,172 @@ class Processor:
                 duplicates.append((sid, number))
                 continue
             mine.add(number)
+            if number < st.state[MAX_HIT]:
+                out.out_of_order += 1
+            if st.closed:
+                out.late += 1
+            before = st.state[TARGETS]
             st.state = combine(st.state, increments[i])
-            to_score.append((i, sid, st.state.copy()))
+            # A conversion after an inactivity close supersedes its not-converted outcome.
+            if before == 0 and st.state[TARGETS] > 0 and not _converted(st.outcome):
+                converted_at[sid] = len(to_score)
+            if sid not in starts:
+                starts[sid] = epoch_ms(st.start) if st.start else 0.0
+            to_score.append((i, sid, st.state.copy(), hit_event_ms(starts[sid], hit["hit_time"])))
 
         writes: dict[str, HitWrite] = {}
         if to_score:
-            vecs = np.vstack([cast(np.ndarray, states[sid].vector) for _, sid, _ in to_score])
+            model = self.model
+            vecs = np.vstack([cast(np.ndarray, states[sid].vector) for _, sid, _, _ in to_score])
             try:
-                probs = self.model.score_in_session(vecs, np.vstack([s for _, _, s in to_score]))
+                probs = model.score_in_session(vecs, np.vstack([s for _, _, s, _ in to_score]))
             except Exception as exc:  # noqa: BLE001 - a model failure is per batch data
-                for i, _, _ in to_score:
+                for i, _, _, _ in to_score:
                     self._dead(out, parsed[i][0], "score", f"{type(exc).__name__}: {exc}")
                 return out
-            for (i, sid, state), p in zip(to_score, probs, strict=True):
-                hit = parsed[i][1]
+            latest = {sid: states[sid].latest for _, sid, _, _ in to_score}
+            for k, ((i, sid, state, event_ms), p) in enumerate(zip(to_score, probs, strict=True)):
+                rec, hit = parsed[i]
                 st = states[sid]
+                event_time = iso_from_ms(event_ms) if st.start else None
+                w = writes.setdefault(
+                    sid,
+                    HitWrite(
+                        session_id=sid,
+                        state=state,
+                        applied=[],
+                        scores=[],
+                        partition=st.partition if st.partition is not None else rec.partition,
+                        event_ms=event_ms,
+                        closed=st.closed,
+                    ),
+                )
+                if converted_at.get(sid) == k:
+                    outcome = orjson.dumps(
+                        outcome_event(
+                            session_id=sid,
+                            client_id=st.client_id,
+                            outcome="converted",
+                            hit_number=hit["hit_number"],
+                            event_time=event_time,
+                            last_score=latest[sid],
+                        )
+                    )
+                    w.outcome = outcome
+                    out.outcomes.append((sid, outcome))
                 event = score_event(
                     session_id=sid,
                     client_id=st.client_id,
                     probability=float(p),
-                    model_version=self.model.version,
+                    model_version=model.version,
                     trigger="hit",
                     hit_number=hit["hit_number"],
-                    event_time=hit_time(st.start or "", hit.get("hit_time")) if st.start else None,
+                    event_time=event_time,
                 )
                 payload = orjson.dumps(event)
-                w = writes.setdefault(
-                    sid, HitWrite(session_id=sid, state=state, applied=[], scores=[])
-                )
+                latest[sid] = payload
                 w.state = state
+                w.event_ms = max(w.event_ms, event_ms)
                 w.applied.append(hit["hit_number"])
                 w.scores.append((history_field("hit", hit["hit_number"]), payload))
-                out.scores.append((sid, payload))
-        await self.store.write([], list(writes.values()))
+                out.score(sid, payload, "hit")
+                if rec.timestamp_ms is not None:
+                    out.event_ts_ms.append(rec.timestamp_ms)
+        updates = list(writes.values())
+        await self.store.write([], updates, self._raise_marks(updates))
         if duplicates:
             copies = await self.store.stored_scores(
                 [(sid, history_field("hit", n)) for sid, n in duplicates]
             )
-            for (sid, _), copy in zip(duplicates, copies, strict=True):
+            for (sid, number), copy in zip(duplicates, copies, strict=True):
                 if copy is not None:
-                    out.scores.append((sid, copy))
+                    out.score(sid, copy, "hit")
+                stored = states[sid].outcome
+                if stored is not None and orjson.loads(stored).get("hit_number") == number:
+                    out.outcomes.append((sid, stored))
         return out
+
+    def _raise_marks(
+        self, writes: list[SessionWrite] | list[HitWrite]
+    ) -> dict[int, tuple[float, float]]:
+        """Raise each partition's event-time high-water mark by this batch's events."""
+        wall = time.time() * 1000.0
+        changed: dict[int, tuple[float, float]] = {}
+        for w in writes:
+            current = self.watermarks.get(w.partition)
+            if current is None or w.event_ms > current[0]:
+                self.watermarks[w.partition] = changed[w.partition] = (w.event_ms, wall)
+        return changed
+
+    async def close_due(self, partition: int, gap_ms: float, limit: int = 1000) -> Output:
+        """Close a partition's sessions idle for the gap; return their final events.
+
+        Event time is the partition's high-water mark, moved on by the wall clock while
+        no event arrives, so a partition that goes quiet still closes its sessions. The
+        caller publishes the output, then calls ``finish_close``.
+        """
+        out = Output()
+        mark = self.watermarks.get(partition) or await self.store.watermark(partition)
+        if mark is None:
+            return out
+        self.watermarks.setdefault(partition, mark)
+        now_ms = mark[0] + max(0.0, time.time() * 1000.0 - mark[1])
+        due = await self.store.due(partition, now_ms - gap_ms, limit)
+        if not due:
+            return out
+        sids = [sid for sid, _ in due]
+        states = await self.store.read(sids)
+        end_field = history_field("session_end", None)
+        stored = await self.store.stored_scores([(sid, end_field) for sid in sids])
+        closes: list[CloseWrite] = []
+        fresh: list[tuple[str, float]] = []
+        for (sid, last_ms), copy in zip(due, stored, strict=True):
+            st = states[sid]
+            out.closed.append(sid)
+            if not st.known or st.vector is None:
+                continue  # its state expired: nothing left to close
+            if copy is not None:  # closed before a crash: the same copies again
+                out.score(sid, copy, "session_end")
+                if st.outcome is not None and b'"not_converted"' in st.outcome:
+                    out.outcomes.append((sid, st.outcome))
+                continue
+            fresh.append((sid, last_ms))
+        if fresh:
+            model = self.model
+            vecs = np.vstack([cast(np.ndarray, states[sid].vector) for sid, _ in fresh])
+            probs = model.score_in_session(vecs, np.vstack([states[sid].state for sid, _ in fresh]))
+            for (sid, last_ms), p in zip(fresh, probs, strict=True):
+                st = states[sid]
+                event_time = iso_from_ms(last_ms)
+                payload = orjson.dumps(
+                    score_event(
+                        session_id=sid,
+                        client_id=st.client_id,
+                        probability=float(p),
+                        model_version=model.version,
+                        trigger="session_end",
+                        hit_number=None,
+                        event_time=event_time,
+                    )
+                )
+                outcome = None
+                if st.outcome is None:
+                    outcome = orjson.dumps(
+                        outcome_event(
+                            session_id=sid,
+                            client_id=st.client_id,
+                            outcome="not_converted",
+                            hit_number=None,
+                            event_time=event_time,
+                            last_score=st.latest,
+                        )
+                    )
+                    out.outcomes.append((sid, outcome))
+                closes.append(CloseWrite(sid, payload, end_field, outcome))
+                out.score(sid, payload, "session_end")
+            await self.store.prepare_close(closes)
+        return out
+
+    async def finish_close(self, partition: int, sids: list[str]) -> None:
+        """Mark sessions closed once their final events are on Kafka."""
+        await self.store.finish_close(partition, sids)

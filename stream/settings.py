@@ -21,5 +21,10 @@ class StreamSettings(BaseSettings):
     session_ttl_s: int = 6 * 3600
     batch_max: int = 500
     batch_within_s: float = 0.05
-    redis_retries: int = 8
+    redis_retries: int = 8  # attempts (backoff 0.1 s doubling to 5 s) before the worker exits
+    session_gap_s: float = 1800.0  # event-time inactivity after which a session is closed
+    close_check_s: float = 1.0  # how often the worker looks for sessions to close
+    kafka_session_timeout_s: float = 10.0  # a worker that vanished loses its partitions after this
+    metrics_port: int = 9108  # Prometheus metrics over HTTP; 0: not served
+    model_reload_s: float = 5.0  # how often to look for a newly deployed artifact; 0: never
     log_level: str = "info"

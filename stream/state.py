@@ -63,6 +63,10 @@ class SessionState:
     start: str | None
     vector: np.ndarray | None
     state: np.ndarray
+    partition: int | None = None
+    closed: bool = False  # closed for inactivity
+    latest: bytes | None = None  # the latest ScoreEvent JSON
+    outcome: bytes | None = None  # the OutcomeEvent JSON, once known
 
 
 @dataclass
@@ -75,6 +79,8 @@ class SessionWrite:
     vector: np.ndarray
     score_json: bytes
     history_field: str
+    partition: int = 0
+    event_ms: float = 0.0
 
 
 @dataclass
@@ -85,6 +91,20 @@ class HitWrite:
     state: np.ndarray
     applied: list[int]
     scores: list[tuple[str, bytes]]  # (history field, ScoreEvent JSON), in order
+    partition: int = 0
+    event_ms: float = 0.0  # the latest event time among the batch's hits
+    outcome: bytes | None = None  # OutcomeEvent JSON when a hit of the batch converted
+    closed: bool = False  # a late hit: the session stays closed
+
+
+@dataclass
+class CloseWrite:
+    """A session closed for inactivity: its final score and, unless converted, outcome."""
+
+    session_id: str
+    score_json: bytes
+    history_field: str
+    outcome: bytes | None
 
 
 class RedisStore:
@@ -124,10 +144,12 @@ class RedisStore:
             pipe = self.r.pipeline(transaction=False)
             for sid in sids:
                 pipe.hgetall(self._k(keys.session_key, sid))
+                pipe.get(self._k(keys.latest_score_key, sid))
             return await pipe.execute()
 
         out = {}
-        for sid, h in zip(sids, await self._retry("read", run), strict=True):
+        results = await self._retry("read", run)
+        for sid, h, latest in zip(sids, results[0::2], results[1::2], strict=True):
             state = empty_state()
             for i, f in enumerate(STATE_FIELDS):
                 v = h.get(f.encode())
@@ -141,6 +163,10 @@ class RedisStore:
                 start=_text(h.get(b"start")),
                 vector=None if vec is None else np.frombuffer(vec, dtype=np.float32).copy(),
                 state=state,
+                partition=None if b"p" not in h else int(h[b"p"]),
+                closed=b"closed" in h,
+                latest=latest,
+                outcome=h.get(b"outcome"),
             )
         return out
 
@@ -209,9 +235,19 @@ class RedisStore:
 
         await self._retry("forget pending", run)
 
-    async def write(self, sessions: Sequence[SessionWrite], hits: Sequence[HitWrite]) -> None:
-        """Write a batch's sessions, states, applied hits and scores atomically."""
-        if not sessions and not hits:
+    async def write(
+        self,
+        sessions: Sequence[SessionWrite],
+        hits: Sequence[HitWrite],
+        watermarks: dict[int, tuple[float, float]] | None = None,
+    ) -> None:
+        """Write a batch's sessions, states, applied hits and scores atomically.
+
+        Open sessions are kept in their partition's sorted set, scored by their latest
+        event time (only ever raised), for the inactivity close; ``watermarks`` maps a
+        partition to its (event time, wall time) high-water marks in ms.
+        """
+        if not sessions and not hits and not watermarks:
             return
 
         async def run() -> Any:
@@ -221,26 +257,112 @@ class RedisStore:
                 fields: dict[str | bytes, bytes | str | int | float] = {
                     "start": s.start,
                     "vec": s.vector.astype(np.float32).tobytes(),
+                    "p": s.partition,
                 }
                 if s.client_id is not None:
                     fields["client_id"] = s.client_id
                 pipe.hset(state_key, mapping=fields)  # type: ignore[arg-type]
                 pipe.expire(state_key, self.ttl)
                 self._score(pipe, s.session_id, [(s.history_field, s.score_json)])
+                pipe.zadd(
+                    keys.open_sessions_key(s.partition, self.prefix),
+                    {s.session_id: s.event_ms},
+                    gt=True,
+                )
             for h in hits:
                 state_key = self._k(keys.session_key, h.session_id)
-                pipe.hset(
-                    state_key,
-                    mapping={f: repr(float(v)) for f, v in zip(STATE_FIELDS, h.state, strict=True)},
-                )
+                mapping: dict[str, bytes | str] = {
+                    f: repr(float(v)) for f, v in zip(STATE_FIELDS, h.state, strict=True)
+                }
+                if h.outcome is not None:
+                    mapping["outcome"] = h.outcome
+                pipe.hset(state_key, mapping=mapping)  # type: ignore[arg-type]
                 pipe.expire(state_key, self.ttl)
                 applied_key = self._k(keys.applied_hits_key, h.session_id)
                 pipe.sadd(applied_key, *h.applied)
                 pipe.expire(applied_key, self.ttl)
                 self._score(pipe, h.session_id, h.scores)
+                if not h.closed:
+                    pipe.zadd(
+                        keys.open_sessions_key(h.partition, self.prefix),
+                        {h.session_id: h.event_ms},
+                        gt=True,
+                    )
+            for partition, (event_ms, wall_ms) in (watermarks or {}).items():
+                pipe.hset(
+                    keys.watermark_key(partition, self.prefix),
+                    mapping={"event_ms": repr(event_ms), "wall_ms": repr(wall_ms)},
+                )
             return await pipe.execute()
 
         await self._retry("write", run)
+
+    async def watermark(self, partition: int) -> tuple[float, float] | None:
+        """Return a partition's stored (event time, wall time) high-water marks in ms."""
+
+        async def run() -> Any:
+            return await self.r.hgetall(keys.watermark_key(partition, self.prefix))
+
+        h = await self._retry("watermark", run)
+        if b"event_ms" not in h:
+            return None
+        return float(h[b"event_ms"]), float(h[b"wall_ms"])
+
+    async def due(self, partition: int, upto_ms: float, limit: int) -> list[tuple[str, float]]:
+        """Return open sessions of a partition whose latest event is at or before upto_ms."""
+
+        async def run() -> Any:
+            return await self.r.zrangebyscore(
+                keys.open_sessions_key(partition, self.prefix),
+                "-inf",
+                upto_ms,
+                start=0,
+                num=limit,
+                withscores=True,
+            )
+
+        return [(sid.decode(), float(ms)) for sid, ms in await self._retry("due", run)]
+
+    async def open_count(self, partition: int) -> int:
+        """Count a partition's open sessions."""
+
+        async def run() -> Any:
+            return await self.r.zcard(keys.open_sessions_key(partition, self.prefix))
+
+        return int(await self._retry("open count", run))
+
+    async def prepare_close(self, closes: Sequence[CloseWrite]) -> None:
+        """Store the final scores and outcomes of sessions about to be closed.
+
+        Stored first, published next, marked closed last: a crash in between finds them
+        here and publishes the very same copies again.
+        """
+        if not closes:
+            return
+
+        async def run() -> Any:
+            pipe = self.r.pipeline(transaction=True)
+            for c in closes:
+                self._score(pipe, c.session_id, [(c.history_field, c.score_json)])
+                if c.outcome is not None:
+                    pipe.hset(self._k(keys.session_key, c.session_id), "outcome", c.outcome)
+            return await pipe.execute()
+
+        await self._retry("prepare close", run)
+
+    async def finish_close(self, partition: int, sids: Sequence[str]) -> None:
+        """Mark sessions closed and take them out of their partition's open set."""
+        if not sids:
+            return
+
+        async def run() -> Any:
+            pipe = self.r.pipeline(transaction=True)
+            for sid in sids:
+                pipe.hset(self._k(keys.session_key, sid), "closed", "1")
+            pipe.zrem(keys.open_sessions_key(partition, self.prefix), *sids)
+            return await pipe.execute()
+
+        await self._retry("finish close", run)
 
     def _score(self, pipe: Any, sid: str, scores: list[tuple[str, bytes]]) -> None:
         if not scores:

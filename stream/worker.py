@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from artifact import load_model
 from stream.admin import ensure_topics
 from stream.app import attach_agents, create_app
+from stream.metrics import WorkerMetrics
 from stream.processor import Processor
 from stream.settings import StreamSettings
 from stream.state import RedisStore
@@ -34,7 +35,9 @@ def run_worker(settings: StreamSettings) -> int:
         retries=settings.redis_retries,
     )
     app = create_app(settings)
-    attach_agents(app, settings, Processor(model, store))
+    metrics = WorkerMetrics()
+    attach_agents(app, settings, Processor(model, store), metrics)
+    metrics.serve(settings.metrics_port)
     log.info(
         "worker %s: model %s, topics prefixed %r",
         settings.app_id,

@@ -5,19 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from helpers import WorkerProcess, free_port
 
 from stream.settings import StreamSettings
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -65,56 +61,8 @@ def stream_settings(
         app_id=run_id,
         redis_key_prefix=run_id,
         data_dir=tmp_path / "faust",
+        metrics_port=free_port(),
     )
-
-
-def settings_env(settings: StreamSettings) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        env[f"SCORER_{name.upper()}"] = str(value)
-    return env
-
-
-class WorkerProcess:
-    """A `python -m stream worker` subprocess with its log file."""
-
-    def __init__(self, settings: StreamSettings, log_path: Path) -> None:
-        self.settings = settings
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream", "worker"],
-            cwd=ROOT,
-            env=settings_env(self.settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited: {self.log_path.read_text()[-3000:]}")
-            if "Worker ready" in self.log_path.read_text(errors="replace"):
-                return
-            time.sleep(0.5)
-        raise AssertionError(f"worker not ready: {self.log_path.read_text()[-3000:]}")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ from api.settings import ApiSettings
 from contracts import topics
 from stream.replay import build_events, send_events
 from stream.settings import StreamSettings
-from stream.tail import read_topic
+from stream.tail import is_event_score, read_topic
 from training.generate import generate
 
 pytestmark = pytest.mark.integration
@@ -43,8 +43,10 @@ def test_predict_equals_the_streams_session_start_score(
             topics.topic_name(topics.SCORES, stream_settings.topic_prefix),
             until=len(rows),
             timeout_s=120,
+            counts=is_event_score,
         )
     )
+    scores = [e for e in scores if is_event_score(e)]
     stream_p = {e["session_id"]: e["probability"] for e in scores}
     assert set(stream_p) == {r["session_id"] for r in rows}
 

@@ -1,0 +1,183 @@
+"""What the worker's integration tests check against: the data's own truth."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from contracts import keys, topics
+from features.hits import STATE_NAMES, combine, empty_state, hit_increments
+from features.target import TARGET_ACTIONS
+from stream.replay import build_events
+from stream.settings import StreamSettings
+from stream.tail import is_event_score, read_topic
+
+Event = tuple[str, bytes, bytes]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def settings_env(settings: StreamSettings) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        env[f"SCORER_{name.upper()}"] = str(value)
+    return env
+
+
+class WorkerProcess:
+    """A `python -m stream worker` subprocess with its log file."""
+
+    def __init__(self, settings: StreamSettings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream", "worker"],
+            cwd=ROOT,
+            env=settings_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+            if "Worker ready" in self.log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"worker not ready: {self.log_path.read_text()[-3000:]}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Truth:
+    """Sessions and hits of a generated data set, and what the worker must make of them."""
+
+    def __init__(self, data: Path) -> None:
+        self.events: list[Event] = build_events(data)
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.hits: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for t, _, v in self.events:
+            row = orjson.loads(v)
+            if t == topics.SESSIONS:
+                self.sessions[row["session_id"]] = row
+        for t, _, v in self.events:
+            row = orjson.loads(v)
+            if t == topics.HITS and row["session_id"] in self.sessions:
+                self.hits[row["session_id"]].append(row)
+        # Orphan hits (no session row) wait for a row that never comes: leave them out.
+        self.events = [
+            (t, k, v)
+            for t, k, v in self.events
+            if t == topics.SESSIONS or orjson.loads(v)["session_id"] in self.sessions
+        ]
+
+    @property
+    def expected_scores(self) -> int:
+        return len(self.sessions) + sum(len(h) for h in self.hits.values())
+
+    def converted(self, sid: str) -> bool:
+        return any(h["event_action"] in TARGET_ACTIONS for h in self.hits[sid])
+
+    def state(self, sid: str) -> np.ndarray:
+        """The session's hit state after all its hits, each applied exactly once."""
+        state = empty_state()
+        hits = self.hits[sid]
+        if not hits:
+            return state
+        increments = hit_increments(
+            {c: [h[c] for h in hits] for c in ("hit_number", "hit_time", "event_action")}
+        )
+        for inc in increments:
+            state = combine(state, inc)
+        return state
+
+
+def stored_state(r: redis.Redis, sid: str, prefix: str) -> tuple[np.ndarray, set[int]]:
+    """Read a session's hit state and applied hit numbers from Redis."""
+    h = r.hgetall(keys.session_key(sid, prefix))
+    state = empty_state()
+    for i, name in enumerate(STATE_NAMES):
+        value = h.get(keys.state_field(name).encode())
+        if value is not None:
+            state[i] = float(value)
+    applied = {int(x) for x in r.smembers(keys.applied_hits_key(sid, prefix))}
+    return state, applied
+
+
+def read_scores(settings: StreamSettings, until: int, timeout_s: float = 180) -> list[dict]:
+    """Read the scores topic until `until` distinct start and hit scores arrived."""
+    return asyncio.run(
+        read_topic(
+            settings.kafka_bootstrap,
+            topics.topic_name(topics.SCORES, settings.topic_prefix),
+            until=until,
+            timeout_s=timeout_s,
+            counts=is_event_score,
+        )
+    )
+
+
+def read_all(settings: StreamSettings, topic: str, idle_s: float = 5.0) -> list[dict]:
+    """Read a topic until nothing new comes for idle_s."""
+    return asyncio.run(
+        read_topic(
+            settings.kafka_bootstrap,
+            topics.topic_name(topic, settings.topic_prefix),
+            until=None,
+            timeout_s=120,
+            idle_s=idle_s,
+            identity=lambda e: orjson.dumps(e, option=orjson.OPT_SORT_KEYS),
+        )
+    )
+
+
+def metrics(port: int) -> dict[str, float]:
+    """Scrape a worker's metrics: sample name with labels -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}"] = sample.value
+    return out
+
+
+def total(samples: dict[str, float], name: str) -> float:
+    """Sum a metric over its labels."""
+    return sum(v for k, v in samples.items() if k.startswith(name + "{"))
