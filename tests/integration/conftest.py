@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import WorkerProcess, free_port
 
+from bench.procs import WorkerProcess, free_port
 from stream.settings import StreamSettings
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import Truth, WorkerProcess, free_port, metrics, read_scores, stored_state, total
+from helpers import Truth, read_scores, stored_state
 
+from bench.procs import WorkerProcess, free_port, metrics, total
 from stream.replay import send_events
 from stream.settings import StreamSettings
 from training.generate import generate

@@ -17,18 +17,10 @@ import numpy as np
 import orjson
 import pytest
 import redis
-from helpers import (
-    Truth,
-    WorkerProcess,
-    free_port,
-    metrics,
-    read_all,
-    read_scores,
-    stored_state,
-    total,
-)
+from helpers import Truth, read_all, read_scores, stored_state
 
 from artifact import load_model, read_card, save_model
+from bench.procs import WorkerProcess, free_port, metrics, total
 from contracts import topics
 from features.target import TARGET_ACTIONS
 from stream.replay import send_events
