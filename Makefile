@@ -42,7 +42,10 @@ bench-train: install ## Benchmark: generate 1.86M sessions, check them, train; t
 bench-api: install ## Benchmark: /predict and a 10,000-row batch on one uvicorn process, against a pandas+sklearn baseline
 	$(PY) -m bench.api
 
+bench-stream: stack-up ## Benchmark: worker throughput (1 and 2 processes) and latency on the local stack
+	$(PY) -m bench.stream
+
 clean: ## Remove generated data, models and test output (not the venv or the stack)
 	rm -rf data models test-artifacts .pytest_cache
 
-.PHONY: help install stack-up stack-down stack-status test lint demo bench-train bench-api clean
+.PHONY: help install stack-up stack-down stack-status test lint demo bench-train bench-api bench-stream clean

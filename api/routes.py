@@ -161,7 +161,9 @@ async def session_state(session_id: str, redis: Redis, settings: Settings) -> Se
     if not state and not history and not pending:
         raise HTTPException(status_code=404, detail=f"no state for session {session_id}")
     events = [orjson.loads(raw) for raw in history.values()]
-    events.sort(key=lambda e: (e["hit_number"] or 0, e["trigger"] != "session_start"))
+    # In session order: the start, the hits by number, the closing score last.
+    rank = {"session_start": 0, "hit": 1, "session_end": 2}
+    events.sort(key=lambda e: (rank.get(e["trigger"], 1), e["hit_number"] or 0))
     now = datetime.now(UTC)
     for e in events:
         e["age_s"] = round((now - datetime.fromisoformat(e["scored_at"])).total_seconds(), 3)

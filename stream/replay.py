@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 from aiokafka import AIOKafkaProducer
 
 from contracts import topics
@@ -33,15 +37,20 @@ class ReplayStats:
         return (self.sessions + self.hits) / self.seconds if self.seconds else 0.0
 
 
-def _read(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    # Only an empty field is null: "(not set)", "NA" and the like are real values.
-    return pd.read_csv(
-        path, dtype=str, keep_default_na=False, na_values=[""], usecols=list(columns)
-    )[list(columns)]
-
-
-def _records(df: pd.DataFrame) -> list[dict[str, object]]:
-    return df.astype(object).where(df.notna(), None).to_dict("records")
+def _read(path: Path, columns: tuple[str, ...]) -> pa.Table:
+    # Every column as text; only an empty field is null: "(not set)", "NA" and the like
+    # are real values.
+    table = pacsv.read_csv(
+        path,
+        convert_options=pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in columns},
+            include_columns=list(columns),
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+        ),
+    )
+    return table.select(list(columns))
 
 
 def event_order(sessions: pd.DataFrame, hits: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -77,36 +86,53 @@ def event_order(sessions: pd.DataFrame, hits: pd.DataFrame) -> tuple[np.ndarray,
     return start_ms.astype(np.float64), order["t"].reindex(hits.index).to_numpy()
 
 
-def build_events(data: Path, limit_sessions: int | None = None) -> list[tuple[str, bytes, bytes]]:
-    """Return (topic, key, value) of every event of a data set, in event-time order."""
+def iter_event_chunks(
+    data: Path, limit_sessions: int | None = None, chunk: int = 200_000
+) -> Iterator[list[tuple[str, bytes, bytes]]]:
+    """Yield (topic, key, value) of a data set's events in event-time order, in chunks.
+
+    The files are held as Arrow tables and only one chunk at a time becomes Python
+    objects, so a full history (17.6M events) replays in bounded memory.
+    """
     sessions = _read(data / "ga_sessions.csv", SESSION_COLUMNS)
     hits = _read(data / "ga_hits.csv", HIT_COLUMNS)
     if limit_sessions is not None:
-        sessions = sessions.head(limit_sessions)
-        hits = hits[hits["session_id"].isin(sessions["session_id"])]
-    hits = hits.reset_index(drop=True)
-    s_time, h_time = event_order(sessions, hits)
-    session_rows = _records(sessions)
-    for row in session_rows:
-        row["visit_number"] = int(str(row["visit_number"]))
-    hit_rows = _records(hits)
-    for row in hit_rows:
-        row["hit_number"] = int(str(row["hit_number"]))
-        row["hit_time"] = None if row["hit_time"] is None else float(str(row["hit_time"]))
+        sessions = sessions.slice(0, limit_sessions)
+        hits = hits.filter(pc.is_in(hits["session_id"], value_set=sessions["session_id"]))
+    s_time, h_time = event_order(
+        sessions.select(["session_id", "visit_date", "visit_time"]).to_pandas(),
+        hits.select(["session_id", "hit_number", "hit_time"]).to_pandas(),
+    )
+    n_sessions = sessions.num_rows
+    hit_numbers = pc.cast(hits["hit_number"], pa.int64()).to_numpy()
     # Sort key: time, then sessions before hits, then hit_number.
     keys = np.concatenate([s_time, h_time])
-    kind = np.r_[np.zeros(len(session_rows)), np.ones(len(hit_rows))]
-    number = np.r_[np.zeros(len(session_rows)), [r["hit_number"] for r in hit_rows]].astype(
-        np.float64
-    )
+    kind = np.r_[np.zeros(n_sessions), np.ones(hits.num_rows)]
+    number = np.r_[np.zeros(n_sessions), hit_numbers].astype(np.float64)
     order = np.lexsort((number, kind, keys))
-    rows = session_rows + hit_rows
-    out = []
-    for i in order:
-        row = rows[i]
-        topic = topics.SESSIONS if i < len(session_rows) else topics.HITS
-        out.append((topic, str(row["session_id"]).encode(), orjson.dumps(row)))
-    return out
+    del keys, kind, number
+    for first in range(0, len(order), chunk):
+        part = order[first : first + chunk]
+        rows_s = iter(sessions.take(part[part < n_sessions]).to_pylist())
+        rows_h = iter(hits.take(part[part >= n_sessions] - n_sessions).to_pylist())
+        out = []
+        for i in part:
+            if i < n_sessions:
+                row = next(rows_s)
+                row["visit_number"] = int(row["visit_number"])
+                topic = topics.SESSIONS
+            else:
+                row = next(rows_h)
+                row["hit_number"] = int(row["hit_number"])
+                row["hit_time"] = None if row["hit_time"] is None else float(row["hit_time"])
+                topic = topics.HITS
+            out.append((topic, row["session_id"].encode(), orjson.dumps(row)))
+        yield out
+
+
+def build_events(data: Path, limit_sessions: int | None = None) -> list[tuple[str, bytes, bytes]]:
+    """Return (topic, key, value) of every event of a data set, in event-time order."""
+    return [e for part in iter_event_chunks(data, limit_sessions) for e in part]
 
 
 async def send_events(
@@ -161,7 +187,10 @@ def replay(
     progress: bool = True,
 ) -> ReplayStats:
     """Replay a data set's CSVs into Kafka."""
-    events = build_events(data, limit_sessions)
-    seconds = asyncio.run(send_events(settings, events, rate=rate, progress=progress))
-    n_sessions = sum(1 for t, _, _ in events if t == topics.SESSIONS)
-    return ReplayStats(sessions=n_sessions, hits=len(events) - n_sessions, seconds=seconds)
+    sessions = hits = 0
+    seconds = 0.0
+    for events in iter_event_chunks(data, limit_sessions):
+        seconds += asyncio.run(send_events(settings, events, rate=rate, progress=progress))
+        n = sum(1 for t, _, _ in events if t == topics.SESSIONS)
+        sessions, hits = sessions + n, hits + len(events) - n
+    return ReplayStats(sessions=sessions, hits=hits, seconds=seconds)

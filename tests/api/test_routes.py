@@ -182,6 +182,24 @@ def test_session_state_shows_counters_and_bounded_history(client, fake_redis) ->
     assert [s["hit_number"] for s in body["scores"]] == list(range(11, 61))
 
 
+def test_session_history_ends_with_its_closing_score(client, fake_redis) -> None:
+    sid = "s2"
+    fake_redis.hashes[keys.session_key(sid)] = {b"client_id": b"1.2", b"ready": b"1"}
+    fake_redis.hashes[keys.score_history_key(sid)] = {
+        b"session_end:": _score(sid, "session_end", None, 0.3),
+        b"hit:2": _score(sid, "hit", 2, 0.2),
+        b"session_start:0": _score(sid, "session_start", None, 0.01),
+        b"hit:1": _score(sid, "hit", 1, 0.1),
+    }
+    body = client.get(f"/sessions/{sid}").json()
+    assert [(s["trigger"], s["hit_number"]) for s in body["scores"]] == [
+        ("session_start", None),
+        ("hit", 1),
+        ("hit", 2),
+        ("session_end", None),
+    ]
+
+
 def test_session_with_only_parked_hits_is_known_and_not_ready(client, fake_redis) -> None:
     fake_redis.lists[keys.pending_hits_key("early")] = [b"{}", b"{}"]
     body = client.get("/sessions/early").json()

@@ -1,0 +1,322 @@
+"""Benchmark of the stream worker on the real local Kafka broker and Redis.
+
+    python -m bench.stream [--data DIR] [--model PATH] [--sessions N] [--rate R]
+                           [--latency-seconds S] [--full DIR]
+
+1. Throughput, one worker process: the input is loaded into fresh topics first; the
+   worker starts and the clock runs from its first consumed event to its last score
+   published (Kafka timestamps). "Sustained" leaves out the first and last 10 % of the
+   scores, so start-up and the group's rebalance do not count.
+2. The same with two worker processes in one consumer group.
+3. Latency at a steady rate (default 1,000 events/s): event → score, from the input
+   record's timestamp to its score record's timestamp, p50/p95/p99.
+4. With --full DIR: a replay of a whole generated history through one worker, timed.
+
+Each phase uses its own topics and Redis keys, removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bench.api import _prepare
+from bench.procs import WorkerProcess, free_port, metrics, total
+from contracts import topics
+from stream.replay import build_events, send_events
+from stream.settings import StreamSettings
+
+Event = tuple[str, bytes, bytes]
+
+
+def _settings(base: StreamSettings, model: Path, work: Path) -> StreamSettings:
+    run = f"bench-{uuid.uuid4().hex[:8]}"
+    return base.model_copy(
+        update={
+            "model_path": model,
+            "topic_prefix": f"{run}.",
+            "app_id": run,
+            "redis_key_prefix": run,
+            "data_dir": work / run,
+            "metrics_port": free_port(),
+            "model_reload_s": 0.0,
+        }
+    )
+
+
+def _identity(e: dict[str, Any]) -> tuple[str, str, int | None]:
+    """(session, trigger, hit_number) of a score, or of the input event it answers."""
+    if "trigger" in e:
+        return (e["session_id"], e["trigger"], e["hit_number"])
+    if "hit_number" in e:
+        return (e["session_id"], "hit", e["hit_number"])
+    return (e["session_id"], "session_start", None)
+
+
+async def _timestamps(settings: StreamSettings, topic: str) -> list[tuple[Any, float]]:
+    """Read a whole topic; return (identity, record timestamp in ms) of each record."""
+    consumer = AIOKafkaConsumer(
+        topics.topic_name(topic, settings.topic_prefix),
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    out: list[tuple[Any, float]] = []
+    try:
+        last_new = time.monotonic()
+        while time.monotonic() - last_new < 3.0:
+            batch = await consumer.getmany(timeout_ms=500, max_records=50_000)
+            for records in batch.values():
+                for rec in records:
+                    out.append((_identity(orjson.loads(rec.value)), float(rec.timestamp)))
+                    last_new = time.monotonic()
+    finally:
+        await consumer.stop()
+    return out
+
+
+def _poll_first_consumed(ports: list[int], stop_at: int, timeout_s: float) -> tuple[float, float]:
+    """Wait until the workers consumed something, then until all input is scored.
+
+    Returns (wall ms of the first consumed event, wall seconds spent waiting).
+    """
+    started = time.monotonic()
+    first_ms: float | None = None
+    deadline = started + timeout_s
+    while time.monotonic() < deadline:
+        counts = []
+        for port in ports:
+            try:
+                m = metrics(port)
+            except OSError:
+                counts.append((0.0, 0.0))
+                continue
+            counts.append(
+                (
+                    total(m, "scorer_worker_events_in_total"),
+                    m.get("scorer_worker_scores_out_total{trigger=session_start}", 0.0)
+                    + m.get("scorer_worker_scores_out_total{trigger=hit}", 0.0),
+                )
+            )
+        consumed = sum(c for c, _ in counts)
+        scored = sum(s for _, s in counts)
+        if first_ms is None and consumed > 0:
+            first_ms = time.time() * 1000.0
+        if scored >= stop_at:
+            break
+        time.sleep(0.1 if first_ms is None else 0.5)
+    else:
+        raise RuntimeError(f"workers scored fewer than {stop_at} events in {timeout_s:.0f} s")
+    assert first_ms is not None
+    return first_ms, time.monotonic() - started
+
+
+def _cleanup(settings: StreamSettings) -> None:
+    async def drop() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            names = [n for n in await admin.list_topics() if n.startswith(settings.topic_prefix)]
+            if names:
+                await admin.delete_topics(names)
+        finally:
+            await admin.close()
+
+    asyncio.run(drop())
+    r = redis.Redis.from_url(settings.redis_url)
+    for key in r.scan_iter(f"{settings.redis_key_prefix}:*", count=10_000):
+        r.unlink(key)
+
+
+def throughput(
+    base: StreamSettings, model: Path, events: list[Event], workers: int, work: Path
+) -> dict[str, Any]:
+    """Pre-load the input, start the workers, time first consumed → last score."""
+    settings = _settings(base, model, work)
+    expected = len(events)
+    asyncio.run(send_events(settings, events, progress=False))
+    procs = []
+    for k in range(workers):
+        s = settings if k == 0 else settings.model_copy(update={"metrics_port": free_port()})
+        procs.append(WorkerProcess(s, work / f"{settings.app_id}-{k}.log"))
+    try:
+        for p in procs:
+            p.start()
+        first_ms, _ = _poll_first_consumed(
+            [p.settings.metrics_port for p in procs], expected, timeout_s=3600
+        )
+    finally:
+        for p in procs:
+            p.stop()
+    stamps = asyncio.run(_timestamps(settings, topics.SCORES))
+    event_scores = np.sort(
+        np.array([ts for (_, trig, _), ts in stamps if trig in ("session_start", "hit")])
+    )
+    last_ms = float(event_scores[-1])
+    lo, hi = np.quantile(event_scores, [0.1, 0.9])
+    result = {
+        "workers": workers,
+        "events": expected,
+        "scores": len(stamps),
+        "seconds": round((last_ms - first_ms) / 1000.0, 2),
+        "events_per_s": round(expected / ((last_ms - first_ms) / 1000.0)),
+        "sustained_events_per_s": round(0.8 * len(event_scores) / ((hi - lo) / 1000.0)),
+    }
+    _cleanup(settings)
+    return result
+
+
+def latency(
+    base: StreamSettings, model: Path, events: list[Event], rate: float, seconds: float, work: Path
+) -> dict[str, Any]:
+    """Send at a steady rate to a running worker; event → score latency percentiles."""
+    settings = _settings(base, model, work)
+    chosen = events[: int(rate * seconds)]
+    worker = WorkerProcess(settings, work / f"{settings.app_id}.log")
+    asyncio.run(send_events(settings, [], progress=False))  # topics exist before the worker
+    worker.start()
+    try:
+        worker.wait_ready()
+        time.sleep(3)  # the first assignment settles
+        asyncio.run(send_events(settings, chosen, rate=rate, progress=False))
+        _poll_first_consumed([settings.metrics_port], len(chosen), timeout_s=600)
+    finally:
+        worker.stop()
+    sent: dict[Any, float] = {}
+    for topic in (topics.SESSIONS, topics.HITS):
+        for ident, ts in asyncio.run(_timestamps(settings, topic)):
+            sent[ident] = ts
+    lat = [
+        ts - sent[ident]
+        for ident, ts in asyncio.run(_timestamps(settings, topics.SCORES))
+        if ident in sent
+    ]
+    arr = np.array(lat)
+    _cleanup(settings)
+    return {
+        "rate": rate,
+        "events": len(chosen),
+        "scores_matched": len(arr),
+        "p50_ms": round(float(np.quantile(arr, 0.5)), 1),
+        "p95_ms": round(float(np.quantile(arr, 0.95)), 1),
+        "p99_ms": round(float(np.quantile(arr, 0.99)), 1),
+        "max_ms": round(float(arr.max()), 1),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every phase; return the figures."""
+    base = StreamSettings()
+    work = args.data / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    if not (args.data / "ga_sessions.csv").is_file():
+        from training.generate import generate
+
+        generate(args.data, args.sessions, seed=11, progress=False)
+    model = _prepare(args.data, args.model)
+    events = build_events(args.data)
+    results: dict[str, Any] = {"data": str(args.data)}
+    print(f"events: {len(events):,}", flush=True)
+    results["one_worker"] = throughput(base, model, events, 1, work)
+    print(results["one_worker"], flush=True)
+    results["two_workers"] = throughput(base, model, events, 2, work)
+    print(results["two_workers"], flush=True)
+    results["latency"] = latency(base, model, events, args.rate, args.latency_seconds, work)
+    print(results["latency"], flush=True)
+    if args.full is not None:
+        results["full_replay"] = full_replay(base, model, args.full, work)
+        print(results["full_replay"], flush=True)
+    return results
+
+
+def full_replay(base: StreamSettings, model: Path, data: Path, work: Path) -> dict[str, Any]:
+    """Replay a whole data set through one running worker; time it end to end."""
+    from stream.replay import iter_event_chunks
+
+    settings = _settings(base, model, work)
+    worker = WorkerProcess(settings, work / f"{settings.app_id}.log")
+    asyncio.run(send_events(settings, [], progress=False))
+    worker.start()
+    sent = 0
+    try:
+        worker.wait_ready()
+        started = time.perf_counter()
+
+        async def send_all() -> int:
+            n = 0
+            for chunk in iter_event_chunks(data):
+                await send_events(settings, chunk, progress=False)
+                n += len(chunk)
+            return n
+
+        sent = asyncio.run(send_all())
+        send_s = time.perf_counter() - started
+        _poll_first_consumed([settings.metrics_port], sent, timeout_s=4 * 3600)
+        done_s = time.perf_counter() - started
+    finally:
+        worker.stop()
+    _cleanup(settings)
+    return {
+        "events": sent,
+        "send_seconds": round(send_s, 1),
+        "seconds": round(done_s, 1),
+        "events_per_s": round(sent / done_s),
+    }
+
+
+def render(results: dict[str, Any]) -> str:
+    """Format the figures as a markdown table."""
+    one, two, lat = results["one_worker"], results["two_workers"], results["latency"]
+    lines = [
+        "| measure | result | target |",
+        "|---|---|---|",
+        f"| one worker, input pre-loaded ({one['events']:,} events) | "
+        f"{one['events_per_s']:,} events/s overall, {one['sustained_events_per_s']:,} sustained"
+        " | ≥ 15,000 |",
+        f"| two workers, one consumer group | {two['events_per_s']:,} events/s overall, "
+        f"{two['sustained_events_per_s']:,} sustained | ≥ 25,000 |",
+        f"| event → score at {lat['rate']:,.0f} events/s | p50 {lat['p50_ms']} ms, "
+        f"p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms | p99 ≤ 25 ms |",
+    ]
+    if "full_replay" in results:
+        f = results["full_replay"]
+        lines.append(
+            f"| full history replay ({f['events']:,} events), one worker | "
+            f"{f['seconds'] / 60:.1f} min ({f['events_per_s']:,} events/s) | |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its table."""
+    parser = argparse.ArgumentParser(prog="python -m bench.stream", description=__doc__)
+    parser.add_argument("--data", type=Path, default=Path("data/bench-stream"))
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--sessions", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument("--full", type=Path, default=None, help="a full generated data set")
+    args = parser.parse_args(argv)
+    results = run(args)
+    (args.data / "result.json").write_text(json.dumps(results, indent=2))
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
