@@ -50,5 +50,5 @@ def open_sessions_key(partition: int, prefix: str = KEY_PREFIX) -> str:
 
 
 def watermark_key(partition: int, prefix: str = KEY_PREFIX) -> str:
-    """Return the hash of a partition's event-time watermark: ``event_ms`` and ``wall_ms``."""
+    """Return the hash of a partition's event-time marks: ``{sessions,hits}_{event,wall}_ms``."""
     return f"{prefix}:{{open-{partition}}}:watermark"

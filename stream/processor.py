@@ -100,14 +100,19 @@ def dead_letter(record: Record, stage: str, error: str) -> bytes:
     )
 
 
+INPUT_KINDS = ("sessions", "hits")
+IDLE_MS = 5000.0  # an input topic without events for this long is quiet
+
+
 class Processor:
     """Turns batches of records into state, scores and dead letters."""
 
     def __init__(self, model: ConversionModel, store: RedisStore) -> None:
         self.model = model
         self.store = store
-        # partition -> (event-time high-water mark, wall time it was reached), in ms
-        self.watermarks: dict[int, tuple[float, float]] = {}
+        # (input kind, partition) -> (event-time high-water mark, wall time it was
+        # reached), in ms; "sessions" and "hits" of one partition number are co-partitioned
+        self.watermarks: dict[tuple[str, int], tuple[float, float]] = {}
 
     def _dead(self, out: Output, record: Record, stage: str, error: str) -> None:
         log.warning(
@@ -181,7 +186,7 @@ class Processor:
             if copy is not None:
                 out.score(sid, copy, "session_start")
         new = list(writes.values())
-        await self.store.write(new, [], self._raise_marks(new))
+        await self.store.write(new, [], self._raise_marks("sessions", new))
         out.released = list(dict.fromkeys(sids))
         return out
 
@@ -315,7 +320,7 @@ class Processor:
                 if rec.timestamp_ms is not None:
                     out.event_ts_ms.append(rec.timestamp_ms)
         updates = list(writes.values())
-        await self.store.write([], updates, self._raise_marks(updates))
+        await self.store.write([], updates, self._raise_marks("hits", updates))
         if duplicates:
             copies = await self.store.stored_scores(
                 [(sid, history_field("hit", n)) for sid, n in duplicates]
@@ -329,30 +334,52 @@ class Processor:
         return out
 
     def _raise_marks(
-        self, writes: list[SessionWrite] | list[HitWrite]
-    ) -> dict[int, tuple[float, float]]:
-        """Raise each partition's event-time high-water mark by this batch's events."""
+        self, kind: str, writes: list[SessionWrite] | list[HitWrite]
+    ) -> dict[tuple[str, int], tuple[float, float]]:
+        """Raise each partition's event-time high-water mark of one input topic."""
         wall = time.time() * 1000.0
-        changed: dict[int, tuple[float, float]] = {}
+        changed: dict[tuple[str, int], tuple[float, float]] = {}
         for w in writes:
-            current = self.watermarks.get(w.partition)
+            key = (kind, w.partition)
+            current = self.watermarks.get(key)
             if current is None or w.event_ms > current[0]:
-                self.watermarks[w.partition] = changed[w.partition] = (w.event_ms, wall)
+                self.watermarks[key] = changed[key] = (w.event_ms, wall)
         return changed
+
+    async def event_time(self, partition: int) -> float | None:
+        """Return a partition's event time now in ms, or None while it is not known.
+
+        Each input topic has a high-water mark, moved on by the wall clock while that
+        topic is quiet. While both topics are active the partition's event time is the
+        lower mark, so a backlog read faster on one topic than on the other closes
+        nothing early; a topic quiet for IDLE_MS no longer holds the other back (its
+        sessions' later events are hits, which it would never see). Until both topics
+        have a mark there is no event time.
+        """
+        stored = await self.store.watermark(partition)
+        wall_now = time.time() * 1000.0
+        moved: dict[str, float] = {}
+        active: list[float] = []
+        for kind in INPUT_KINDS:
+            key = (kind, partition)
+            mark = max(self.watermarks.get(key, (-1.0, 0.0)), stored.get(kind, (-1.0, 0.0)))
+            if mark[0] < 0:
+                return None
+            self.watermarks[key] = mark
+            moved[kind] = mark[0] + max(0.0, wall_now - mark[1])
+            if wall_now - mark[1] < IDLE_MS:
+                active.append(moved[kind])
+        return min(active) if active else max(moved.values())
 
     async def close_due(self, partition: int, gap_ms: float, limit: int = 1000) -> Output:
         """Close a partition's sessions idle for the gap; return their final events.
 
-        Event time is the partition's high-water mark, moved on by the wall clock while
-        no event arrives, so a partition that goes quiet still closes its sessions. The
-        caller publishes the output, then calls ``finish_close``.
+        The caller publishes the output, then calls ``finish_close``.
         """
         out = Output()
-        mark = self.watermarks.get(partition) or await self.store.watermark(partition)
-        if mark is None:
+        now_ms = await self.event_time(partition)
+        if now_ms is None:
             return out
-        self.watermarks.setdefault(partition, mark)
-        now_ms = mark[0] + max(0.0, time.time() * 1000.0 - mark[1])
         due = await self.store.due(partition, now_ms - gap_ms, limit)
         if not due:
             return out

@@ -239,13 +239,13 @@ class RedisStore:
         self,
         sessions: Sequence[SessionWrite],
         hits: Sequence[HitWrite],
-        watermarks: dict[int, tuple[float, float]] | None = None,
+        watermarks: dict[tuple[str, int], tuple[float, float]] | None = None,
     ) -> None:
         """Write a batch's sessions, states, applied hits and scores atomically.
 
         Open sessions are kept in their partition's sorted set, scored by their latest
-        event time (only ever raised), for the inactivity close; ``watermarks`` maps a
-        partition to its (event time, wall time) high-water marks in ms.
+        event time (only ever raised), for the inactivity close; ``watermarks`` maps an
+        input kind and partition to its (event time, wall time) high-water marks in ms.
         """
         if not sessions and not hits and not watermarks:
             return
@@ -288,25 +288,28 @@ class RedisStore:
                         {h.session_id: h.event_ms},
                         gt=True,
                     )
-            for partition, (event_ms, wall_ms) in (watermarks or {}).items():
+            for (kind, partition), (event_ms, wall_ms) in (watermarks or {}).items():
                 pipe.hset(
                     keys.watermark_key(partition, self.prefix),
-                    mapping={"event_ms": repr(event_ms), "wall_ms": repr(wall_ms)},
+                    mapping={f"{kind}_event_ms": repr(event_ms), f"{kind}_wall_ms": repr(wall_ms)},
                 )
             return await pipe.execute()
 
         await self._retry("write", run)
 
-    async def watermark(self, partition: int) -> tuple[float, float] | None:
-        """Return a partition's stored (event time, wall time) high-water marks in ms."""
+    async def watermark(self, partition: int) -> dict[str, tuple[float, float]]:
+        """Return a partition's stored (event time, wall time) marks in ms, by input kind."""
 
         async def run() -> Any:
             return await self.r.hgetall(keys.watermark_key(partition, self.prefix))
 
         h = await self._retry("watermark", run)
-        if b"event_ms" not in h:
-            return None
-        return float(h[b"event_ms"]), float(h[b"wall_ms"])
+        out: dict[str, tuple[float, float]] = {}
+        for kind in ("sessions", "hits"):
+            event, wall = h.get(f"{kind}_event_ms".encode()), h.get(f"{kind}_wall_ms".encode())
+            if event is not None and wall is not None:
+                out[kind] = (float(event), float(wall))
+        return out
 
     async def due(self, partition: int, upto_ms: float, limit: int) -> list[tuple[str, float]]:
         """Return open sessions of a partition whose latest event is at or before upto_ms."""
