@@ -229,15 +229,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         generate(args.data, args.sessions, seed=11, progress=False)
     model = _prepare(args.data, args.model)
-    events = build_events(args.data)
+    events = build_events(args.data, args.limit)
     results: dict[str, Any] = {"data": str(args.data)}
     print(f"events: {len(events):,}", flush=True)
-    results["one_worker"] = throughput(base, model, events, 1, work)
-    print(results["one_worker"], flush=True)
-    results["two_workers"] = throughput(base, model, events, 2, work)
-    print(results["two_workers"], flush=True)
-    results["latency"] = latency(base, model, events, args.rate, args.latency_seconds, work)
-    print(results["latency"], flush=True)
+    phases = set(args.only.split(",")) if args.only else {"one", "two", "latency"}
+    if "one" in phases:
+        results["one_worker"] = throughput(base, model, events, 1, work)
+        print(results["one_worker"], flush=True)
+    if "two" in phases:
+        results["two_workers"] = throughput(base, model, events, 2, work)
+        print(results["two_workers"], flush=True)
+    if "latency" in phases:
+        results["latency"] = latency(base, model, events, args.rate, args.latency_seconds, work)
+        print(results["latency"], flush=True)
     if args.full is not None:
         results["full_replay"] = full_replay(base, model, args.full, work)
         print(results["full_replay"], flush=True)
@@ -281,18 +285,24 @@ def full_replay(base: StreamSettings, model: Path, data: Path, work: Path) -> di
 
 def render(results: dict[str, Any]) -> str:
     """Format the figures as a markdown table."""
-    one, two, lat = results["one_worker"], results["two_workers"], results["latency"]
-    lines = [
-        "| measure | result | target |",
-        "|---|---|---|",
-        f"| one worker, input pre-loaded ({one['events']:,} events) | "
-        f"{one['events_per_s']:,} events/s overall, {one['sustained_events_per_s']:,} sustained"
-        " | ≥ 15,000 |",
-        f"| two workers, one consumer group | {two['events_per_s']:,} events/s overall, "
-        f"{two['sustained_events_per_s']:,} sustained | ≥ 25,000 |",
-        f"| event → score at {lat['rate']:,.0f} events/s | p50 {lat['p50_ms']} ms, "
-        f"p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms | p99 ≤ 25 ms |",
-    ]
+    lines = ["| measure | result | target |", "|---|---|---|"]
+    for key, label, target in (
+        ("one_worker", "one worker, input pre-loaded", "≥ 15,000"),
+        ("two_workers", "two workers, one consumer group, input pre-loaded", "≥ 25,000"),
+    ):
+        if key in results:
+            r = results[key]
+            lines.append(
+                f"| {label} ({r['events']:,} events) | {r['events_per_s']:,} events/s "
+                f"first consumed → last score, {r['sustained_events_per_s']:,} sustained "
+                f"| {target} |"
+            )
+    if "latency" in results:
+        lat = results["latency"]
+        lines.append(
+            f"| event → score at {lat['rate']:,.0f} events/s | p50 {lat['p50_ms']} ms, "
+            f"p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms | p99 ≤ 25 ms |"
+        )
     if "full_replay" in results:
         f = results["full_replay"]
         lines.append(
@@ -311,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--full", type=Path, default=None, help="a full generated data set")
+    parser.add_argument("--only", default="", help="comma-separated phases: one,two,latency")
+    parser.add_argument("--limit", type=int, default=None, help="use only this many sessions")
     args = parser.parse_args(argv)
     results = run(args)
     (args.data / "result.json").write_text(json.dumps(results, indent=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Literal
 
@@ -10,12 +11,21 @@ from pydantic import BaseModel
 Trigger = Literal["session_start", "hit", "session_end"]
 
 _SCORE_NAMESPACE = uuid.UUID("6f1c1f0e-5b0a-4f57-9a39-2f3c6d0b7a11")
+_NAMESPACE_BYTES = _SCORE_NAMESPACE.bytes
 
 
 def score_id(session_id: str, trigger: str, hit_number: int | None, model_version: str) -> str:
-    """Return the deterministic id of a score, so a re-published copy is recognisable."""
-    key = f"{session_id}|{trigger}|{'' if hit_number is None else hit_number}|{model_version}"
-    return str(uuid.uuid5(_SCORE_NAMESPACE, key))
+    """Return the deterministic id of a score: a UUID5 of its identifying fields.
+
+    Computed with hashlib directly (the same value as ``uuid.uuid5``, several times
+    faster): the worker makes one for every event.
+    """
+    name = f"{session_id}|{trigger}|{'' if hit_number is None else hit_number}|{model_version}"
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 class ScoreEvent(BaseModel):

@@ -13,9 +13,10 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import faust
+from aiokafka.partitioner import murmur2
 
 from artifact import ArtifactError, load_model, read_card
 from contracts import topics
@@ -73,17 +74,56 @@ class Pipeline:
         self.positions: dict[tuple[str, int], int] = {}  # next offset to process
         self.model_sha: str | None = None  # the served artifact's digest, from its card
         self.failed_sha: str | None = None
+        self.partition_counts: dict[str, tuple[int, float]] = {}  # topic -> (count, when)
+        self._spread = 0  # round-robin partition of keyless messages (dead letters)
+        self.key_hashes: dict[bytes, int] = {}  # murmur2 of recent keys (session ids)
         with contextlib.suppress(ArtifactError, OSError, ValueError):
             self.model_sha = read_card(settings.model_path).get("artifact_sha256")
 
     async def send_all(self, messages: Sequence[tuple[str, bytes | None, bytes]]) -> None:
-        """Publish messages and wait until Kafka has them all."""
-        producer = self.app.producer
-        futures = [
-            await producer.send(topic, key, value, None, None, None)
-            for topic, key, value in messages
-        ]
+        """Publish messages and wait until Kafka has them all.
+
+        Messages go out as record batches built here, one run per topic partition, the
+        partition chosen as the default partitioner would (murmur2 of the key); this
+        costs a fraction of one ``send`` call per message.
+        """
+        if not messages:
+            return
+        producer = cast(Any, self.app.producer)._ensure_producer()  # Faust's aiokafka producer
+        runs: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
+        for topic, key, value in messages:
+            n = await self._partitions(producer, topic)
+            if key is None:
+                p = self._spread % n
+                self._spread += 1
+            else:
+                h = self.key_hashes.get(key)
+                if h is None:
+                    if len(self.key_hashes) > 200_000:
+                        self.key_hashes.clear()
+                    h = self.key_hashes[key] = murmur2(key) & 0x7FFFFFFF
+                p = h % n
+            runs.setdefault((topic, p), []).append((key, value))
+        futures = []
+        for (topic, p), items in runs.items():
+            batch = producer.create_batch()
+            for key, value in items:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    futures.append(await producer.send_batch(batch, topic, partition=p))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+            futures.append(await producer.send_batch(batch, topic, partition=p))
         await asyncio.gather(*futures)
+
+    async def _partitions(self, producer: Any, topic: str) -> int:
+        """Return a topic's partition count, looked up again after a minute."""
+        cached = self.partition_counts.get(topic)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < 60.0:
+            return cached[0]
+        count = len(await producer.partitions_for(topic))
+        self.partition_counts[topic] = (count, now)
+        return count
 
     async def publish(self, out: Output) -> None:
         """Publish a batch's output, then release the sessions it started."""

@@ -146,7 +146,7 @@ class Processor:
                 self._dead(out, rec, "score", f"{type(exc).__name__}: {exc}")
             return out
         sids = [row["session_id"] for row in rows]
-        known = await self.store.read(sids)
+        known, _ = await self.store.read(sids)
         hfield = history_field("session_start", None)
         writes: dict[str, SessionWrite] = {}
         for i, (rec, row) in enumerate(parsed):
@@ -213,8 +213,9 @@ class Processor:
                 self._dead(out, rec, "parse", str(exc))
         if not parsed:
             return out
-        states = await self.store.read([h["session_id"] for _, h in parsed])
-        applied = await self.store.applied([(h["session_id"], h["hit_number"]) for _, h in parsed])
+        states, applied = await self.store.read(
+            [], [(h["session_id"], h["hit_number"]) for _, h in parsed]
+        )
         try:
             increments = hit_increments(
                 {
@@ -240,7 +241,7 @@ class Processor:
                     out.parked += 1
                     continue
                 # The row arrived while this batch ran: read it and go on.
-                states.update(await self.store.read([sid]))
+                states.update((await self.store.read([sid]))[0])
                 st = states[sid]
             mine = seen.setdefault(sid, set())
             if applied[i] or number in mine:
@@ -384,7 +385,7 @@ class Processor:
         if not due:
             return out
         sids = [sid for sid, _ in due]
-        states = await self.store.read(sids)
+        states, _ = await self.store.read(sids)
         end_field = history_field("session_end", None)
         stored = await self.store.stored_scores([(sid, end_field) for sid in sids])
         closes: list[CloseWrite] = []

@@ -7,8 +7,8 @@ Layout (keys from ``contracts.keys``, all with the session TTL):
 - pending list: hits that arrived before their session row;
 - score key: the latest ScoreEvent JSON; history hash: every score by trigger:hit.
 
-Each batch reads with one pipeline and writes with one MULTI/EXEC transaction, so a
-crash leaves either all of a batch's writes or none of them.
+Each batch reads with one pipeline and writes with one Lua call (atomic in Redis), so
+a crash leaves either all of a batch's writes or none of them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgpack
 import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -40,13 +41,72 @@ redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
-# Release a session to the hits agent (its session-start score is on Kafka) and hand
-# over the hits parked so far; no hit parks after this.
+# Release sessions to the hits agent (their session-start scores are on Kafka) and
+# hand over the hits parked so far; no hit parks after this. KEYS: state and pending
+# key of each session, in pairs.
 RELEASE_SCRIPT = """
-redis.call('HSET', KEYS[1], 'ready', '1')
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return redis.call('LRANGE', KEYS[2], 0, -1)
+local out = {}
+for i = 1, #KEYS, 2 do
+  redis.call('HSET', KEYS[i], 'ready', '1')
+  redis.call('EXPIRE', KEYS[i], ARGV[1])
+  out[#out + 1] = redis.call('LRANGE', KEYS[i + 1], 0, -1)
+end
+return out
 """
+
+# A batch's writes, atomically, in one call. ARGV[1] is a MessagePack array: a run of
+# commands, each as its name, the index of its key in KEYS, its argument count and its
+# arguments (one packed argument instead of thousands keeps the client's work small).
+APPLY_SCRIPT = """
+local ops = cmsgpack.unpack(ARGV[1])
+local i, n = 1, #ops
+while i <= n do
+  local c = ops[i + 2]
+  redis.call(ops[i], KEYS[ops[i + 1]], unpack(ops, i + 3, i + 2 + c))
+  i = i + 3 + c
+end
+return 1
+"""
+
+# A batch's reads in one call. KEYS: state, latest-score and applied key of each
+# session; ARGV[1]: MessagePack of [fields to read, hit numbers to look up per session].
+# Returns MessagePack of [fields, latest, applied flags] per session; false is missing.
+READ_SCRIPT = """
+local args = cmsgpack.unpack(ARGV[1])
+local fields, numbers = args[1], args[2]
+local out = {}
+for s = 1, #numbers do
+  local k = (s - 1) * 3
+  local row = redis.call('HMGET', KEYS[k + 1], unpack(fields))
+  local item = {row, redis.call('GET', KEYS[k + 2]), {}}
+  if #numbers[s] > 0 then
+    item[3] = redis.call('SMISMEMBER', KEYS[k + 3], unpack(numbers[s]))
+  end
+  out[s] = item
+end
+return cmsgpack.pack(out)
+"""
+
+# The hash fields a batch reads of each session.
+READ_FIELDS = ["start", "ready", "client_id", "vec", "p", "closed", "outcome", *STATE_FIELDS]
+_N_META = 7
+
+
+class _Ops:
+    """Commands collected for APPLY_SCRIPT."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.index: dict[str, int] = {}
+        self.argv: list[Any] = []
+
+    def add(self, command: str, key: str, *args: Any) -> None:
+        k = self.index.get(key)
+        if k is None:
+            self.keys.append(key)
+            k = self.index[key] = len(self.keys)
+        self.argv.extend((command, k, len(args)))
+        self.argv.extend(args)
 
 
 class InfrastructureError(RuntimeError):
@@ -117,6 +177,8 @@ class RedisStore:
         self.retries = retries
         self._park = client.register_script(PARK_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
+        self._apply = client.register_script(APPLY_SCRIPT)
+        self._read = client.register_script(READ_SCRIPT)
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         delay = 0.1
@@ -136,52 +198,58 @@ class RedisStore:
     def _k(self, fn: Callable[[str, str], str], sid: str) -> str:
         return fn(sid, self.prefix)
 
-    async def read(self, session_ids: Sequence[str]) -> dict[str, SessionState]:
-        """Read the state of sessions (one round trip)."""
-        sids = list(dict.fromkeys(session_ids))
+    async def read(
+        self, session_ids: Sequence[str], hits: Sequence[tuple[str, int]] = ()
+    ) -> tuple[dict[str, SessionState], list[bool]]:
+        """Read sessions' state, and which (session, hit_number) pairs are applied.
 
-        async def run() -> list[Any]:
-            pipe = self.r.pipeline(transaction=False)
-            for sid in sids:
-                pipe.hgetall(self._k(keys.session_key, sid))
-                pipe.get(self._k(keys.latest_score_key, sid))
-            return await pipe.execute()
+        One call: HMGET, GET and SMISMEMBER of each session, inside Redis.
+        """
+        sids = list(dict.fromkeys([*session_ids, *(sid for sid, _ in hits)]))
+        numbers: dict[str, list[int]] = {}
+        for sid, n in hits:
+            numbers.setdefault(sid, []).append(n)
 
+        names = [
+            key
+            for sid in sids
+            for key in (
+                self._k(keys.session_key, sid),
+                self._k(keys.latest_score_key, sid),
+                self._k(keys.applied_hits_key, sid),
+            )
+        ]
+        packed = msgpack.packb(
+            [READ_FIELDS, [numbers.get(sid, []) for sid in sids]], use_bin_type=False
+        )
+
+        async def run() -> Any:
+            return await self._read(keys=names, args=[packed])
+
+        results = msgpack.unpackb(await self._retry("read", run), raw=True)
         out = {}
-        results = await self._retry("read", run)
-        for sid, h, latest in zip(sids, results[0::2], results[1::2], strict=True):
+        flags: dict[tuple[str, int], bool] = {}
+        for sid, (h, latest, found) in zip(sids, results, strict=True):
+            start, ready, client_id, vec, part, closed, outcome = (x or None for x in h[:_N_META])
             state = empty_state()
-            for i, f in enumerate(STATE_FIELDS):
-                v = h.get(f.encode())
-                if v is not None:
+            for i, v in enumerate(h[_N_META:]):
+                if v:
                     state[i] = float(v)
-            vec = h.get(b"vec")
             out[sid] = SessionState(
-                known=b"start" in h,
-                ready=b"ready" in h,
-                client_id=_text(h.get(b"client_id")),
-                start=_text(h.get(b"start")),
+                known=start is not None,
+                ready=ready is not None,
+                client_id=_text(client_id),
+                start=_text(start),
                 vector=None if vec is None else np.frombuffer(vec, dtype=np.float32).copy(),
                 state=state,
-                partition=None if b"p" not in h else int(h[b"p"]),
-                closed=b"closed" in h,
-                latest=latest,
-                outcome=h.get(b"outcome"),
+                partition=None if part is None else int(part),
+                closed=closed is not None,
+                latest=latest or None,
+                outcome=outcome,
             )
-        return out
-
-    async def applied(self, pairs: Sequence[tuple[str, int]]) -> list[bool]:
-        """Tell which (session, hit_number) pairs have been applied already."""
-        if not pairs:
-            return []
-
-        async def run() -> list[Any]:
-            pipe = self.r.pipeline(transaction=False)
-            for sid, n in pairs:
-                pipe.sismember(self._k(keys.applied_hits_key, sid), str(n))
-            return await pipe.execute()
-
-        return [bool(x) for x in await self._retry("applied", run)]
+            for n, f in zip(numbers.get(sid, []), found, strict=True):
+                flags[(sid, n)] = bool(f)
+        return out, [flags[pair] for pair in hits]
 
     async def stored_scores(self, items: Sequence[tuple[str, str]]) -> list[bytes | None]:
         """Return the stored score JSON for (session, history field) pairs."""
@@ -211,16 +279,14 @@ class RedisStore:
         """Mark sessions ready for their hits; return the hits parked for them."""
         if not sids:
             return []
+        names = [
+            key
+            for sid in sids
+            for key in (self._k(keys.session_key, sid), self._k(keys.pending_hits_key, sid))
+        ]
 
-        async def run() -> list[Any]:
-            pipe = self.r.pipeline(transaction=False)
-            for sid in sids:
-                await self._release(
-                    keys=[self._k(keys.session_key, sid), self._k(keys.pending_hits_key, sid)],
-                    args=[self.ttl],
-                    client=pipe,
-                )
-            return await pipe.execute()
+        async def run() -> Any:
+            return await self._release(keys=names, args=[self.ttl])
 
         results = await self._retry("release", run)
         return [(sid, raw) for sid, items in zip(sids, results, strict=True) for raw in items]
@@ -250,50 +316,65 @@ class RedisStore:
         if not sessions and not hits and not watermarks:
             return
 
+        ops = _Ops()
+        ttl = self.ttl
+        for s in sessions:
+            state_key = self._k(keys.session_key, s.session_id)
+            fields: list[Any] = [
+                "start",
+                s.start,
+                "vec",
+                s.vector.astype(np.float32).tobytes(),
+                "p",
+                s.partition,
+            ]
+            if s.client_id is not None:
+                fields += ["client_id", s.client_id]
+            ops.add("HSET", state_key, *fields)
+            ops.add("EXPIRE", state_key, ttl)
+            self._score(ops, s.session_id, [(s.history_field, s.score_json)])
+            ops.add(
+                "ZADD",
+                keys.open_sessions_key(s.partition, self.prefix),
+                "GT",
+                repr(s.event_ms),
+                s.session_id,
+            )
+        for h in hits:
+            state_key = self._k(keys.session_key, h.session_id)
+            mapping: list[Any] = []
+            for f, v in zip(STATE_FIELDS, h.state.tolist(), strict=True):
+                mapping += [f, repr(v)]
+            if h.outcome is not None:
+                mapping += ["outcome", h.outcome]
+            ops.add("HSET", state_key, *mapping)
+            ops.add("EXPIRE", state_key, ttl)
+            applied_key = self._k(keys.applied_hits_key, h.session_id)
+            ops.add("SADD", applied_key, *h.applied)
+            ops.add("EXPIRE", applied_key, ttl)
+            self._score(ops, h.session_id, h.scores)
+            if not h.closed:
+                ops.add(
+                    "ZADD",
+                    keys.open_sessions_key(h.partition, self.prefix),
+                    "GT",
+                    repr(h.event_ms),
+                    h.session_id,
+                )
+        for (kind, partition), (event_ms, wall_ms) in (watermarks or {}).items():
+            ops.add(
+                "HSET",
+                keys.watermark_key(partition, self.prefix),
+                f"{kind}_event_ms",
+                repr(event_ms),
+                f"{kind}_wall_ms",
+                repr(wall_ms),
+            )
+
         async def run() -> Any:
-            pipe = self.r.pipeline(transaction=True)
-            for s in sessions:
-                state_key = self._k(keys.session_key, s.session_id)
-                fields: dict[str | bytes, bytes | str | int | float] = {
-                    "start": s.start,
-                    "vec": s.vector.astype(np.float32).tobytes(),
-                    "p": s.partition,
-                }
-                if s.client_id is not None:
-                    fields["client_id"] = s.client_id
-                pipe.hset(state_key, mapping=fields)  # type: ignore[arg-type]
-                pipe.expire(state_key, self.ttl)
-                self._score(pipe, s.session_id, [(s.history_field, s.score_json)])
-                pipe.zadd(
-                    keys.open_sessions_key(s.partition, self.prefix),
-                    {s.session_id: s.event_ms},
-                    gt=True,
-                )
-            for h in hits:
-                state_key = self._k(keys.session_key, h.session_id)
-                mapping: dict[str, bytes | str] = {
-                    f: repr(float(v)) for f, v in zip(STATE_FIELDS, h.state, strict=True)
-                }
-                if h.outcome is not None:
-                    mapping["outcome"] = h.outcome
-                pipe.hset(state_key, mapping=mapping)  # type: ignore[arg-type]
-                pipe.expire(state_key, self.ttl)
-                applied_key = self._k(keys.applied_hits_key, h.session_id)
-                pipe.sadd(applied_key, *h.applied)
-                pipe.expire(applied_key, self.ttl)
-                self._score(pipe, h.session_id, h.scores)
-                if not h.closed:
-                    pipe.zadd(
-                        keys.open_sessions_key(h.partition, self.prefix),
-                        {h.session_id: h.event_ms},
-                        gt=True,
-                    )
-            for (kind, partition), (event_ms, wall_ms) in (watermarks or {}).items():
-                pipe.hset(
-                    keys.watermark_key(partition, self.prefix),
-                    mapping={f"{kind}_event_ms": repr(event_ms), f"{kind}_wall_ms": repr(wall_ms)},
-                )
-            return await pipe.execute()
+            return await self._apply(
+                keys=ops.keys, args=[msgpack.packb(ops.argv, use_bin_type=False)]
+            )
 
         await self._retry("write", run)
 
@@ -367,13 +448,20 @@ class RedisStore:
 
         await self._retry("finish close", run)
 
-    def _score(self, pipe: Any, sid: str, scores: list[tuple[str, bytes]]) -> None:
+    def _score(self, ops: Any, sid: str, scores: list[tuple[str, bytes]]) -> None:
         if not scores:
             return
         history = self._k(keys.score_history_key, sid)
-        pipe.hset(history, mapping=dict(scores))
-        pipe.expire(history, self.ttl)
-        pipe.set(self._k(keys.latest_score_key, sid), scores[-1][1], ex=self.ttl)
+        latest = self._k(keys.latest_score_key, sid)
+        if isinstance(ops, _Ops):
+            flat: list[Any] = [x for pair in scores for x in pair]
+            ops.add("HSET", history, *flat)
+            ops.add("EXPIRE", history, self.ttl)
+            ops.add("SET", latest, scores[-1][1], "EX", self.ttl)
+            return
+        ops.hset(history, mapping=dict(scores))
+        ops.expire(history, self.ttl)
+        ops.set(latest, scores[-1][1], ex=self.ttl)
 
 
 def _text(value: bytes | None) -> str | None:

@@ -120,3 +120,21 @@ def test_a_dead_letter_keeps_the_original_bytes_and_the_source() -> None:
     import base64
 
     assert base64.b64decode(letter["original_base64"]) == b"\xff{bad"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("s1", "hit", 3, "v1"),
+        ("905.1629726000.1629726000", "session_start", None, "20211124T000000Z-ab12"),
+        ("é", "session_end", None, ""),
+    ],
+)
+def test_score_ids_are_the_uuid5_of_their_fields(args) -> None:
+    import uuid
+
+    from contracts.scores import _SCORE_NAMESPACE, score_id
+
+    sid, trigger, hit, version = args
+    name = f"{sid}|{trigger}|{'' if hit is None else hit}|{version}"
+    assert score_id(*args) == str(uuid.uuid5(_SCORE_NAMESPACE, name))
