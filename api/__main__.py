@@ -8,8 +8,7 @@ import sys
 import uvicorn
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run uvicorn with the app factory."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m api", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
@@ -17,7 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-access-log", action="store_true", help="do not log every request (saves CPU)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run uvicorn with the app factory."""
+    args = _parser().parse_args(argv)
     uvicorn.run(
         "api.main:create_app",
         factory=True,

@@ -19,6 +19,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--limit-sessions", type=int, default=None)
     rep.add_argument("--no-progress", action="store_true")
+    dead = sub.add_parser("dead-letters", help="list dead letters, or replay them after a fix")
+    dead.add_argument("action", choices=["list", "replay"])
+    dead.add_argument("--stage", default=None, help="only dead letters of this stage")
+    dead.add_argument("--source-topic", default=None, help="only those from this topic")
+    dead.add_argument("--dry-run", action="store_true", help="replay: count, send nothing")
     tail = sub.add_parser("tail", help="print score events and wait until all have arrived")
     tail.add_argument("--topic", default="conversion.scores")
     tail.add_argument(
@@ -60,6 +65,23 @@ def main(argv: list[str] | None = None) -> int:
             f"replayed {stats.sessions} sessions and {stats.hits} hits in "
             f"{stats.seconds:.1f} s ({stats.rate:.0f} events/s)"
         )
+        return 0
+    if args.command == "dead-letters":
+        import asyncio
+
+        from stream.deadletters import report, run_dead_letters
+
+        replaying = args.action == "replay"
+        run = asyncio.run(
+            run_dead_letters(
+                settings,
+                replay=replaying,
+                stage=args.stage,
+                source_topic=args.source_topic,
+                dry_run=args.dry_run,
+            )
+        )
+        print(report(run, replaying, args.dry_run))
         return 0
     from stream.tail import tail
 
