@@ -8,6 +8,7 @@
    published (Kafka timestamps). "Sustained" leaves out the first and last 10 % of the
    scores, so start-up and the group's rebalance do not count.
 2. The same with two worker processes in one consumer group.
+0. The ceiling: a Faust app that only consumes the same pre-loaded input.
 3. Latency at a steady rate (default 1,000 events/s): event → score, from the input
    record's timestamp to its score record's timestamp, p50/p95/p99.
 4. With --full DIR: a replay of a whole generated history through one worker, timed.
@@ -20,6 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
+import subprocess
 import sys
 import time
 import uuid
@@ -33,7 +36,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.api import _prepare
-from bench.procs import WorkerProcess, free_port, metrics, total
+from bench.procs import ROOT, WorkerProcess, free_port, metrics, settings_env, total
 from contracts import topics
 from stream.replay import build_events, send_events
 from stream.settings import StreamSettings
@@ -181,6 +184,35 @@ def throughput(
     return result
 
 
+def faust_ceiling(
+    base: StreamSettings, model: Path, events: list[Event], work: Path
+) -> dict[str, Any]:
+    """Pre-load the input and time a Faust app that only consumes it (bench/faust_bare)."""
+    settings = _settings(base, model, work)
+    asyncio.run(send_events(settings, events, progress=False))
+    env = settings_env(settings)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.faust_bare", "--expect", str(len(events))],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    # Faust sends stdout through its logging: find the figures in either stream.
+    found = re.search(r'\{"events": \d+, "seconds": [0-9.]+\}', done.stdout + done.stderr)
+    if found is None:
+        raise RuntimeError(f"bench.faust_bare failed: {done.stderr[-2000:]}")
+    figures = json.loads(found.group(0))
+    _cleanup(settings)
+    return {
+        "events": figures["events"],
+        "seconds": figures["seconds"],
+        "events_per_s": round(figures["events"] / figures["seconds"]),
+    }
+
+
 def latency(
     base: StreamSettings, model: Path, events: list[Event], rate: float, seconds: float, work: Path
 ) -> dict[str, Any]:
@@ -232,7 +264,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     events = build_events(args.data, args.limit)
     results: dict[str, Any] = {"data": str(args.data)}
     print(f"events: {len(events):,}", flush=True)
-    phases = set(args.only.split(",")) if args.only else {"one", "two", "latency"}
+    phases = set(args.only.split(",")) if args.only else {"bare", "one", "two", "latency"}
+    if "bare" in phases:
+        results["faust_ceiling"] = faust_ceiling(base, model, events, work)
+        print(results["faust_ceiling"], flush=True)
     if "one" in phases:
         results["one_worker"] = throughput(base, model, events, 1, work)
         print(results["one_worker"], flush=True)
@@ -286,6 +321,12 @@ def full_replay(base: StreamSettings, model: Path, data: Path, work: Path) -> di
 def render(results: dict[str, Any]) -> str:
     """Format the figures as a markdown table."""
     lines = ["| measure | result | target |", "|---|---|---|"]
+    if "faust_ceiling" in results:
+        r = results["faust_ceiling"]
+        lines.append(
+            f"| a Faust app that only consumes the same input ({r['events']:,} events), "
+            f"`bench/faust_bare.py` | {r['events_per_s']:,} events/s | the ceiling |"
+        )
     for key, label, target in (
         ("one_worker", "one worker, input pre-loaded", "≥ 15,000"),
         ("two_workers", "two workers, one consumer group, input pre-loaded", "≥ 25,000"),
@@ -321,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--full", type=Path, default=None, help="a full generated data set")
-    parser.add_argument("--only", default="", help="comma-separated phases: one,two,latency")
+    parser.add_argument("--only", default="", help="comma-separated phases: bare,one,two,latency")
     parser.add_argument("--limit", type=int, default=None, help="use only this many sessions")
     args = parser.parse_args(argv)
     results = run(args)
