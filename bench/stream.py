@@ -146,12 +146,18 @@ def _cleanup(settings: StreamSettings) -> None:
         r.unlink(key)
 
 
+def expected_scores(events: list[Event]) -> int:
+    """One score per session row and per hit of a known session (orphan hits wait)."""
+    known = {key for topic, key, _ in events if topic == topics.SESSIONS}
+    return sum(1 for topic, key, _ in events if topic == topics.SESSIONS or key in known)
+
+
 def throughput(
     base: StreamSettings, model: Path, events: list[Event], workers: int, work: Path
 ) -> dict[str, Any]:
     """Pre-load the input, start the workers, time first consumed → last score."""
     settings = _settings(base, model, work)
-    expected = len(events)
+    expected = expected_scores(events)
     asyncio.run(send_events(settings, events, progress=False))
     procs = []
     for k in range(workers):
@@ -174,10 +180,10 @@ def throughput(
     lo, hi = np.quantile(event_scores, [0.1, 0.9])
     result = {
         "workers": workers,
-        "events": expected,
+        "events": len(events),
         "scores": len(stamps),
         "seconds": round((last_ms - first_ms) / 1000.0, 2),
-        "events_per_s": round(expected / ((last_ms - first_ms) / 1000.0)),
+        "events_per_s": round(len(events) / ((last_ms - first_ms) / 1000.0)),
         "sustained_events_per_s": round(0.8 * len(event_scores) / ((hi - lo) / 1000.0)),
     }
     _cleanup(settings)
@@ -226,7 +232,7 @@ def latency(
         worker.wait_ready()
         time.sleep(3)  # the first assignment settles
         asyncio.run(send_events(settings, chosen, rate=rate, progress=False))
-        _poll_first_consumed([settings.metrics_port], len(chosen), timeout_s=600)
+        _poll_first_consumed([settings.metrics_port], expected_scores(chosen), timeout_s=600)
     finally:
         worker.stop()
     sent: dict[Any, float] = {}
@@ -296,16 +302,26 @@ def full_replay(base: StreamSettings, model: Path, data: Path, work: Path) -> di
         worker.wait_ready()
         started = time.perf_counter()
 
+        known: set[bytes] = set()
+        expected = 0
+
         async def send_all() -> int:
+            nonlocal expected
             n = 0
             for chunk in iter_event_chunks(data):
                 await send_events(settings, chunk, progress=False)
                 n += len(chunk)
+                for topic, key, _ in chunk:
+                    if topic == topics.SESSIONS:
+                        known.add(key)
+                        expected += 1
+                    elif key in known:
+                        expected += 1
             return n
 
         sent = asyncio.run(send_all())
         send_s = time.perf_counter() - started
-        _poll_first_consumed([settings.metrics_port], sent, timeout_s=4 * 3600)
+        _poll_first_consumed([settings.metrics_port], expected, timeout_s=4 * 3600)
         done_s = time.perf_counter() - started
     finally:
         worker.stop()

@@ -24,6 +24,13 @@ def _parser() -> argparse.ArgumentParser:
     dead.add_argument("--stage", default=None, help="only dead letters of this stage")
     dead.add_argument("--source-topic", default=None, help="only those from this topic")
     dead.add_argument("--dry-run", action="store_true", help="replay: count, send nothing")
+    sub.add_parser("topics", help="create the topics with SCORER_TOPIC_PARTITIONS partitions")
+    quality = sub.add_parser(
+        "quality", help="serve online model quality: scores joined with outcomes"
+    )
+    quality.add_argument(
+        "--from-beginning", action="store_true", help="read the topics' retained history first"
+    )
     tail = sub.add_parser("tail", help="print score events and wait until all have arrived")
     tail.add_argument("--topic", default="conversion.scores")
     tail.add_argument(
@@ -66,6 +73,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{stats.seconds:.1f} s ({stats.rate:.0f} events/s)"
         )
         return 0
+    if args.command == "topics":
+        import asyncio
+
+        from stream.admin import ensure_topics
+
+        asyncio.run(ensure_topics(settings))
+        print("topics ready")
+        return 0
+    if args.command == "quality":
+        from stream.quality import run_quality
+
+        return run_quality(settings, from_beginning=args.from_beginning)
     if args.command == "dead-letters":
         import asyncio
 

@@ -8,14 +8,17 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts import topics
+from stream.kafka import client_options
+from stream.settings import StreamSettings
 
 log = logging.getLogger(__name__)
 
 
-async def ensure_topics(bootstrap: str, prefix: str, partitions: int) -> None:
+async def ensure_topics(settings: StreamSettings) -> None:
     """Create every topic of the contract that does not exist yet."""
-    names = [topics.topic_name(t, prefix) for t in topics.ALL_TOPICS]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    names = [topics.topic_name(t, settings.topic_prefix) for t in topics.ALL_TOPICS]
+    partitions = settings.topic_partitions
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

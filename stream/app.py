@@ -20,6 +20,7 @@ from aiokafka.partitioner import murmur2
 
 from artifact import ArtifactError, load_model, read_card
 from contracts import topics
+from stream.kafka import faust_broker, faust_credentials
 from stream.metrics import WorkerMetrics
 from stream.processor import Output, Processor, Record
 from stream.settings import StreamSettings
@@ -37,7 +38,8 @@ def create_app(settings: StreamSettings) -> faust.App:
     """Build the Faust app with its topics (agents come with ``attach_agents``)."""
     return faust.App(
         settings.app_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker=faust_broker(settings),
+        broker_credentials=faust_credentials(settings),
         value_serializer="raw",
         key_serializer="raw",
         topic_partitions=settings.topic_partitions,

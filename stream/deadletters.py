@@ -21,6 +21,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from contracts import topics
+from stream.kafka import client_options
 from stream.settings import StreamSettings
 
 
@@ -69,7 +70,7 @@ async def run_dead_letters(
     committing = replay and not dry_run
     consumer = AIOKafkaConsumer(
         name,
-        bootstrap_servers=settings.kafka_bootstrap,
+        **client_options(settings),
         group_id=f"{settings.app_id}.dead-letter-replay" if committing else None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -81,7 +82,7 @@ async def run_dead_letters(
         records = await _drain(consumer, idle_s)
         pending = []
         if committing:
-            producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+            producer = AIOKafkaProducer(**client_options(settings), acks="all")
             await producer.start()
         for rec in records:
             run.read += 1

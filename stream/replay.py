@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from contracts import topics
 from features.columns import HIT_COLUMNS, SESSION_COLUMNS
 from stream.admin import ensure_topics
+from stream.kafka import client_options
 from stream.settings import StreamSettings
 
 MSK_OFFSET_MS = 3 * 3600 * 1000
@@ -143,9 +144,9 @@ async def send_events(
     progress: bool = True,
 ) -> float:
     """Publish events to their (prefixed) topics; returns the seconds it took."""
-    await ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.topic_partitions)
+    await ensure_topics(settings)
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, linger_ms=10, max_batch_size=256 * 1024, acks=1
+        **client_options(settings), linger_ms=10, max_batch_size=256 * 1024, acks=1
     )
     await producer.start()
     bar = None

@@ -11,6 +11,13 @@ class StreamSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SCORER_", extra="ignore")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_security_protocol: str = "PLAINTEXT"  # or SSL, SASL_PLAINTEXT, SASL_SSL
+    kafka_sasl_mechanism: str = "PLAIN"  # or SCRAM-SHA-256, SCRAM-SHA-512
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: str | None = None  # CA bundle; the system's when unset
+    kafka_ssl_certfile: str | None = None  # client certificate (mutual TLS)
+    kafka_ssl_keyfile: str | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     model_path: Path = Path("models/Pickled_model.pkl")
     topic_prefix: str = ""
@@ -27,4 +34,6 @@ class StreamSettings(BaseSettings):
     kafka_session_timeout_s: float = 10.0  # a worker that vanished loses its partitions after this
     metrics_port: int = 9108  # Prometheus metrics over HTTP; 0: not served
     model_reload_s: float = 5.0  # how often to look for a newly deployed artifact; 0: never
+    quality_window_s: float = 3600.0  # online quality: the rolling window of outcomes
+    quality_metrics_port: int = 9109  # online quality: its Prometheus port
     log_level: str = "info"

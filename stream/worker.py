@@ -22,9 +22,7 @@ log = logging.getLogger(__name__)
 def run_worker(settings: StreamSettings) -> int:
     """Load the model, connect to Redis and run the Faust worker until stopped."""
     model = load_model(settings.model_path)
-    asyncio.run(
-        ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.topic_partitions)
-    )
+    asyncio.run(ensure_topics(settings))
     client = aioredis.Redis.from_url(
         settings.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0
     )

@@ -37,7 +37,7 @@ def _cli(settings: StreamSettings, *args: str) -> str:
 
 
 async def _publish_letters(settings: StreamSettings, letters: list[bytes]) -> None:
-    await ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.topic_partitions)
+    await ensure_topics(settings)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
     try:
