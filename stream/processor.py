@@ -10,7 +10,9 @@ stored scores published again as identical copies.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -101,6 +103,7 @@ def dead_letter(record: Record, stage: str, error: str) -> bytes:
 
 
 INPUT_KINDS = ("sessions", "hits")
+START_WAIT_S = 2.0  # longest a hit waits for its session's start score in this worker
 IDLE_MS = 5000.0  # an input topic without events for this long is quiet
 
 
@@ -113,6 +116,8 @@ class Processor:
         # (input kind, partition) -> (event-time high-water mark, wall time it was
         # reached), in ms; "sessions" and "hits" of one partition number are co-partitioned
         self.watermarks: dict[tuple[str, int], tuple[float, float]] = {}
+        # Sessions stored by this worker whose start score is being published.
+        self.starting: dict[str, asyncio.Event] = {}
 
     def _dead(self, out: Output, record: Record, stage: str, error: str) -> None:
         log.warning(
@@ -188,6 +193,8 @@ class Processor:
         new = list(writes.values())
         await self.store.write(new, [], self._raise_marks("sessions", new))
         out.released = list(dict.fromkeys(sids))
+        for sid in out.released:
+            self.starting.setdefault(sid, asyncio.Event())
         return out
 
     async def release(self, sids: list[str]) -> list[tuple[str, bytes]]:
@@ -196,7 +203,12 @@ class Processor:
         Parked hits go back through the hits topic, so one agent alone ever changes a
         session's hit state.
         """
-        return await self.store.release(sids)
+        parked = await self.store.release(sids)
+        for sid in sids:
+            started = self.starting.pop(sid, None)
+            if started is not None:
+                started.set()
+        return parked
 
     async def forget_pending(self, sids: list[str]) -> None:
         """Drop parked hits that are back on the hits topic."""
@@ -236,6 +248,13 @@ class Processor:
         for i, (rec, hit) in enumerate(parsed):
             sid, number = hit["session_id"], hit["hit_number"]
             st = states[sid]
+            if not st.ready and sid in self.starting:
+                # Its row is in this worker, its start score on the way: wait for it
+                # rather than park the hit and take it round through Kafka again.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.starting[sid].wait(), START_WAIT_S)
+                states.update((await self.store.read([sid]))[0])
+                st = states[sid]
             if not st.ready:
                 if await self.store.park(sid, rec.value or b""):
                     out.parked += 1
