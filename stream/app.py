@@ -47,7 +47,7 @@ def create_app(settings: StreamSettings) -> faust.App:
         datadir=str(settings.data_dir),
         web_enabled=False,
         store="memory://",
-        producer_linger_ms=5,
+        producer_linger_ms=1,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         broker_session_timeout=settings.kafka_session_timeout_s,
@@ -219,7 +219,7 @@ class Pipeline:
             for partition in sorted(self.my_partitions()):
                 while True:
                     async with self.state_lock:
-                        out = await self.processor.close_due(partition, gap_ms)
+                        out = await self.processor.close_due(partition, gap_ms, limit=200)
                         if not out.closed:
                             break
                         await self.publish(out)
