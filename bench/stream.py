@@ -11,7 +11,7 @@
 0. The ceiling: a Faust app that only consumes the same pre-loaded input.
 3. Latency at a steady rate (default 1,000 events/s): event → score, from the input
    record's timestamp to its score record's timestamp, p50/p95/p99.
-4. With --full DIR: a replay of a whole generated history through one worker, timed.
+4. With --full DIR: a replay of a whole generated history, timed (--full-workers, 2).
 
 Each phase uses its own topics and Redis keys, removed afterwards.
 """
@@ -284,22 +284,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["latency"] = latency(base, model, events, args.rate, args.latency_seconds, work)
         print(results["latency"], flush=True)
     if args.full is not None:
-        results["full_replay"] = full_replay(base, model, args.full, work)
+        results["full_replay"] = full_replay(base, model, args.full, work, args.full_workers)
         print(results["full_replay"], flush=True)
     return results
 
 
-def full_replay(base: StreamSettings, model: Path, data: Path, work: Path) -> dict[str, Any]:
-    """Replay a whole data set through one running worker; time it end to end."""
+def full_replay(
+    base: StreamSettings, model: Path, data: Path, work: Path, workers: int
+) -> dict[str, Any]:
+    """Replay a whole data set through running workers; time it end to end."""
     from stream.replay import iter_event_chunks
 
     settings = _settings(base, model, work)
-    worker = WorkerProcess(settings, work / f"{settings.app_id}.log")
+    procs = []
+    for k in range(workers):
+        s = settings if k == 0 else settings.model_copy(update={"metrics_port": free_port()})
+        procs.append(WorkerProcess(s, work / f"{settings.app_id}-{k}.log"))
     asyncio.run(send_events(settings, [], progress=False))
-    worker.start()
+    for p in procs:
+        p.start()
     sent = 0
     try:
-        worker.wait_ready()
+        for p in procs:
+            p.wait_ready()
+        time.sleep(5)  # the group settles
         started = time.perf_counter()
 
         known: set[bytes] = set()
@@ -321,12 +329,14 @@ def full_replay(base: StreamSettings, model: Path, data: Path, work: Path) -> di
 
         sent = asyncio.run(send_all())
         send_s = time.perf_counter() - started
-        _poll_first_consumed([settings.metrics_port], expected, timeout_s=4 * 3600)
+        _poll_first_consumed([p.settings.metrics_port for p in procs], expected, timeout_s=4 * 3600)
         done_s = time.perf_counter() - started
     finally:
-        worker.stop()
+        for p in procs:
+            p.stop()
     _cleanup(settings)
     return {
+        "workers": workers,
         "events": sent,
         "send_seconds": round(send_s, 1),
         "seconds": round(done_s, 1),
@@ -363,7 +373,7 @@ def render(results: dict[str, Any]) -> str:
     if "full_replay" in results:
         f = results["full_replay"]
         lines.append(
-            f"| full history replay ({f['events']:,} events), one worker | "
+            f"| full history replay ({f['events']:,} events), {f['workers']} worker(s) | "
             f"{f['seconds'] / 60:.1f} min ({f['events_per_s']:,} events/s) | |"
         )
     return "\n".join(lines)
@@ -378,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--full", type=Path, default=None, help="a full generated data set")
+    parser.add_argument("--full-workers", type=int, default=2)
     parser.add_argument("--only", default="", help="comma-separated phases: bare,one,two,latency")
     parser.add_argument("--limit", type=int, default=None, help="use only this many sessions")
     args = parser.parse_args(argv)

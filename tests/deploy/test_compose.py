@@ -150,3 +150,17 @@ def test_services_restart_and_have_health_checks(compose: dict[str, Any]) -> Non
         assert services[name].get("restart") in ("unless-stopped", "always", "on-failure"), name
     for name in ("kafka", "redis", "api", "worker"):
         assert "healthcheck" in services[name], name
+
+
+def test_the_services_of_the_design_are_there(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"kafka", "redis", "trainer", "topics", "worker", "api", "replayer"} <= set(services)
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+
+
+def test_published_ports_are_loopback_only(compose: dict[str, Any]) -> None:
+    published = [
+        str(port) for service in compose["services"].values() for port in service.get("ports", [])
+    ]
+    assert published
+    assert all(port.startswith("127.0.0.1:") for port in published), published
