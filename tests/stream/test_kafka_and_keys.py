@@ -11,7 +11,7 @@ from stream.settings import StreamSettings
 
 
 def test_plaintext_by_default() -> None:
-    s = StreamSettings()
+    s = StreamSettings(kafka_bootstrap="127.0.0.1:9092")
     assert client_options(s) == {
         "bootstrap_servers": "127.0.0.1:9092",
         "security_protocol": "PLAINTEXT",
