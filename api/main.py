@@ -12,6 +12,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from api.dashboard import router as dashboard_router
 from api.metrics import ApiMetrics, BodyLimitMiddleware, MetricsMiddleware
 from api.routes import router
 from api.settings import ApiSettings
@@ -111,6 +112,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.include_router(dashboard_router)
     # The last added runs first: every request is counted, oversized bodies included,
     # and those are refused before anything parses them.
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)

@@ -52,3 +52,8 @@ def open_sessions_key(partition: int, prefix: str = KEY_PREFIX) -> str:
 def watermark_key(partition: int, prefix: str = KEY_PREFIX) -> str:
     """Return the hash of a partition's event-time marks: ``{sessions,hits}_{event,wall}_ms``."""
     return f"{prefix}:{{open-{partition}}}:watermark"
+
+
+def dashboard_session_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
+    """Return the hash of what a session contributes to the dashboard's aggregates."""
+    return f"{prefix}:{{{session_id}}}:dash"

@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import faust
+import orjson
 from aiokafka.partitioner import murmur2
 
 from artifact import ArtifactError, load_model, read_card
 from contracts import topics
+from stream import dashboard
 from stream.kafka import faust_broker, faust_credentials
 from stream.metrics import WorkerMetrics
 from stream.processor import Output, Processor, Record
@@ -236,8 +238,9 @@ class Pipeline:
         self.metrics.open_sessions.set(open_total)
         return closed
 
-    def update_lag(self) -> None:
-        """Set the consumer-lag gauges from the partitions' high-water marks."""
+    def update_lag(self) -> int:
+        """Set the consumer-lag gauges from the partitions' high-water marks; return their sum."""
+        total = 0
         try:
             assigned = self.app.consumer.assignment()
             for tp in assigned:
@@ -248,8 +251,28 @@ class Pipeline:
                     continue
                 done = self.positions.get((tp.topic, tp.partition), 0)
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - done))
+                total += max(0, high - done)
         except Exception as exc:  # noqa: BLE001 - lag is best effort while rebalancing
             log.debug("lag not updated: %s", exc)
+        return total
+
+    async def report_status(self, lag: int) -> None:
+        """Tell the dashboard this worker's lag, model version and partitions."""
+        status = orjson.dumps(
+            {
+                "lag": lag,
+                "model_version": self.processor.model.version,
+                "partitions": sorted(self.my_partitions()),
+                "at_ms": time.time() * 1000.0,
+            }
+        )
+        key = dashboard.workers_key(self.settings.redis_key_prefix)
+        try:
+            r = self.processor.store.r
+            await r.hset(key, dashboard.worker_name(), status)
+            await r.expire(key, dashboard.WORKER_TTL_S)
+        except Exception as exc:  # noqa: BLE001 - the status is best effort
+            log.debug("status not reported: %s", exc)
 
     async def reload_model(self) -> bool:
         """Swap in a newly deployed artifact once it verifies; return whether it did.
@@ -312,7 +335,7 @@ def attach_agents(
 
     @app.timer(interval=5.0)
     async def lag() -> None:
-        pipe.update_lag()
+        await pipe.report_status(pipe.update_lag())
 
     if settings.model_reload_s > 0:
 

@@ -26,6 +26,7 @@ from artifact import ConversionModel
 from features.columns import SESSION_COLUMNS
 from features.hits import STATE_INDEX, combine, hit_increments
 from features.session import rows_to_columns
+from stream.dashboard import channel_values
 from stream.logic import (
     BadEvent,
     epoch_ms,
@@ -179,6 +180,8 @@ class Processor:
                 history_field=hfield,
                 partition=rec.partition,
                 event_ms=epoch_ms(start),
+                probability=float(probs[i]),
+                channel=channel_values(row),
             )
             out.score(sid, payload, "session_start")
             if rec.timestamp_ms is not None:
@@ -191,7 +194,7 @@ class Processor:
             if copy is not None:
                 out.score(sid, copy, "session_start")
         new = list(writes.values())
-        await self.store.write(new, [], self._raise_marks("sessions", new))
+        await self.store.write(new, [], self._raise_marks("sessions", new), events=len(records))
         out.released = list(dict.fromkeys(sids))
         for sid in out.released:
             self.starting.setdefault(sid, asyncio.Event())
@@ -333,6 +336,8 @@ class Processor:
                 payload = orjson.dumps(event)
                 latest[sid] = payload
                 w.state = state
+                w.probability = float(p)
+                w.points.append(float(p))
                 w.event_ms = max(w.event_ms, event_ms)
                 w.applied.append(hit["hit_number"])
                 w.scores.append((history_field("hit", hit["hit_number"]), payload))
@@ -340,7 +345,7 @@ class Processor:
                 if rec.timestamp_ms is not None:
                     out.event_ts_ms.append(rec.timestamp_ms)
         updates = list(writes.values())
-        await self.store.write([], updates, self._raise_marks("hits", updates))
+        await self.store.write([], updates, self._raise_marks("hits", updates), events=len(records))
         if duplicates:
             copies = await self.store.stored_scores(
                 [(sid, history_field("hit", n)) for sid, n in duplicates]
@@ -451,7 +456,8 @@ class Processor:
                         )
                     )
                     out.outcomes.append((sid, outcome))
-                closes.append(CloseWrite(sid, payload, end_field, outcome))
+                hits_applied = int(st.state[STATE_INDEX["hits"]])
+                closes.append(CloseWrite(sid, payload, end_field, outcome, float(p), hits_applied))
                 out.score(sid, payload, "session_end")
             await self.store.prepare_close(closes)
         return out

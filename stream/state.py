@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgpack
@@ -27,11 +27,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contracts import keys
 from features.hits import STATE_NAMES, empty_state
+from stream import dashboard
+from stream.dashboard import DashScore, DashStart
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATE_FIELDS = [keys.state_field(name) for name in STATE_NAMES]
+HITS = STATE_NAMES.index("hits")
 
 # Park a hit only while its session is not released yet, atomically with that check.
 PARK_SCRIPT = """
@@ -57,16 +60,26 @@ return out
 # A batch's writes, atomically, in one call. ARGV[1] is a MessagePack array: a run of
 # commands, each as its name, the index of its key in KEYS, its argument count and its
 # arguments (one packed argument instead of thousands keeps the client's work small).
-APPLY_SCRIPT = """
+# DSTART and DSCORE are the dashboard's own commands (stream/dashboard.py).
+APPLY_SCRIPT = (
+    dashboard.LUA
+    + """
 local ops = cmsgpack.unpack(ARGV[1])
 local i, n = 1, #ops
 while i <= n do
   local c = ops[i + 2]
-  redis.call(ops[i], KEYS[ops[i + 1]], unpack(ops, i + 3, i + 2 + c))
+  if ops[i] == 'DSTART' then
+    dstart(KEYS[ops[i + 1]], ops, i + 3)
+  elseif ops[i] == 'DSCORE' then
+    dscore(KEYS[ops[i + 1]], ops, i + 3)
+  else
+    redis.call(ops[i], KEYS[ops[i + 1]], unpack(ops, i + 3, i + 2 + c))
+  end
   i = i + 3 + c
 end
 return 1
 """
+)
 
 # A batch's reads in one call. KEYS: state, latest-score and applied key of each
 # session; ARGV[1]: MessagePack of [fields to read, hit numbers to look up per session].
@@ -141,6 +154,8 @@ class SessionWrite:
     history_field: str
     partition: int = 0
     event_ms: float = 0.0
+    probability: float = 0.0
+    channel: list[str] | None = None  # dashboard.channel_values of its row
 
 
 @dataclass
@@ -155,6 +170,8 @@ class HitWrite:
     event_ms: float = 0.0  # the latest event time among the batch's hits
     outcome: bytes | None = None  # OutcomeEvent JSON when a hit of the batch converted
     closed: bool = False  # a late hit: the session stays closed
+    probability: float = 0.0  # the latest of the batch's scores
+    points: list[float] = field(default_factory=list)  # the batch's probabilities, in order
 
 
 @dataclass
@@ -165,16 +182,29 @@ class CloseWrite:
     score_json: bytes
     history_field: str
     outcome: bytes | None
+    probability: float = 0.0
+    hits: int = 0  # hits applied before the close
 
 
 class RedisStore:
     """Reads and writes session state in Redis."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str, ttl_s: int, retries: int) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str,
+        ttl_s: int,
+        retries: int,
+        dashboard_retention_s: int = 30 * 86400,
+    ) -> None:
         self.r = client
         self.prefix = prefix
         self.ttl = ttl_s
         self.retries = retries
+        self._dash_cfg = msgpack.packb(
+            dashboard.config(prefix, ttl_s, dashboard_retention_s), use_bin_type=False
+        )
         self._park = client.register_script(PARK_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
         self._apply = client.register_script(APPLY_SCRIPT)
@@ -258,8 +288,8 @@ class RedisStore:
 
         async def run() -> list[Any]:
             pipe = self.r.pipeline(transaction=False)
-            for sid, field in items:
-                pipe.hget(self._k(keys.score_history_key, sid), field)
+            for sid, name in items:
+                pipe.hget(self._k(keys.score_history_key, sid), name)
             return await pipe.execute()
 
         return list(await self._retry("stored scores", run))
@@ -306,17 +336,21 @@ class RedisStore:
         sessions: Sequence[SessionWrite],
         hits: Sequence[HitWrite],
         watermarks: dict[tuple[str, int], tuple[float, float]] | None = None,
+        events: int = 0,
     ) -> None:
         """Write a batch's sessions, states, applied hits and scores atomically.
 
         Open sessions are kept in their partition's sorted set, scored by their latest
         event time (only ever raised), for the inactivity close; ``watermarks`` maps an
         input kind and partition to its (event time, wall time) high-water marks in ms.
+        The dashboard's aggregates move in the same call; ``events`` is the batch's
+        size, for its events per minute.
         """
-        if not sessions and not hits and not watermarks:
+        if not sessions and not hits and not watermarks and not events:
             return
 
         ops = _Ops()
+        scores = 0
         ttl = self.ttl
         for s in sessions:
             state_key = self._k(keys.session_key, s.session_id)
@@ -340,6 +374,10 @@ class RedisStore:
                 repr(s.event_ms),
                 s.session_id,
             )
+            if s.channel is not None:
+                start = DashStart(s.session_id, s.probability, s.event_ms, s.channel)
+                self._dash(ops, "DSTART", s.session_id, dashboard.start_args(start))
+            scores += 1
         for h in hits:
             state_key = self._k(keys.session_key, h.session_id)
             mapping: list[Any] = []
@@ -353,6 +391,18 @@ class RedisStore:
             ops.add("SADD", applied_key, *h.applied)
             ops.add("EXPIRE", applied_key, ttl)
             self._score(ops, h.session_id, h.scores)
+            scores += len(h.scores)
+            if h.scores:
+                seen = int(h.state[HITS])
+                update = DashScore(
+                    h.session_id,
+                    seq=float(seen),
+                    probability=h.probability,
+                    converted=h.outcome is not None,
+                    hits=seen,
+                    points=h.points,
+                )
+                self._dash(ops, "DSCORE", h.session_id, dashboard.score_args(update))
             if not h.closed:
                 ops.add(
                     "ZADD",
@@ -370,13 +420,23 @@ class RedisStore:
                 f"{kind}_wall_ms",
                 repr(wall_ms),
             )
+        if events or scores:
+            rate = dashboard.minute_key(self.prefix)
+            ops.add("HINCRBY", rate, "events", events)
+            ops.add("HINCRBY", rate, "scores", scores)
+            ops.add("EXPIRE", rate, dashboard.RATE_TTL_S)
+        await self._run_ops("write", ops)
+
+    async def _run_ops(self, what: str, ops: _Ops) -> None:
+        packed = msgpack.packb(ops.argv, use_bin_type=False)
 
         async def run() -> Any:
-            return await self._apply(
-                keys=ops.keys, args=[msgpack.packb(ops.argv, use_bin_type=False)]
-            )
+            return await self._apply(keys=ops.keys, args=[packed, self._dash_cfg])
 
-        await self._retry("write", run)
+        await self._retry(what, run)
+
+    def _dash(self, ops: _Ops, command: str, sid: str, args: list[Any]) -> None:
+        ops.add(command, dashboard.session_dash_key(sid, self.prefix), *args)
 
     async def watermark(self, partition: int) -> dict[str, tuple[float, float]]:
         """Return a partition's stored (event time, wall time) marks in ms, by input kind."""
@@ -423,45 +483,41 @@ class RedisStore:
         """
         if not closes:
             return
-
-        async def run() -> Any:
-            pipe = self.r.pipeline(transaction=True)
-            for c in closes:
-                self._score(pipe, c.session_id, [(c.history_field, c.score_json)])
-                if c.outcome is not None:
-                    pipe.hset(self._k(keys.session_key, c.session_id), "outcome", c.outcome)
-            return await pipe.execute()
-
-        await self._retry("prepare close", run)
+        ops = _Ops()
+        for c in closes:
+            self._score(ops, c.session_id, [(c.history_field, c.score_json)])
+            if c.outcome is not None:
+                ops.add("HSET", self._k(keys.session_key, c.session_id), "outcome", c.outcome)
+            final = DashScore(
+                c.session_id, seq=c.hits + 0.5, probability=c.probability, hits=c.hits
+            )
+            self._dash(ops, "DSCORE", c.session_id, dashboard.score_args(final))
+        rate = dashboard.minute_key(self.prefix)
+        ops.add("HINCRBY", rate, "scores", len(closes))
+        ops.add("EXPIRE", rate, dashboard.RATE_TTL_S)
+        await self._run_ops("prepare close", ops)
 
     async def finish_close(self, partition: int, sids: Sequence[str]) -> None:
         """Mark sessions closed and take them out of their partition's open set."""
         if not sids:
             return
+        ops = _Ops()
+        for sid in sids:
+            ops.add("HSET", self._k(keys.session_key, sid), "closed", "1")
+            closing = DashScore(sid, seq=-1.0, probability=0.0, closed=True)
+            self._dash(ops, "DSCORE", sid, dashboard.score_args(closing))
+        ops.add("ZREM", keys.open_sessions_key(partition, self.prefix), *sids)
+        await self._run_ops("finish close", ops)
 
-        async def run() -> Any:
-            pipe = self.r.pipeline(transaction=True)
-            for sid in sids:
-                pipe.hset(self._k(keys.session_key, sid), "closed", "1")
-            pipe.zrem(keys.open_sessions_key(partition, self.prefix), *sids)
-            return await pipe.execute()
-
-        await self._retry("finish close", run)
-
-    def _score(self, ops: Any, sid: str, scores: list[tuple[str, bytes]]) -> None:
+    def _score(self, ops: _Ops, sid: str, scores: list[tuple[str, bytes]]) -> None:
         if not scores:
             return
         history = self._k(keys.score_history_key, sid)
         latest = self._k(keys.latest_score_key, sid)
-        if isinstance(ops, _Ops):
-            flat: list[Any] = [x for pair in scores for x in pair]
-            ops.add("HSET", history, *flat)
-            ops.add("EXPIRE", history, self.ttl)
-            ops.add("SET", latest, scores[-1][1], "EX", self.ttl)
-            return
-        ops.hset(history, mapping=dict(scores))
-        ops.expire(history, self.ttl)
-        ops.set(latest, scores[-1][1], ex=self.ttl)
+        flat: list[Any] = [x for pair in scores for x in pair]
+        ops.add("HSET", history, *flat)
+        ops.add("EXPIRE", history, self.ttl)
+        ops.add("SET", latest, scores[-1][1], "EX", self.ttl)
 
 
 def _text(value: bytes | None) -> str | None:

@@ -31,6 +31,7 @@ def run_worker(settings: StreamSettings) -> int:
         prefix=settings.redis_key_prefix,
         ttl_s=settings.session_ttl_s,
         retries=settings.redis_retries,
+        dashboard_retention_s=settings.dashboard_retention_s,
     )
     app = create_app(settings)
     metrics = WorkerMetrics()

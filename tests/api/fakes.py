@@ -11,7 +11,11 @@ class FakeRedis:
         self.hashes: dict[str, dict[bytes, bytes]] = {}
         self.sets: dict[str, set[bytes]] = {}
         self.lists: dict[str, list[bytes]] = {}
+        self.zsets: dict[str, dict[bytes, float]] = {}
         self.down = False
+
+    async def hgetall(self, key: str) -> dict[bytes, bytes]:
+        return dict(self.hashes.get(key, {}))
 
     async def get(self, key: str) -> bytes | None:
         return self.data.get(key)
@@ -38,6 +42,15 @@ class FakePipeline:
 
     def llen(self, key: str) -> None:
         self.results.append(len(self.redis.lists.get(key, [])))
+
+    def hmget(self, key: str, *fields: str) -> None:
+        h = self.redis.hashes.get(key, {})
+        self.results.append([h.get(f.encode()) for f in fields])
+
+    def zrevrange(self, key: str, start: int, end: int, withscores: bool = False) -> None:
+        items = sorted(self.redis.zsets.get(key, {}).items(), key=lambda kv: -kv[1])
+        items = items[start : end + 1]
+        self.results.append(items if withscores else [m for m, _ in items])
 
     async def execute(self) -> list[Any]:
         return self.results

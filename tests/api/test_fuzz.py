@@ -37,6 +37,7 @@ def test_no_request_gets_a_server_error(fuzzed_app, mode: GenerationMode) -> Non
     operations = [result.ok() for result in schema.get_all_operations()]
     paths = {op.path for op in operations}
     assert {"/predict", "/predict/batch", "/sessions/{session_id}", "/ready"} <= paths
+    assert {"/dashboard", "/dashboard/data"} <= paths
     calls: dict[str, int] = {}
     for op in operations:
         raw = op.definition.raw
@@ -67,4 +68,4 @@ def test_no_request_gets_a_server_error(fuzzed_app, mode: GenerationMode) -> Non
         if op.definition.raw.get("parameters") or op.definition.raw.get("requestBody")
     ]
     expected = operations if mode == GenerationMode.POSITIVE else with_inputs
-    assert len(calls) == len(expected) and len(with_inputs) == 4
+    assert len(calls) == len(expected) and len(with_inputs) == 6

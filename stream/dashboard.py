@@ -1,0 +1,213 @@
+"""The aggregates behind the marketing dashboard, kept by the worker as it scores.
+
+Every session counts once, in the time buckets of its start (event time): 5-minute
+buckets (the last hour), hourly buckets (the last day), daily buckets (the chart) and
+one bucket for all retained time. Per bucket, a hash holds the totals and, per
+utm_medium, utm_source and utm_campaign value, the sessions (``n``), the sum of their
+session-start probabilities (``p``, the expected conversions: that model is calibrated
+per session, so observed / expected near 1 means a channel converts as the model
+expects) and the observed conversions (``c``).
+
+Updates run inside the worker's batch write (the same Lua call, atomic with the
+session state), and each session's dashboard record (``dash`` hash, under the
+session's hash tag) remembers what it contributed: which score it last applied (by a
+sequence that only grows: 0 at the start, the hits applied, hits + 0.5 at the close),
+whether its conversion is counted and whether it is still open. A redelivered batch
+therefore changes nothing.
+
+Besides: a sorted set of the open, not yet converted sessions by current probability
+(the in-session model's, after every hit; bounded: the hot list) with each session's
+trajectory of scores, the count of open sessions, the stream's event time, events
+and scores per wall-clock minute, and each worker's lag and model version.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from contracts import keys
+
+DIMENSIONS = ("utm_medium", "utm_source", "utm_campaign")
+NONE_VALUE = "(none)"
+M5_MS = 5 * 60 * 1000
+HOUR_MS = 3600 * 1000
+DAY_MS = 24 * HOUR_MS
+HOT_MAX = 500  # the hot set keeps this many sessions
+TRAJECTORY = 30  # probabilities kept per session for its sparkline
+RATE_TTL_S = 2 * 3600
+WORKER_TTL_S = 60
+
+# Lua, run at the start of APPLY_SCRIPT: functions for the DSTART and DSCORE commands.
+# ARGV[2] is MessagePack of [dashboard key prefix, session TTL, hot-set size,
+# trajectory length, TTL of 5-minute, hourly and longer buckets].
+LUA = """
+local cfg = cmsgpack.unpack(ARGV[2])
+local P, STTL, HOT_MAX, TRAJ = cfg[1], cfg[2], cfg[3], cfg[4]
+local TTL = {cfg[5], cfg[6], cfg[7], cfg[7]}
+local DIMS = {'utm_medium', 'utm_source', 'utm_campaign'}
+local function add(d, stat, v)
+  local ms = d[1]
+  local b = {P .. ':m5:' .. math.floor(ms / 300000), P .. ':h:' .. math.floor(ms / 3600000),
+             P .. ':d:' .. math.floor(ms / 86400000), P .. ':all'}
+  for j = 1, 4 do
+    redis.call('HINCRBYFLOAT', b[j], stat, v)
+    if j ~= 3 then
+      for k = 1, 3 do
+        redis.call('HINCRBYFLOAT', b[j], stat .. '|' .. DIMS[k] .. '|' .. d[k + 1], v)
+      end
+    end
+    redis.call('EXPIRE', b[j], TTL[j])
+  end
+end
+local function hot(sid, p)
+  local key = P .. ':hot'
+  redis.call('ZADD', key, p, sid)
+  if redis.call('ZCARD', key) > HOT_MAX then
+    redis.call('ZREMRANGEBYRANK', key, 0, -(HOT_MAX + 1))
+  end
+  redis.call('EXPIRE', key, TTL[4])
+end
+local function meta(field, v)
+  redis.call('HINCRBY', P .. ':meta', field, v)
+  redis.call('EXPIRE', P .. ':meta', TTL[4])
+end
+local function dstart(key, a, i)
+  if redis.call('EXISTS', key) == 1 then return end
+  local sid, p, ms = a[i], a[i + 1], a[i + 2]
+  redis.call('HSET', key, 'seq', 0, 'p', p, 'ms', ms, 'm', a[i + 3], 's', a[i + 4],
+    'c', a[i + 5], 'dev', a[i + 6], 'city', a[i + 7], 'open', 1, 'hits', 0,
+    'traj', string.format('%.4f', p))
+  redis.call('EXPIRE', key, STTL)
+  local d = {ms, a[i + 3], a[i + 4], a[i + 5]}
+  add(d, 'n', 1)
+  add(d, 'p', p)
+  meta('active', 1)
+  local now = tonumber(redis.call('HGET', P .. ':meta', 'now_ms') or '0')
+  if ms > now then redis.call('HSET', P .. ':meta', 'now_ms', ms) end
+  hot(sid, p)
+end
+local function dscore(key, a, i)
+  local sid, seq, p, conv, closed, hits = a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4], a[i + 5]
+  local points = a[i + 6]
+  local h = redis.call('HMGET', key, 'seq', 'p', 'ms', 'm', 's', 'c', 'conv', 'open', 'traj')
+  if not h[1] then return end
+  local d = {tonumber(h[3]), h[4], h[5], h[6]}
+  local converted, open = h[7], h[8]
+  if conv == 1 and not converted then
+    converted = '1'
+    redis.call('HSET', key, 'conv', 1)
+    add(d, 'c', 1)
+    redis.call('ZREM', P .. ':hot', sid)
+  end
+  if seq > tonumber(h[1]) then
+    local traj = h[9] .. ',' .. points
+    local _, commas = string.gsub(traj, ',', ',')
+    while commas >= TRAJ do
+      traj = string.sub(traj, string.find(traj, ',') + 1)
+      commas = commas - 1
+    end
+    redis.call('HSET', key, 'seq', seq, 'p', p, 'traj', traj, 'hits', hits)
+    if open and not converted and closed == 0 then hot(sid, p) end
+  end
+  if closed == 1 and open then
+    redis.call('HDEL', key, 'open')
+    meta('active', -1)
+    redis.call('ZREM', P .. ':hot', sid)
+  end
+  redis.call('EXPIRE', key, STTL)
+end
+"""
+
+
+def dash_prefix(prefix: str) -> str:
+    """Return the prefix of the dashboard's keys (one hash tag: one Cluster slot)."""
+    return f"{prefix}:{{dash}}"
+
+
+def config(prefix: str, session_ttl_s: int, retention_s: int) -> list[Any]:
+    """Return the dashboard part of APPLY_SCRIPT's arguments."""
+    return [
+        dash_prefix(prefix),
+        session_ttl_s,
+        HOT_MAX,
+        TRAJECTORY,
+        2 * 3600,
+        2 * 86400,
+        retention_s,
+    ]
+
+
+def channel_values(row: dict[str, Any]) -> list[str]:
+    """Return a session row's utm_medium, utm_source, utm_campaign, device and city."""
+    out = []
+    for column in (*DIMENSIONS, "device_category", "geo_city"):
+        value = row.get(column)
+        out.append(NONE_VALUE if value in (None, "") else str(value).replace("|", "/"))
+    return out
+
+
+@dataclass
+class DashStart:
+    """A new session for the dashboard: its start score and where it came from."""
+
+    session_id: str
+    probability: float
+    start_ms: float
+    values: list[str]  # channel_values of its row
+
+
+@dataclass
+class DashScore:
+    """A session's newest score, conversion or close, for the dashboard."""
+
+    session_id: str
+    seq: float  # 0 start, hits applied, hits + 0.5 at the close; -1: no new score
+    probability: float
+    converted: bool = False
+    closed: bool = False
+    hits: int = 0
+    points: list[float] | None = None  # every new probability, for the sparkline
+
+
+def start_args(d: DashStart) -> list[Any]:
+    """Arguments of one DSTART command."""
+    return [d.session_id, float(d.probability), float(d.start_ms), *d.values]
+
+
+def score_args(d: DashScore) -> list[Any]:
+    """Arguments of one DSCORE command."""
+    return [
+        d.session_id,
+        float(d.seq),
+        float(d.probability),
+        int(d.converted),
+        int(d.closed),
+        int(d.hits),
+        ",".join(f"{p:.4f}" for p in (d.points or [d.probability])[-TRAJECTORY:]),
+    ]
+
+
+def minute_key(prefix: str, wall_s: float | None = None) -> str:
+    """Return the hash of events and scores in one wall-clock minute."""
+    minute = math.floor((time.time() if wall_s is None else wall_s) / 60)
+    return f"{dash_prefix(prefix)}:rate:{minute}"
+
+
+def workers_key(prefix: str) -> str:
+    """Return the hash of the workers' status: lag, model version, when."""
+    return f"{dash_prefix(prefix)}:workers"
+
+
+def worker_name() -> str:
+    """Return this worker process's name in the status hash."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def session_dash_key(session_id: str, prefix: str) -> str:
+    """Return a session's dashboard record (under its own hash tag)."""
+    return keys.dashboard_session_key(session_id, prefix)

@@ -1,0 +1,197 @@
+"""The dashboard's aggregates, written by the store's batch writes, read by the API.
+
+The aggregates live in Lua inside the batch write, so these run against the real Redis
+of the local stack (`make test` starts it).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from api.dashboard import Window, read_dashboard
+from features.hits import STATE_INDEX, empty_state
+from stream.dashboard import HOUR_MS, channel_values
+from stream.state import CloseWrite, HitWrite, RedisStore, SessionWrite
+
+pytestmark = pytest.mark.redis
+
+T0 = 1_640_000_000_000.0  # 2021-12-20 11:33:20 UTC, in ms
+
+
+@pytest.fixture()
+async def store() -> AsyncIterator[RedisStore]:
+    url = os.environ.get("SCORER_REDIS_URL", "redis://127.0.0.1:6379/0")
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except OSError as exc:  # pragma: no cover - the stack is down
+        pytest.fail(f"Redis is not reachable at {url}: {exc}")
+    prefix = f"dash-test-{uuid.uuid4().hex[:8]}"
+    yield RedisStore(client, prefix=prefix, ttl_s=600, retries=2)
+    keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+def _row(medium: str, source: str = "src", city: str | None = "Moscow") -> dict:
+    return {
+        "utm_medium": medium,
+        "utm_source": source,
+        "utm_campaign": None,
+        "device_category": "mobile",
+        "geo_city": city,
+    }
+
+
+def _start(sid: str, p: float, start_ms: float, row: dict) -> SessionWrite:
+    return SessionWrite(
+        session_id=sid,
+        client_id="c",
+        start="2021-12-20T11:33:20+00:00",
+        vector=np.zeros(3, dtype=np.float32),
+        score_json=b"{}",
+        history_field="session_start:",
+        event_ms=start_ms,
+        probability=p,
+        channel=channel_values(row),
+    )
+
+
+def _hits(sid: str, applied: list[int], points: list[float], converted: bool = False) -> HitWrite:
+    state = empty_state()
+    state[STATE_INDEX["hits"]] = len(applied)
+    return HitWrite(
+        session_id=sid,
+        state=state,
+        applied=applied,
+        scores=[(f"hit:{n}", b"{}") for n in applied],
+        event_ms=T0,
+        outcome=b'{"outcome":"converted"}' if converted else None,
+        probability=points[-1],
+        points=points,
+    )
+
+
+def _medium(data: dict, value: str) -> dict:
+    rows = {r["value"]: r for r in data["channels"]["utm_medium"]}
+    return rows[value]
+
+
+async def _data(store: RedisStore, window: Window = Window.all) -> dict:
+    return await read_dashboard(store.r, store.prefix, window, hot=10)
+
+
+async def test_sessions_count_once_per_channel_with_their_start_probability(
+    store: RedisStore,
+) -> None:
+    await store.write(
+        [_start("a", 0.10, T0, _row("cpc")), _start("b", 0.02, T0, _row("cpc"))],
+        [],
+        events=2,
+    )
+    await store.write([_start("c", 0.05, T0, _row("organic", city=None))], [], events=1)
+    rates = (await _data(store))["now"]
+    assert rates["events_per_minute"][-1] + rates["events_per_minute"][-2] == 3
+    assert rates["scores_per_minute"][-1] + rates["scores_per_minute"][-2] == 3
+    # The same row again (a redelivered batch) changes no aggregate.
+    await store.write([_start("a", 0.10, T0, _row("cpc"))], [])
+
+    d = await _data(store)
+    cpc = _medium(d, "cpc")
+    assert cpc["sessions"] == 2
+    assert cpc["expected"] == pytest.approx(0.12)
+    assert cpc["mean_probability"] == pytest.approx(0.06)
+    assert cpc["observed"] == 0 and cpc["observed_to_expected"] == 0.0
+    assert _medium(d, "organic")["sessions"] == 1
+    assert d["totals"]["sessions"] == 3
+    assert d["now"]["active_sessions"] == 3
+    assert d["now"]["event_time_ms"] == T0
+    assert [h["session_id"] for h in d["hot"]] == ["a", "c", "b"]
+    assert d["hot"][1]["geo_city"] == "(none)"
+    campaigns = {r["value"] for r in d["channels"]["utm_campaign"]}
+    assert campaigns == {"(none)"}
+
+
+async def test_a_conversion_counts_once_and_leaves_the_hot_list(store: RedisStore) -> None:
+    await store.write([_start("a", 0.10, T0, _row("cpc")), _start("b", 0.02, T0, _row("cpc"))], [])
+    await store.write([], [_hits("b", [1, 2], [0.30, 0.40])])
+    d = await _data(store)
+    assert [h["session_id"] for h in d["hot"]] == ["b", "a"]
+    b = d["hot"][0]
+    assert b["probability"] == pytest.approx(0.40)
+    assert b["trajectory"] == pytest.approx([0.02, 0.30, 0.40])
+    assert b["hits"] == 2
+
+    converting = _hits("b", [1, 2, 3], [0.9], converted=True)
+    await store.write([], [converting])
+    await store.write([], [converting])  # redelivered
+    d = await _data(store)
+    assert [h["session_id"] for h in d["hot"]] == ["a"]
+    cpc = _medium(d, "cpc")
+    assert cpc["observed"] == 1
+    assert cpc["expected"] == pytest.approx(0.12)  # start probabilities: hits do not move it
+    assert cpc["observed_to_expected"] == pytest.approx(1 / 0.12)
+    assert d["now"]["active_sessions"] == 2  # converted, still open
+
+
+async def test_an_old_score_redelivered_does_not_roll_the_session_back(
+    store: RedisStore,
+) -> None:
+    await store.write([_start("a", 0.10, T0, _row("cpc"))], [])
+    await store.write([], [_hits("a", [1, 2, 3], [0.2, 0.3, 0.5])])
+    await store.write([], [_hits("a", [1], [0.2])])  # an earlier batch, again
+    d = await _data(store)
+    assert d["hot"][0]["probability"] == pytest.approx(0.5)
+    assert d["hot"][0]["trajectory"] == pytest.approx([0.1, 0.2, 0.3, 0.5])
+
+
+async def test_closing_takes_a_session_out_once(store: RedisStore) -> None:
+    await store.write([_start("a", 0.10, T0, _row("cpc")), _start("b", 0.02, T0, _row("cpc"))], [])
+    await store.prepare_close([CloseWrite("a", b"{}", "session_end:", None, 0.07, 0)])
+    d = await _data(store)
+    assert d["hot"][0]["session_id"] == "a"
+    assert d["hot"][0]["trajectory"] == pytest.approx([0.10, 0.07])
+    await store.finish_close(0, ["a"])
+    await store.finish_close(0, ["a"])  # after a crash, marked closed again
+    d = await _data(store)
+    assert [h["session_id"] for h in d["hot"]] == ["b"]
+    assert d["now"]["active_sessions"] == 1
+    # A late hit after the close updates nothing on the hot list.
+    await store.write([], [_hits("a", [1], [0.8])])
+    d = await _data(store)
+    assert [h["session_id"] for h in d["hot"]] == ["b"]
+
+
+async def test_windows_count_sessions_by_their_start_in_stream_time(store: RedisStore) -> None:
+    await store.write([_start("old", 0.01, T0 - 30 * HOUR_MS, _row("cpc"))], [])
+    await store.write([_start("day", 0.02, T0 - 3 * HOUR_MS, _row("cpc"))], [])
+    await store.write([_start("now", 0.04, T0, _row("cpc"))], [])
+    counts = {}
+    for window in Window:
+        d = await _data(store, window)
+        counts[window.value] = _medium(d, "cpc")["sessions"]
+        assert d["window"] == window.value
+    assert counts == {"hour": 1, "day": 2, "all": 3}
+
+    d = await _data(store, Window.all)
+    chart = d["chart"]
+    assert len(chart) == 30 and d["chart_bucket_ms"] == 24 * HOUR_MS
+    assert sum(b["sessions"] for b in chart) == 3
+    assert sum(b["expected"] for b in chart) == pytest.approx(0.07)
+    assert chart[-1]["start_ms"] <= T0 < chart[-1]["start_ms"] + 24 * HOUR_MS
+    hourly = (await _data(store, Window.day))["chart"]
+    assert len(hourly) == 24 and sum(b["sessions"] for b in hourly) == 2
+
+
+async def test_nothing_there_reads_as_empty(store: RedisStore) -> None:
+    d = await _data(store)
+    assert d["hot"] == [] and d["totals"]["sessions"] == 0
+    assert d["now"]["consumer_lag"] is None and d["now"]["event_time_ms"] is None
+    assert all(rows == [] for rows in d["channels"].values())
