@@ -17,4 +17,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The dashboard's browser test drives Debian's headless Chromium.
+bash scripts/browser.sh
+
 .venv/bin/python -m pytest "$@"
