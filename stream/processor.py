@@ -345,7 +345,9 @@ class Processor:
                 if rec.timestamp_ms is not None:
                     out.event_ts_ms.append(rec.timestamp_ms)
         updates = list(writes.values())
-        await self.store.write([], updates, self._raise_marks("hits", updates), events=len(records))
+        # A parked hit comes back on the hits topic: it counts as an event then.
+        events = len(records) - out.parked
+        await self.store.write([], updates, self._raise_marks("hits", updates), events=events)
         if duplicates:
             copies = await self.store.stored_scores(
                 [(sid, history_field("hit", n)) for sid, n in duplicates]
