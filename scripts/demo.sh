@@ -13,6 +13,7 @@ LOGS=.stack/logs
 RUN_ID=demo-$(date +%Y%m%d%H%M%S)
 export SCORER_TOPIC_PREFIX="$RUN_ID."
 export SCORER_APP_ID="$RUN_ID"
+export SCORER_REDIS_KEY_PREFIX="$RUN_ID"
 export SCORER_MODEL_PATH="$MODELS/Pickled_model.pkl"
 
 say() { printf '\n== %s\n' "$*"; }
@@ -68,5 +69,32 @@ curl -s "http://127.0.0.1:$API_PORT/sessions/$sid/score"; echo
 echo "POST /predict (the same session row)"
 row=$($PY -c "import csv, json; r = next(csv.DictReader(open('$DATA/ga_sessions.csv'))); print(json.dumps({k: (v if v != '' else None) for k, v in r.items()} | {'visit_number': int(r['visit_number'])}))")
 curl -s -X POST "http://127.0.0.1:$API_PORT/predict" -H 'content-type: application/json' -d "$row"; echo
+
+say "The dashboard: http://127.0.0.1:$API_PORT/dashboard (its data: /dashboard/data?window=all)"
+API_PORT=$API_PORT $PY - <<'PYEOF'
+import json
+import os
+import urllib.request
+
+url = f"http://127.0.0.1:{os.environ['API_PORT']}/dashboard/data?window=all&hot=5"
+with urllib.request.urlopen(url, timeout=10) as response:
+    d = json.load(response)
+t, now = d["totals"], d["now"]
+models = ", ".join(now["model_versions"]) or "-"
+print(f"sessions {t['sessions']:,}, expected conversions {t['expected']:.1f}, "
+      f"observed {t['observed']}, open now {now['active_sessions']}, model {models}")
+print(f"  {'utm_medium':18} {'sessions':>9} {'expected':>9} {'observed':>9}")
+for r in d["channels"]["utm_medium"][:6]:
+    print(f"  {r['value'][:18]:18} {r['sessions']:9,} {r['expected']:9.1f} {r['observed']:9}")
+print("hottest open sessions:")
+for s in d["hot"]:
+    print(f"  {s['session_id']:45} p={s['probability']:.3f} hits={s['hits']:<3} "
+          f"{s['utm_medium']} / {s['device_category']} / {s['geo_city']}")
+PYEOF
+
+if [ "${DEMO_STAY:-0}" = 1 ]; then
+  say "DEMO_STAY=1: the worker and the API keep running; open the dashboard, Ctrl-C to stop"
+  wait
+fi
 
 say "Done; stopping what the demo started"
