@@ -12,11 +12,12 @@ the "other" bucket, and missing values a bucket of their own.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -195,8 +196,40 @@ def _days_since_first_visit(client_id: object, session_id: object) -> float:
     return max(this - first, 0.0) / 86400.0
 
 
-def _flag(values: Iterable[object], test: Callable[[object], bool]) -> list[float]:
-    return [1.0 if test(v) else 0.0 for v in values]
+_FEW_ROWS = 16
+
+
+def _equals(text: str, value: object) -> float:
+    return 1.0 if _text(value) == text else 0.0
+
+
+class _Distinct:
+    """A column's distinct values, and which of them each row holds.
+
+    Most columns repeat a few hundred values over thousands of rows: a feature of such a
+    column is computed once per distinct value and spread over the rows by index.
+    """
+
+    def __init__(self, values: Iterable[object]) -> None:
+        # first[v]: the first row holding v (dict.setdefault mapped in C, no Python frame
+        # per row); each row's first row of its value then indexes the result.
+        values = values if isinstance(values, (list, tuple)) else list(values)
+        self.few = values if len(values) <= _FEW_ROWS else None
+        if self.few is not None:
+            return
+        first: dict[object, int] = {}
+        self.rows = np.fromiter(map(first.setdefault, values, itertools.count()), dtype=np.intp)
+        self.values = list(first)
+        self.at = np.fromiter(first.values(), dtype=np.intp, count=len(first))
+
+    def map(self, fn: Callable[[Any], Any]) -> np.ndarray:
+        """Apply fn to each distinct value; one row (or one number) per input row."""
+        if self.few is not None:  # a handful of rows: per row is cheaper than indexing
+            return np.asarray([fn(v) for v in self.few], dtype=np.float64)
+        per_value = np.asarray([fn(v) for v in self.values], dtype=np.float64)
+        spread = np.empty((len(self.rows), *per_value.shape[1:]), dtype=np.float64)
+        spread[self.at] = per_value
+        return spread[self.rows]
 
 
 @dataclass
@@ -208,13 +241,17 @@ class CategoryCodes:
     default_log_odds: float
     default_log_share: float
 
-    def encode(self, values: Sequence[object]) -> tuple[list[float], list[float]]:
-        keys = [self.key(v) for v in values]
-        lo, ls = self.log_odds, self.log_share
-        return (
-            [lo.get(k, self.default_log_odds) for k in keys],
-            [ls.get(k, self.default_log_share) for k in keys],
+    def encode(self, values: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
+        lo, ls, d_lo, d_ls = (
+            self.log_odds,
+            self.log_share,
+            self.default_log_odds,
+            self.default_log_share,
         )
+        both = _Distinct(values).map(
+            lambda v: (lo.get(self.key(v), d_lo), ls.get(self.key(v), d_ls))
+        )
+        return both[:, 0], both[:, 1]
 
     @staticmethod
     def key(value: object) -> str:
@@ -274,9 +311,11 @@ def session_matrix(cols: Mapping[str, Sequence[Any]], encoding: SessionEncoding)
     """Compute the session features of many rows, given their columns; (n, F) float32."""
     n = len(cols["session_id"])
     out = np.empty((n, len(SESSION_FEATURES)), dtype=np.float32)
+    if n == 0:
+        return out
     j = 0
 
-    def put(values: Sequence[float]) -> None:
+    def put(values: Sequence[float] | np.ndarray) -> None:
         nonlocal j
         out[:, j] = values
         j += 1
@@ -298,25 +337,24 @@ def session_matrix(cols: Mapping[str, Sequence[Any]], encoding: SessionEncoding)
     for i in range(3):
         put([t[i] for t in times])
     nan4 = (math.nan,) * 4
-    dates = [nan4 if is_null(d) else _parse_date(str(d)) for d in cols["visit_date"]]
+    dates = _Distinct(cols["visit_date"]).map(lambda d: nan4 if is_null(d) else _parse_date(str(d)))
     for i in range(4):
-        put([d[i] for d in dates])
+        put(dates[:, i])
 
     unknown_screen = (math.nan, math.nan, math.nan, math.nan, 1.0)
-    screens = [
-        unknown_screen if is_null(r) else _parse_resolution(str(r))
-        for r in cols["device_screen_resolution"]
-    ]
+    screens = _Distinct(cols["device_screen_resolution"]).map(
+        lambda r: unknown_screen if is_null(r) else _parse_resolution(str(r))
+    )
     for i in range(5):
-        put([s[i] for s in screens])
+        put(screens[:, i])
 
-    device = [_text(v) for v in cols["device_category"]]
+    device = _Distinct(cols["device_category"])
     for name in ("mobile", "desktop", "tablet"):
-        put([1.0 if d == name else 0.0 for d in device])
-    organic = _flag(cols["utm_medium"], lambda v: v in ORGANIC_MEDIUMS)
+        put(device.map(partial(_equals, name)))
+    organic = _Distinct(cols["utm_medium"]).map(lambda v: 1.0 if v in ORGANIC_MEDIUMS else 0.0)
     put(organic)
-    put(_flag(cols["utm_source"], lambda v: v in SOCIAL_SOURCES))
-    put([o * (1.0 if d == "desktop" else 0.0) for o, d in zip(organic, device, strict=True)])
+    put(_Distinct(cols["utm_source"]).map(lambda v: 1.0 if v in SOCIAL_SOURCES else 0.0))
+    put(organic * device.map(lambda d: 1.0 if _text(d) == "desktop" else 0.0))
     for col in (
         "utm_campaign",
         "utm_adcontent",
@@ -325,15 +363,15 @@ def session_matrix(cols: Mapping[str, Sequence[Any]], encoding: SessionEncoding)
         "device_brand",
         "device_model",
     ):
-        put(_flag(cols[col], is_null))
+        put(_Distinct(cols[col]).map(lambda v: 1.0 if is_null(v) else 0.0))
 
-    put(_flag(cols["geo_country"], lambda v: v == RUSSIA))
-    cities = [_text(v) for v in cols["geo_city"]]
-    put([1.0 if c == MOSCOW else 0.0 for c in cities])
-    put([1.0 if c == SAINT_PETERSBURG else 0.0 for c in cities])
-    put([1.0 if c in MOSCOW_REGION else 0.0 for c in cities])
-    put([1.0 if c is None or c == "(not set)" else 0.0 for c in cities])
-    put([DISTANCE_TO_MOSCOW_KM.get(c, math.nan) if c else math.nan for c in cities])
+    put(_Distinct(cols["geo_country"]).map(lambda v: 1.0 if v == RUSSIA else 0.0))
+    city = _Distinct(cols["geo_city"])
+    put(city.map(lambda v: 1.0 if _text(v) == MOSCOW else 0.0))
+    put(city.map(lambda v: 1.0 if _text(v) == SAINT_PETERSBURG else 0.0))
+    put(city.map(lambda v: 1.0 if _text(v) in MOSCOW_REGION else 0.0))
+    put(city.map(lambda v: 1.0 if _text(v) in (None, "(not set)") else 0.0))
+    put(city.map(lambda v: DISTANCE_TO_MOSCOW_KM.get(_text(v) or "", math.nan)))
 
     for col in CATEGORICAL_COLUMNS:
         log_odds, log_share = encoding.columns[col].encode(cols[col])
