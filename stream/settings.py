@@ -36,5 +36,5 @@ class StreamSettings(BaseSettings):
     model_reload_s: float = 5.0  # how often to look for a newly deployed artifact; 0: never
     quality_window_s: float = 3600.0  # online quality: the rolling window of outcomes
     quality_metrics_port: int = 9109  # online quality: its Prometheus port
-    dashboard_retention_s: int = 30 * 86400  # dashboard: expiry of its daily and all-time aggregates
+    dashboard_retention_s: int = 30 * 86400  # dashboard: expiry of daily and all-time data
     log_level: str = "info"
