@@ -55,7 +55,7 @@ CHART_BUCKETS = {
 _header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def _require_key(
+async def _require_key(
     request: Request,
     header: Annotated[str | None, Security(_header)],
     key: Annotated[str | None, Query(description="the API key, for a browser")] = None,

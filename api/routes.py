@@ -34,19 +34,23 @@ HISTORY_LIMIT = 50  # scores shown by GET /sessions/{session_id}
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def _settings(request: Request) -> ApiSettings:
+# Dependencies are coroutines: FastAPI runs a plain function dependency in its thread
+# pool, a thread hop for each one of every request.
+async def _settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
-def _model(request: Request) -> ConversionModel:
+async def _model(request: Request) -> ConversionModel:
     return request.app.state.model
 
 
-def _redis(request: Request) -> Any:
+async def _redis(request: Request) -> Any:
     return request.app.state.redis
 
 
-def _require_key(request: Request, key: Annotated[str | None, Security(_api_key_header)]) -> None:
+async def _require_key(
+    request: Request, key: Annotated[str | None, Security(_api_key_header)]
+) -> None:
     expected = request.app.state.settings.api_key
     if expected and key != expected:
         raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
