@@ -121,8 +121,10 @@ async def metrics(request: Request) -> Response:
 
 
 @protected.post("/predict", response_model=PredictResponse)
-async def predict(row: SessionRow, model: Model, request: Request) -> Response:
+async def predict(row: SessionRow, request: Request) -> Response:
     """Score one ga_sessions row at session start."""
+    # The model straight from the app's state: a dependency costs every request its solving.
+    model: ConversionModel = request.app.state.model
     p = model.score_rows([row.__dict__])[0]
     request.app.state.metrics.rows_scored.inc()
     # Serialised here: the response model documents the shape, orjson writes it.
@@ -137,23 +139,29 @@ async def predict(row: SessionRow, model: Model, request: Request) -> Response:
 
 
 _ROW_FIELDS = tuple(SessionRow.model_fields)
+_ALL_ABSENT = dict.fromkeys(_ROW_FIELDS)
 
 
-def _columns(rows: list[SessionRow]) -> dict[str, Sequence[Any]]:
-    """Turn validated rows into columns: one transpose in C, not a getattr per value."""
+def _columns(rows: list[dict[str, Any]]) -> dict[str, Sequence[Any]]:
+    """Turn validated rows into columns: one transpose in C, not a lookup per value.
+
+    Validation returns each row's fields in the schema's order; a row that left out
+    optional fields gets them as None, in that order too.
+    """
     if not rows:
         return {c: () for c in SESSION_COLUMNS}
-    # A validated model's __dict__ holds exactly its fields, in declaration order.
-    rows_t = zip(*(tuple(r.__dict__.values()) for r in rows), strict=True)
-    by_field = dict(zip(_ROW_FIELDS, rows_t, strict=True))
+    width = len(_ROW_FIELDS)
+    full = [r if len(r) == width else {**_ALL_ABSENT, **r} for r in rows]
+    values = zip(*(tuple(r.values()) for r in full), strict=True)
+    by_field = dict(zip(_ROW_FIELDS, values, strict=True))
     return {c: by_field[c] for c in SESSION_COLUMNS}
 
 
 @protected.post("/predict/batch", response_model=BatchResponse)
-async def predict_batch(
-    body: BatchRequest, model: Model, settings: Settings, request: Request
-) -> Response:
+async def predict_batch(body: BatchRequest, request: Request) -> Response:
     """Score many ga_sessions rows at once."""
+    model: ConversionModel = request.app.state.model
+    settings: ApiSettings = request.app.state.settings
     if len(body.rows) > settings.max_batch_rows:
         raise HTTPException(
             status_code=413,
@@ -169,8 +177,8 @@ async def predict_batch(
         {
             "model_version": version,
             "predictions": [
-                {"session_id": sid, "probability": round(float(p), 6), "model_version": version}
-                for sid, p in zip(cols["session_id"], probs, strict=True)
+                {"session_id": sid, "probability": round(p, 6), "model_version": version}
+                for sid, p in zip(cols["session_id"], probs.tolist(), strict=True)
             ],
         }
     )

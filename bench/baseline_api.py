@@ -23,6 +23,7 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
 from xgboost import XGBClassifier
 
 from api.schemas import BatchRequest, PredictResponse, SessionRow
+from features.columns import SESSION_COLUMNS
 from training.dataset import load_dataset
 
 CATEGORIES = [
@@ -95,12 +96,12 @@ def create_app(data_dir: Path) -> FastAPI:
 
     @app.post("/predict/batch")
     def predict_batch(body: BatchRequest) -> dict[str, object]:
-        df = pd.DataFrame([r.model_dump() for r in body.rows])
+        df = pd.DataFrame([{c: r.get(c) for c in SESSION_COLUMNS} for r in body.rows])
         probs = pipe.predict_proba(df)[:, 1]
         return {
             "model_version": "baseline",
             "predictions": [
-                {"session_id": r.session_id, "probability": float(p)}
+                {"session_id": r["session_id"], "probability": float(p)}
                 for r, p in zip(body.rows, probs, strict=True)
             ],
         }

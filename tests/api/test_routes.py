@@ -32,6 +32,32 @@ def test_batch_equals_rows_one_by_one(client) -> None:
     assert [p["session_id"] for p in batch["predictions"]] == [r["session_id"] for r in rows]
 
 
+def test_batch_rows_may_leave_out_optional_fields_in_any_order(client) -> None:
+    shuffled = dict(reversed(list(EXAMPLE_ROW.items())))
+    sparse = {k: EXAMPLE_ROW[k] for k in ("visit_number", "session_id", "visit_time", "visit_date")}
+    some = {k: v for k, v in EXAMPLE_ROW.items() if k not in ("utm_source", "geo_city")}
+    rows = [EXAMPLE_ROW, shuffled, sparse, some]
+    batch = client.post("/predict/batch", json={"rows": rows})
+    assert batch.status_code == 200, batch.text
+    single = [client.post("/predict", json=r).json()["probability"] for r in rows]
+    assert [p["probability"] for p in batch.json()["predictions"]] == pytest.approx(
+        single, abs=1e-9
+    )
+    assert single[0] == single[1] and single[0] != single[2]
+
+
+def test_a_bad_row_in_a_batch_is_a_422_naming_the_row_and_field(client) -> None:
+    rows = [EXAMPLE_ROW, dict(EXAMPLE_ROW, visit_date="2021-13-45"), dict(EXAMPLE_ROW, x=1)]
+    r = client.post("/predict/batch", json={"rows": rows})
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert [e["loc"] for e in detail] == [
+        ["body", "rows", 1, "visit_date"],
+        ["body", "rows", 2, "x"],
+    ]
+    assert "visit_date must be a date as YYYY-MM-DD" in detail[0]["msg"]
+
+
 @pytest.mark.parametrize(
     "quirk",
     [
