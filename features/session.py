@@ -241,16 +241,15 @@ class CategoryCodes:
     default_log_odds: float
     default_log_share: float
 
-    def encode(self, values: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, values: Sequence[object] | _Distinct) -> tuple[np.ndarray, np.ndarray]:
         lo, ls, d_lo, d_ls = (
             self.log_odds,
             self.log_share,
             self.default_log_odds,
             self.default_log_share,
         )
-        both = _Distinct(values).map(
-            lambda v: (lo.get(self.key(v), d_lo), ls.get(self.key(v), d_ls))
-        )
+        distinct = values if isinstance(values, _Distinct) else _Distinct(values)
+        both = distinct.map(lambda v: (lo.get(self.key(v), d_lo), ls.get(self.key(v), d_ls)))
         return both[:, 0], both[:, 1]
 
     @staticmethod
@@ -313,6 +312,14 @@ def session_matrix(cols: Mapping[str, Sequence[Any]], encoding: SessionEncoding)
     out = np.empty((n, len(SESSION_FEATURES)), dtype=np.float32)
     if n == 0:
         return out
+    seen: dict[str, _Distinct] = {}
+
+    def distinct(column: str) -> _Distinct:
+        # Several features read one column: find its distinct values once.
+        if column not in seen:
+            seen[column] = _Distinct(cols[column])
+        return seen[column]
+
     j = 0
 
     def put(values: Sequence[float] | np.ndarray) -> None:
@@ -337,23 +344,23 @@ def session_matrix(cols: Mapping[str, Sequence[Any]], encoding: SessionEncoding)
     for i in range(3):
         put([t[i] for t in times])
     nan4 = (math.nan,) * 4
-    dates = _Distinct(cols["visit_date"]).map(lambda d: nan4 if is_null(d) else _parse_date(str(d)))
+    dates = distinct("visit_date").map(lambda d: nan4 if is_null(d) else _parse_date(str(d)))
     for i in range(4):
         put(dates[:, i])
 
     unknown_screen = (math.nan, math.nan, math.nan, math.nan, 1.0)
-    screens = _Distinct(cols["device_screen_resolution"]).map(
+    screens = distinct("device_screen_resolution").map(
         lambda r: unknown_screen if is_null(r) else _parse_resolution(str(r))
     )
     for i in range(5):
         put(screens[:, i])
 
-    device = _Distinct(cols["device_category"])
+    device = distinct("device_category")
     for name in ("mobile", "desktop", "tablet"):
         put(device.map(partial(_equals, name)))
-    organic = _Distinct(cols["utm_medium"]).map(lambda v: 1.0 if v in ORGANIC_MEDIUMS else 0.0)
+    organic = distinct("utm_medium").map(lambda v: 1.0 if v in ORGANIC_MEDIUMS else 0.0)
     put(organic)
-    put(_Distinct(cols["utm_source"]).map(lambda v: 1.0 if v in SOCIAL_SOURCES else 0.0))
+    put(distinct("utm_source").map(lambda v: 1.0 if v in SOCIAL_SOURCES else 0.0))
     put(organic * device.map(lambda d: 1.0 if _text(d) == "desktop" else 0.0))
     for col in (
         "utm_campaign",
@@ -363,10 +370,10 @@ def session_matrix(cols: Mapping[str, Sequence[Any]], encoding: SessionEncoding)
         "device_brand",
         "device_model",
     ):
-        put(_Distinct(cols[col]).map(lambda v: 1.0 if is_null(v) else 0.0))
+        put(distinct(col).map(lambda v: 1.0 if is_null(v) else 0.0))
 
-    put(_Distinct(cols["geo_country"]).map(lambda v: 1.0 if v == RUSSIA else 0.0))
-    city = _Distinct(cols["geo_city"])
+    put(distinct("geo_country").map(lambda v: 1.0 if v == RUSSIA else 0.0))
+    city = distinct("geo_city")
     put(city.map(lambda v: 1.0 if _text(v) == MOSCOW else 0.0))
     put(city.map(lambda v: 1.0 if _text(v) == SAINT_PETERSBURG else 0.0))
     put(city.map(lambda v: 1.0 if _text(v) in MOSCOW_REGION else 0.0))
@@ -374,7 +381,7 @@ def session_matrix(cols: Mapping[str, Sequence[Any]], encoding: SessionEncoding)
     put(city.map(lambda v: DISTANCE_TO_MOSCOW_KM.get(_text(v) or "", math.nan)))
 
     for col in CATEGORICAL_COLUMNS:
-        log_odds, log_share = encoding.columns[col].encode(cols[col])
+        log_odds, log_share = encoding.columns[col].encode(distinct(col))
         put(log_odds)
         put(log_share)
 
