@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import date, time
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, NotRequired, Required
@@ -34,23 +35,23 @@ EXAMPLE_ROW: dict[str, Any] = {
 }
 
 
+def _iso_check(parse: Callable[[str], object], length: int) -> Callable[[str], bool]:
+    """A cached test that a string parses (date or time) and has the expected length."""
+
+    @lru_cache(maxsize=131_072)
+    def valid(v: str) -> bool:
+        try:
+            parse(v)
+        except ValueError:
+            return False
+        return len(v) == length
+
+    return valid
+
+
 # A batch repeats few dates and resolutions: each distinct value is checked once.
-@lru_cache(maxsize=65_536)
-def _is_date(v: str) -> bool:
-    try:
-        date.fromisoformat(v)
-    except ValueError:
-        return False
-    return len(v) == 10
-
-
-@lru_cache(maxsize=131_072)
-def _is_time(v: str) -> bool:
-    try:
-        time.fromisoformat(v)
-    except ValueError:
-        return False
-    return len(v) == 8
+_is_date = _iso_check(date.fromisoformat, 10)
+_is_time = _iso_check(time.fromisoformat, 8)
 
 
 @lru_cache(maxsize=65_536)
