@@ -197,6 +197,7 @@ def _days_since_first_visit(client_id: object, session_id: object) -> float:
 
 
 _FEW_ROWS = 16
+DEVICES = ("mobile", "desktop", "tablet")
 
 
 def _equals(text: str, value: object) -> float:
@@ -211,12 +212,12 @@ class _Distinct:
     """
 
     def __init__(self, values: Iterable[object]) -> None:
-        # first[v]: the first row holding v (dict.setdefault mapped in C, no Python frame
-        # per row); each row's first row of its value then indexes the result.
         values = values if isinstance(values, (list, tuple)) else list(values)
         self.few = values if len(values) <= _FEW_ROWS else None
         if self.few is not None:
             return
+        # first[v]: the first row holding v (dict.setdefault mapped in C, no Python frame
+        # per row); each row's first row of its value then indexes the result.
         first: dict[object, int] = {}
         self.rows = np.fromiter(map(first.setdefault, values, itertools.count()), dtype=np.intp)
         self.values = list(first)
@@ -249,7 +250,12 @@ class CategoryCodes:
             self.default_log_share,
         )
         distinct = values if isinstance(values, _Distinct) else _Distinct(values)
-        both = distinct.map(lambda v: (lo.get(self.key(v), d_lo), ls.get(self.key(v), d_ls)))
+
+        def codes(v: object) -> tuple[float, float]:
+            k = self.key(v)
+            return lo.get(k, d_lo), ls.get(k, d_ls)
+
+        both = distinct.map(codes)
         return both[:, 0], both[:, 1]
 
     @staticmethod
@@ -355,13 +361,13 @@ def session_matrix(cols: Mapping[str, Sequence[Any]], encoding: SessionEncoding)
     for i in range(5):
         put(screens[:, i])
 
-    device = distinct("device_category")
-    for name in ("mobile", "desktop", "tablet"):
-        put(device.map(partial(_equals, name)))
+    device = {name: distinct("device_category").map(partial(_equals, name)) for name in DEVICES}
+    for name in DEVICES:
+        put(device[name])
     organic = distinct("utm_medium").map(lambda v: 1.0 if v in ORGANIC_MEDIUMS else 0.0)
     put(organic)
     put(distinct("utm_source").map(lambda v: 1.0 if v in SOCIAL_SOURCES else 0.0))
-    put(organic * device.map(lambda d: 1.0 if _text(d) == "desktop" else 0.0))
+    put(organic * device["desktop"])
     for col in (
         "utm_campaign",
         "utm_adcontent",
