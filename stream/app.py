@@ -18,6 +18,7 @@ from typing import Any, cast
 import faust
 import orjson
 from aiokafka.partitioner import murmur2
+from aiokafka.structs import TopicPartition
 
 from artifact import ArtifactError, load_model, read_card
 from contracts import topics
@@ -53,6 +54,7 @@ def create_app(settings: StreamSettings) -> faust.App:
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         broker_session_timeout=settings.kafka_session_timeout_s,
+        consumer_max_fetch_size=settings.kafka_max_fetch_bytes,
         broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout_s / 4),
     )
 
@@ -81,6 +83,8 @@ class Pipeline:
         self.partition_counts: dict[str, tuple[int, float]] = {}  # topic -> (count, when)
         self._spread = 0  # round-robin partition of keyless messages (dead letters)
         self.key_hashes: dict[bytes, int] = {}  # murmur2 of recent keys (session ids)
+        self.held: set[Any] = set()  # session partitions paused by ``align``
+        self.held_generation = 0  # the consumer group generation they were paused in
         with contextlib.suppress(ArtifactError, OSError, ValueError):
             self.model_sha = read_card(settings.model_path).get("artifact_sha256")
 
@@ -194,6 +198,7 @@ class Pipeline:
                     await self.publish(out)
             if out.duplicates:
                 self.metrics.duplicates.labels(topic).inc(out.duplicates)
+            await self.align()
         except InfrastructureError as exc:
             log.critical("giving up on %s batch: %s; exiting so it is delivered again", kind, exc)
             os._exit(EXIT_INFRASTRUCTURE)
@@ -203,6 +208,76 @@ class Pipeline:
             log.critical("unexpected failure on a %s batch; exiting unacked", kind, exc_info=True)
             os._exit(EXIT_BUG)
         self.metrics.batch_seconds.labels(kind).observe(time.perf_counter() - started)
+
+    async def align(self) -> None:
+        """Hold a session partition back while its hits are far behind in event time.
+
+        A backlog (a replay, or a worker catching up after an outage) is read much faster
+        on ga.sessions than on ga.hits, which has nine times the events. Unchecked, every
+        session of the backlog would be stored long before its hits arrive: Redis fills
+        up and sessions may expire before their hits are applied. So a session partition
+        whose event-time mark is more than ``align_lead_s`` ahead of its hits' mark stops
+        being fetched while those hits have a backlog; it is fetched again once the hits
+        are within half that lead, or have nothing left to read.
+
+        The pause is the Kafka client's own: records it had fetched but not handed out are
+        dropped and fetched again on resume, and nothing already handed out is skipped.
+        """
+        lead_ms = self.settings.align_lead_s * 1000.0
+        if lead_ms <= 0:
+            return
+        consumer = self.app.consumer
+        try:
+            assigned = {(tp.topic, tp.partition): tp for tp in consumer.assignment()}
+        except Exception:  # noqa: BLE001 - no consumer yet (starting or rebalancing)
+            return
+        generation = getattr(self.app, "consumer_generation_id", 0)
+        if generation != self.held_generation:
+            # A rebalance gives the client a fresh assignment, paused nowhere.
+            self.held.clear()
+            self.held_generation = generation
+        self.held &= set(assigned.values())
+        marks = self.processor.watermarks
+        pause, resume = [], []
+        for (topic, partition), tp in assigned.items():
+            if topic != self.sessions_name:
+                continue
+            hits_tp = assigned.get((self.hits_name, partition))
+            s_mark = marks.get(("sessions", partition))
+            h_mark = marks.get(("hits", partition))
+            done = self.positions.get((self.hits_name, partition))
+            try:
+                high = None if hits_tp is None else consumer.highwater(hits_tp)
+            except Exception:  # noqa: BLE001 - not known while (re)assigning: no backlog seen
+                high = None
+            behind = (
+                s_mark is not None
+                and h_mark is not None
+                and done is not None
+                and high is not None
+                and high > done
+            )
+            ahead_ms = s_mark[0] - h_mark[0] if behind else 0.0  # type: ignore[index]
+            if tp in self.held:
+                if ahead_ms <= lead_ms / 2:
+                    resume.append(tp)
+            elif ahead_ms > lead_ms:
+                pause.append(tp)
+        if pause:
+            await self.fetching(pause, False)
+            self.held.update(pause)
+            self.metrics.pauses.inc(len(pause))
+        if resume:
+            await self.fetching(resume, True)
+            self.held.difference_update(resume)
+        self.metrics.paused.set(len(self.held))
+
+    async def fetching(self, tps: list[Any], on: bool) -> None:
+        """Pause (on=False) or resume fetching partitions, in the consumer's own thread."""
+        thread = cast(Any, self.app.consumer)._thread  # Faust runs aiokafka in a thread
+        client = thread._ensure_consumer()
+        parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        await thread.call_thread(client.resume if on else client.pause, *parts)
 
     def my_partitions(self) -> set[int]:
         """Return the input partitions assigned to this worker."""
@@ -332,6 +407,10 @@ def attach_agents(
     @app.timer(interval=settings.close_check_s)
     async def close_idle_sessions() -> None:
         await pipe.close_idle()
+
+    @app.timer(interval=0.25)
+    async def align() -> None:
+        await pipe.align()
 
     @app.timer(interval=5.0)
     async def lag() -> None:

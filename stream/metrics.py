@@ -93,6 +93,16 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.paused = Gauge(
+            "scorer_worker_paused_partitions",
+            "Session partitions held back because their hits are behind in event time",
+            registry=r,
+        )
+        self.pauses = Counter(
+            "scorer_worker_partition_pauses_total",
+            "Times a session partition was held back for its hits to catch up",
+            registry=r,
+        )
         self.open_sessions = Gauge(
             "scorer_worker_open_sessions",
             "Sessions waiting for their outcome, in this worker's partitions",

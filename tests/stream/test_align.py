@@ -1,0 +1,136 @@
+"""Holding a session partition back while its hits are behind, with a fake consumer."""
+
+import asyncio
+from typing import Any, NamedTuple
+
+from stream.app import Pipeline
+from stream.metrics import WorkerMetrics
+from stream.settings import StreamSettings
+
+MIN = 60_000.0
+
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+class FakeConsumer:
+    def __init__(self, tps: list[TP], high: dict[TP, int]) -> None:
+        self.tps = tps
+        self.high = high
+        self.paused: set[TP] = set()
+
+    def assignment(self) -> set[TP]:
+        return set(self.tps)
+
+    def highwater(self, tp: TP) -> int:
+        return self.high[tp]
+
+
+class FakeApp:
+    def __init__(self, consumer: FakeConsumer) -> None:
+        self.consumer = consumer
+        self.consumer_generation_id = 1
+
+
+class FakePipeline(Pipeline):
+    """The real decisions; pausing is recorded on the fake consumer."""
+
+    async def fetching(self, tps: list[Any], on: bool) -> None:
+        consumer = self.app.consumer
+        if on:
+            consumer.paused.difference_update(tps)
+        else:
+            consumer.paused.update(tps)
+
+
+class FakeProcessor:
+    def __init__(self) -> None:
+        self.watermarks: dict[tuple[str, int], tuple[float, float]] = {}
+
+
+def _pipeline(lead_s: float = 300.0) -> tuple[Pipeline, FakeConsumer, FakeProcessor]:
+    settings = StreamSettings(align_lead_s=lead_s, model_path="/nonexistent/model.pkl")
+    sessions = TP("ga.sessions", 0)
+    hits = TP("ga.hits", 0)
+    consumer = FakeConsumer([sessions, hits], {sessions: 100, hits: 1000})
+    processor = FakeProcessor()
+    pipe = FakePipeline(FakeApp(consumer), settings, processor, WorkerMetrics())  # type: ignore[arg-type]
+    pipe.positions[("ga.hits", 0)] = 200  # 800 hits still to read
+    return pipe, consumer, processor
+
+
+def _marks(processor: Any, sessions_min: float, hits_min: float) -> None:
+    processor.watermarks[("sessions", 0)] = (sessions_min * MIN, 0.0)
+    processor.watermarks[("hits", 0)] = (hits_min * MIN, 0.0)
+
+
+def test_sessions_far_ahead_of_a_hits_backlog_are_paused_then_resumed() -> None:
+    pipe, consumer, processor = _pipeline(lead_s=300)
+    _marks(processor, sessions_min=60, hits_min=50)  # 10 min ahead, lead 5 min
+    asyncio.run(pipe.align())
+    assert consumer.paused == {TP("ga.sessions", 0)}
+    assert pipe.metrics.paused._value.get() == 1
+    # Still more than half the lead ahead: stays paused (no flapping).
+    _marks(processor, sessions_min=60, hits_min=57)
+    asyncio.run(pipe.align())
+    assert consumer.paused == {TP("ga.sessions", 0)}
+    _marks(processor, sessions_min=60, hits_min=58)
+    asyncio.run(pipe.align())
+    assert consumer.paused == set()
+    assert pipe.metrics.paused._value.get() == 0
+
+
+def test_within_the_lead_nothing_is_paused() -> None:
+    pipe, consumer, processor = _pipeline(lead_s=300)
+    _marks(processor, sessions_min=60, hits_min=56)
+    asyncio.run(pipe.align())
+    assert consumer.paused == set()
+
+
+def test_hits_with_nothing_left_to_read_never_hold_sessions_back() -> None:
+    pipe, consumer, processor = _pipeline(lead_s=300)
+    _marks(processor, sessions_min=600, hits_min=50)
+    pipe.positions[("ga.hits", 0)] = 1000  # caught up
+    asyncio.run(pipe.align())
+    assert consumer.paused == set()
+    # A paused partition is let go as soon as the hits are caught up.
+    pipe.positions[("ga.hits", 0)] = 200
+    asyncio.run(pipe.align())
+    assert consumer.paused == {TP("ga.sessions", 0)}
+    pipe.positions[("ga.hits", 0)] = 1000
+    asyncio.run(pipe.align())
+    assert consumer.paused == set()
+
+
+def test_no_hits_read_yet_or_no_limit_means_no_pause() -> None:
+    pipe, consumer, processor = _pipeline(lead_s=300)
+    processor.watermarks[("sessions", 0)] = (600 * MIN, 0.0)
+    asyncio.run(pipe.align())  # no hits mark yet: nothing to compare with
+    assert consumer.paused == set()
+    pipe, consumer, processor = _pipeline(lead_s=0)
+    _marks(processor, sessions_min=600, hits_min=50)
+    asyncio.run(pipe.align())
+    assert consumer.paused == set()
+
+
+def test_after_a_rebalance_a_partition_still_ahead_is_paused_again() -> None:
+    pipe, consumer, processor = _pipeline(lead_s=300)
+    _marks(processor, sessions_min=60, hits_min=50)
+    asyncio.run(pipe.align())
+    assert pipe.metrics.pauses._value.get() == 1
+    consumer.paused.clear()  # a new generation: the client's assignment is fresh
+    pipe.app.consumer_generation_id += 1
+    asyncio.run(pipe.align())
+    assert consumer.paused == {TP("ga.sessions", 0)}
+    assert pipe.metrics.pauses._value.get() == 2
+
+
+def test_a_partition_that_moves_away_is_forgotten() -> None:
+    pipe, consumer, processor = _pipeline(lead_s=300)
+    _marks(processor, sessions_min=60, hits_min=50)
+    asyncio.run(pipe.align())
+    consumer.tps = []  # revoked
+    asyncio.run(pipe.align())
+    assert pipe.held == set()
