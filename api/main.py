@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from api.dashboard import router as dashboard_router
+from api.fastpath import PredictFastPath
 from api.metrics import ApiMetrics, BodyLimitMiddleware, MetricsMiddleware
 from api.routes import router
 from api.settings import ApiSettings
@@ -114,7 +115,9 @@ def create_app(
     app.include_router(router)
     app.include_router(dashboard_router)
     # The last added runs first: every request is counted, oversized bodies included,
-    # and those are refused before anything parses them.
+    # and those are refused before anything parses them; then a valid one-row /predict
+    # is answered without the framework's layers.
+    app.add_middleware(PredictFastPath, state=app.state)
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
