@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import re
 import subprocess
 import sys
@@ -299,25 +300,15 @@ def full_replay(
     ga.sessions than on ga.hits; the workers hold the sessions back (align_lead_s) so
     that sessions are stored only shortly before their hits.
     """
-    from stream.replay import iter_event_chunks
-
     settings = _settings(base, model, work)
     store = redis.Redis.from_url(settings.redis_url)
-    known: set[bytes] = set()
-    expected = sent = 0
     load_started = time.perf_counter()
-    for chunk in iter_event_chunks(data, chunk=500_000):
-        asyncio.run(send_events(settings, chunk, progress=False))
-        sent += len(chunk)
-        for topic, key, _ in chunk:
-            if topic == topics.SESSIONS:
-                known.add(key)
-                expected += 1
-            elif key in known:
-                expected += 1
-        print(f"full replay: {sent:,} events loaded", flush=True)
+    # Loaded in a child process: the 17.6M events' tables and objects (over 10 GB) go
+    # back to the system before the workers start.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        sent, expected = pool.apply(_preload, (settings, data))
     load_s = time.perf_counter() - load_started
-    del known
     procs = []
     for k in range(workers):
         s = settings if k == 0 else settings.model_copy(update={"metrics_port": free_port()})
@@ -355,6 +346,25 @@ def full_replay(
         "events_per_s": round(sent / seconds),
         "redis_peak_gb": round(peak_redis / 1e9, 2),
     }
+
+
+def _preload(settings: StreamSettings, data: Path) -> tuple[int, int]:
+    """Send a data set's events to the topics; return (events sent, scores expected)."""
+    from stream.replay import iter_event_chunks
+
+    known: set[bytes] = set()
+    expected = sent = 0
+    for chunk in iter_event_chunks(data, chunk=500_000):
+        asyncio.run(send_events(settings, chunk, progress=False))
+        sent += len(chunk)
+        for topic, key, _ in chunk:
+            if topic == topics.SESSIONS:
+                known.add(key)
+                expected += 1
+            elif key in known:
+                expected += 1
+        print(f"full replay: {sent:,} events loaded", flush=True)
+    return sent, expected
 
 
 def _counts(port: int) -> tuple[float, float]:
