@@ -2,9 +2,10 @@
 
     SCORER_TOPIC_PREFIX=... python -m bench.faust_bare --expect N
 
-Two agents take events with ``take_events`` exactly as the worker's do, count them and
-do nothing else; the app prints how fast it consumed N events and exits. It measures
-what Faust's own per-event delivery costs on this machine, before any work.
+Two agents take events with ``take_events`` exactly as the worker's do (with the same
+lean monitor), count them and do nothing else; the app prints how fast it consumed N
+events and exits. It measures what Faust's own per-event delivery costs on this
+machine, before any work.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import faust
 
 from contracts import topics
+from stream.kafka import LeanMonitor
 from stream.settings import StreamSettings
 
 
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         store="memory://",
         datadir=str(settings.data_dir / name),
         topic_partitions=settings.topic_partitions,
+        monitor=LeanMonitor(),  # as the worker's
     )
     state: dict[str, Any] = {"n": 0, "t0": None}
 

@@ -23,7 +23,7 @@ from aiokafka.structs import TopicPartition
 from artifact import ArtifactError, load_model, read_card
 from contracts import topics
 from stream import dashboard
-from stream.kafka import faust_broker, faust_credentials
+from stream.kafka import LeanMonitor, faust_broker, faust_credentials
 from stream.metrics import WorkerMetrics
 from stream.processor import Output, Processor, Record
 from stream.settings import StreamSettings
@@ -56,6 +56,7 @@ def create_app(settings: StreamSettings) -> faust.App:
         broker_session_timeout=settings.kafka_session_timeout_s,
         consumer_max_fetch_size=settings.kafka_max_fetch_bytes,
         broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout_s / 4),
+        monitor=LeanMonitor(),
     )
 
 
@@ -242,22 +243,11 @@ class Pipeline:
         for (topic, partition), tp in assigned.items():
             if topic != self.sessions_name:
                 continue
-            hits_tp = assigned.get((self.hits_name, partition))
             s_mark = marks.get(("sessions", partition))
             h_mark = marks.get(("hits", partition))
-            done = self.positions.get((self.hits_name, partition))
-            try:
-                high = None if hits_tp is None else consumer.highwater(hits_tp)
-            except Exception:  # noqa: BLE001 - not known while (re)assigning: no backlog seen
-                high = None
-            behind = (
-                s_mark is not None
-                and h_mark is not None
-                and done is not None
-                and high is not None
-                and high > done
-            )
-            ahead_ms = s_mark[0] - h_mark[0] if behind else 0.0  # type: ignore[index]
+            ahead_ms = 0.0
+            if s_mark is not None and h_mark is not None and "hits" in self.behind(partition):
+                ahead_ms = s_mark[0] - h_mark[0]
             if tp in self.held:
                 if ahead_ms <= lead_ms / 2:
                     resume.append(tp)
@@ -279,6 +269,26 @@ class Pipeline:
         parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
         await thread.call_thread(client.resume if on else client.pause, *parts)
 
+    def behind(self, partition: int) -> set[str]:
+        """The input kinds ("sessions", "hits") with records of a partition not read yet.
+
+        Only a partition this process has read from counts: before its first record
+        the position is not known here.
+        """
+        out = set()
+        consumer = self.app.consumer
+        for kind, name in (("sessions", self.sessions_name), ("hits", self.hits_name)):
+            done = self.positions.get((name, partition))
+            if done is None:
+                continue
+            try:
+                high = consumer.highwater(TopicPartition(name, partition))
+            except Exception:  # noqa: BLE001 - not assigned any more, or not known yet
+                continue
+            if high is not None and high > done:
+                out.add(kind)
+        return out
+
     def my_partitions(self) -> set[int]:
         """Return the input partitions assigned to this worker."""
         try:
@@ -296,7 +306,9 @@ class Pipeline:
             for partition in sorted(self.my_partitions()):
                 while True:
                     async with self.state_lock:
-                        out = await self.processor.close_due(partition, gap_ms, limit=200)
+                        out = await self.processor.close_due(
+                            partition, gap_ms, limit=200, behind=self.behind(partition)
+                        )
                         if not out.closed:
                             break
                         await self.publish(out)

@@ -15,6 +15,7 @@ import base64
 import contextlib
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -373,15 +374,20 @@ class Processor:
                 self.watermarks[key] = changed[key] = (w.event_ms, wall)
         return changed
 
-    async def event_time(self, partition: int) -> float | None:
+    async def event_time(
+        self, partition: int, behind: Collection[str] = frozenset()
+    ) -> float | None:
         """Return a partition's event time now in ms, or None while it is not known.
 
         Each input topic has a high-water mark, moved on by the wall clock while that
         topic is quiet. While both topics are active the partition's event time is the
         lower mark, so a backlog read faster on one topic than on the other closes
         nothing early; a topic quiet for IDLE_MS no longer holds the other back (its
-        sessions' later events are hits, which it would never see). Until both topics
-        have a mark there is no event time.
+        sessions' later events are hits, which it would never see). A topic in
+        ``behind`` (its partition has records not read yet) is never quiet, however
+        long since its last event: under a backlog the worker may not reach a
+        partition's hits for a while, and those hits must not find their sessions
+        closed. Until both topics have a mark there is no event time.
         """
         stored = await self.store.watermark(partition)
         wall_now = time.time() * 1000.0
@@ -393,18 +399,29 @@ class Processor:
             if mark[0] < 0:
                 return None
             self.watermarks[key] = mark
+            if kind in behind:
+                active.append(mark[0])
+                continue
             moved[kind] = mark[0] + max(0.0, wall_now - mark[1])
             if wall_now - mark[1] < IDLE_MS:
                 active.append(moved[kind])
         return min(active) if active else max(moved.values())
 
-    async def close_due(self, partition: int, gap_ms: float, limit: int = 1000) -> Output:
+    async def close_due(
+        self,
+        partition: int,
+        gap_ms: float,
+        limit: int = 1000,
+        behind: Collection[str] = frozenset(),
+    ) -> Output:
         """Close a partition's sessions idle for the gap; return their final events.
 
-        The caller publishes the output, then calls ``finish_close``.
+        ``behind`` names the input kinds with records of this partition not read yet
+        (see ``event_time``). The caller publishes the output, then calls
+        ``finish_close``.
         """
         out = Output()
-        now_ms = await self.event_time(partition)
+        now_ms = await self.event_time(partition, behind)
         if now_ms is None:
             return out
         due = await self.store.due(partition, now_ms - gap_ms, limit)

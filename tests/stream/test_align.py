@@ -134,3 +134,13 @@ def test_a_partition_that_moves_away_is_forgotten() -> None:
     consumer.tps = []  # revoked
     asyncio.run(pipe.align())
     assert pipe.held == set()
+
+
+def test_behind_names_the_kinds_with_records_left_to_read() -> None:
+    pipe, consumer, _ = _pipeline()
+    consumer.high[TP("ga.sessions", 0)] = 100
+    pipe.positions[("ga.sessions", 0)] = 100  # sessions read to the end
+    assert pipe.behind(0) == {"hits"}  # hits: 800 left
+    pipe.positions[("ga.hits", 0)] = 1000
+    assert pipe.behind(0) == set()
+    assert pipe.behind(3) == set()  # never read here: not known

@@ -43,3 +43,21 @@ def test_when_both_are_quiet_the_wall_clock_moves_event_time_on() -> None:
     now = time.time() * 1000
     t = _event_time({"sessions": (1 * HOUR, now - 60_000), "hits": (2 * HOUR, now - 30_000)})
     assert t is not None and 2 * HOUR + 30_000 <= t < 2 * HOUR + 31_000
+
+
+def _event_time_behind(marks: dict[str, tuple[float, float]], behind: set[str]) -> float | None:
+    p = Processor(model=None, store=MarkStore(marks))  # type: ignore[arg-type]
+    return asyncio.run(p.event_time(0, behind))
+
+
+def test_a_topic_with_records_still_to_read_holds_the_other_back_however_long_quiet() -> None:
+    # Under a backlog the worker may not reach a partition's hits for a while: their
+    # mark is old, but the hits are there, and their sessions must stay open.
+    now = time.time() * 1000
+    quiet = now - IDLE_MS - 60_000
+    marks = {"sessions": (30 * HOUR, now), "hits": (2 * HOUR, quiet)}
+    assert _event_time_behind(marks, set()) >= 30 * HOUR  # type: ignore[operator]
+    assert _event_time_behind(marks, {"hits"}) == 2 * HOUR
+    # Both behind: the lower mark, not moved on by the wall clock.
+    marks = {"sessions": (5 * HOUR, quiet), "hits": (4 * HOUR, quiet)}
+    assert _event_time_behind(marks, {"sessions", "hits"}) == 4 * HOUR
