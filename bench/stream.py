@@ -103,20 +103,7 @@ def _poll_first_consumed(ports: list[int], stop_at: int, timeout_s: float) -> tu
     first_ms: float | None = None
     deadline = started + timeout_s
     while time.monotonic() < deadline:
-        counts = []
-        for port in ports:
-            try:
-                m = metrics(port)
-            except OSError:
-                counts.append((0.0, 0.0))
-                continue
-            counts.append(
-                (
-                    total(m, "scorer_worker_events_in_total"),
-                    m.get("scorer_worker_scores_out_total{trigger=session_start}", 0.0)
-                    + m.get("scorer_worker_scores_out_total{trigger=hit}", 0.0),
-                )
-            )
+        counts = [_counts(port) for port in ports]
         consumed = sum(c for c, _ in counts)
         scored = sum(s for _, s in counts)
         if first_ms is None and consumed > 0:
