@@ -141,12 +141,22 @@ class Pipeline:
             + [(self.outcomes_name, sid.encode(), payload) for sid, payload in out.outcomes]
             + [(self.dead_name, None, payload) for _, payload in out.dead_letters]
         )
+        self.count(out)
         if out.released:
             # Only now may hits of these sessions be applied: their start score is out.
             parked = await self.processor.release(out.released)
-            await self.send_all([(self.hits_name, sid.encode(), raw) for sid, raw in parked])
-            await self.processor.forget_pending(sorted({sid for sid, _ in parked}))
-        self.count(out)
+            if parked:
+                # The hits read before their session are applied here, in the worker that
+                # owns the partition, as soon as the session is; the hits agent does the
+                # same work under the same lock.
+                async with self.state_lock:
+                    later = await self.processor.hits(parked)
+                    await self.publish(later)
+                if later.duplicates:
+                    self.metrics.duplicates.labels(self.hits_name).inc(later.duplicates)
+                await self.processor.forget_pending(
+                    sorted({(r.key or b"").decode() for r in parked})
+                )
 
     def count(self, out: Output) -> None:
         """Add a published output to the metrics."""

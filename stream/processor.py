@@ -40,7 +40,7 @@ from stream.logic import (
     score_event,
     start_time,
 )
-from stream.state import CloseWrite, HitWrite, RedisStore, SessionWrite
+from stream.state import CloseWrite, HitWrite, ParkedHit, RedisStore, SessionWrite
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +112,12 @@ IDLE_MS = 5000.0  # an input topic without events for this long is quiet
 class Processor:
     """Turns batches of records into state, scores and dead letters."""
 
-    def __init__(self, model: ConversionModel, store: RedisStore) -> None:
+    def __init__(
+        self, model: ConversionModel, store: RedisStore, hits_topic: str = "ga.hits"
+    ) -> None:
         self.model = model
         self.store = store
+        self.hits_topic = hits_topic  # named in the dead letters of parked hits
         # (input kind, partition) -> (event-time high-water mark, wall time it was
         # reached), in ms; "sessions" and "hits" of one partition number are co-partitioned
         self.watermarks: dict[tuple[str, int], tuple[float, float]] = {}
@@ -201,22 +204,71 @@ class Processor:
             self.starting.setdefault(sid, asyncio.Event())
         return out
 
-    async def release(self, sids: list[str]) -> list[tuple[str, bytes]]:
+    async def release(self, sids: list[str]) -> list[Record]:
         """Let hits through for sessions whose start score is on Kafka; return parked hits.
 
-        Parked hits go back through the hits topic, so one agent alone ever changes a
-        session's hit state.
+        The caller applies the parked hits (``hits``), publishes what they produce and
+        then drops them with ``forget_pending``. Until then they stay in Redis: after a
+        crash the session's row is delivered again and releases them again.
         """
         parked = await self.store.release(sids)
         for sid in sids:
             started = self.starting.pop(sid, None)
             if started is not None:
                 started.set()
-        return parked
+        return [
+            Record(
+                value=h.raw,
+                topic=self.hits_topic,
+                partition=h.partition,
+                offset=h.offset,
+                key=h.session_id.encode(),
+                timestamp_ms=h.timestamp_ms,
+            )
+            for h in parked
+        ]
 
     async def forget_pending(self, sids: list[str]) -> None:
-        """Drop parked hits that are back on the hits topic."""
+        """Drop parked hits once they are applied and their scores published."""
         await self.store.forget_pending(sids)
+
+    async def _park(
+        self, parsed: list[tuple[Record, dict[str, Any]]], states: dict[str, Any]
+    ) -> set[int]:
+        """Park the hits whose session is not ready; return their indexes in ``parsed``.
+
+        A session whose row this worker is publishing right now is waited for (at most
+        START_WAIT_S) instead. Parking is one Redis call for the whole batch; a session
+        that turns out to be ready by then is read again and its hits are applied.
+        """
+        waiting = {h["session_id"] for _, h in parsed if not states[h["session_id"]].ready}
+        if not waiting:
+            return set()
+        starting = [self.starting[sid].wait() for sid in waiting if sid in self.starting]
+        if starting:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*starting), START_WAIT_S)
+            states.update((await self.store.read(sorted(waiting)))[0])
+        candidates = [
+            (
+                i,
+                ParkedHit(
+                    h["session_id"], rec.value or b"", rec.partition, rec.offset, rec.timestamp_ms
+                ),
+            )
+            for i, (rec, h) in enumerate(parsed)
+            if not states[h["session_id"]].ready
+        ]
+        if not candidates:
+            return set()
+        flags = await self.store.park([hit for _, hit in candidates])
+        ready = sorted(
+            {hit.session_id for (_, hit), f in zip(candidates, flags, strict=True) if not f}
+        )
+        if ready:
+            # Their rows arrived while this batch ran: read them and apply the hits.
+            states.update((await self.store.read(ready))[0])
+        return {i for (i, _), f in zip(candidates, flags, strict=True) if f}
 
     async def hits(self, records: list[Record]) -> Output:
         """Process hit records."""
@@ -249,23 +301,13 @@ class Processor:
         duplicates: list[tuple[str, int]] = []
         starts: dict[str, float] = {}
         converted_at: dict[str, int] = {}  # session -> index in to_score of its first target
-        for i, (rec, hit) in enumerate(parsed):
+        parked = await self._park(parsed, states)
+        out.parked = len(parked)
+        for i, (_, hit) in enumerate(parsed):
+            if i in parked:
+                continue
             sid, number = hit["session_id"], hit["hit_number"]
             st = states[sid]
-            if not st.ready and sid in self.starting:
-                # Its row is in this worker, its start score on the way: wait for it
-                # rather than park the hit and take it round through Kafka again.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.starting[sid].wait(), START_WAIT_S)
-                states.update((await self.store.read([sid]))[0])
-                st = states[sid]
-            if not st.ready:
-                if await self.store.park(sid, rec.value or b""):
-                    out.parked += 1
-                    continue
-                # The row arrived while this batch ran: read it and go on.
-                states.update((await self.store.read([sid]))[0])
-                st = states[sid]
             mine = seen.setdefault(sid, set())
             if applied[i] or number in mine:
                 out.duplicates += 1
@@ -346,7 +388,7 @@ class Processor:
                 if rec.timestamp_ms is not None:
                     out.event_ts_ms.append(rec.timestamp_ms)
         updates = list(writes.values())
-        # A parked hit comes back on the hits topic: it counts as an event then.
+        # A parked hit counts as an event once it is applied.
         events = len(records) - out.parked
         await self.store.write([], updates, self._raise_marks("hits", updates), events=events)
         if duplicates:

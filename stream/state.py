@@ -4,7 +4,7 @@ Layout (keys from ``contracts.keys``, all with the session TTL):
 - state hash: ``client_id``, ``start`` (ISO start time), ``vec`` (session features as
   float32 bytes) and one field per hit-state counter (``s:<name>``);
 - applied set: hit numbers already applied (a redelivered hit changes nothing);
-- pending list: hits that arrived before their session row;
+- pending list: hits that arrived before their session row (``ParkedHit``, packed);
 - score key: the latest ScoreEvent JSON; history hash: every score by trigger:hit.
 
 Each batch reads with one pipeline and writes with one Lua call (atomic in Redis), so
@@ -36,16 +36,25 @@ T = TypeVar("T")
 STATE_FIELDS = [keys.state_field(name) for name in STATE_NAMES]
 HITS = STATE_NAMES.index("hits")
 
-# Park a hit only while its session is not released yet, atomically with that check.
+# Park hits only while their session is not released yet, atomically with that check.
+# KEYS: state and pending key of each hit's session, in pairs; ARGV: the TTL, then one
+# packed hit per pair. Returns 1 for each hit parked, 0 where its session is ready.
 PARK_SCRIPT = """
-if redis.call('HEXISTS', KEYS[1], 'ready') == 1 then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return 1
+local out = {}
+for i = 1, #KEYS, 2 do
+  if redis.call('HEXISTS', KEYS[i], 'ready') == 1 then
+    out[#out + 1] = 0
+  else
+    redis.call('RPUSH', KEYS[i + 1], ARGV[(i + 1) / 2 + 1])
+    redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
+    out[#out + 1] = 1
+  end
+end
+return out
 """
 
-# Release sessions to the hits agent (their session-start scores are on Kafka) and
-# hand over the hits parked so far; no hit parks after this. KEYS: state and pending
+# Release sessions to their hits (their session-start scores are on Kafka) and hand
+# over the hits parked so far; no hit parks after this. KEYS: state and pending
 # key of each session, in pairs.
 RELEASE_SCRIPT = """
 local out = {}
@@ -103,6 +112,32 @@ return cmsgpack.pack(out)
 # The hash fields a batch reads of each session.
 READ_FIELDS = ["start", "ready", "client_id", "vec", "p", "closed", "outcome", *STATE_FIELDS]
 _N_META = 7
+
+
+@dataclass
+class ParkedHit:
+    """A hit read before its session row, with where it was read from."""
+
+    session_id: str
+    raw: bytes  # the record's value, as consumed
+    partition: int = -1
+    offset: int = -1
+    timestamp_ms: float | None = None
+
+    def pack(self) -> bytes:
+        """Encode the hit for the pending list."""
+        return msgpack.packb([self.partition, self.offset, self.timestamp_ms, self.raw])
+
+    @classmethod
+    def unpack(cls, session_id: str, item: bytes) -> ParkedHit:
+        """Decode an entry of the pending list; a bare value is kept as the raw hit."""
+        try:
+            partition, offset, timestamp_ms, raw = msgpack.unpackb(item)
+        except (ValueError, TypeError, msgpack.ExtraData, msgpack.UnpackException):
+            return cls(session_id, item)
+        if not isinstance(raw, bytes) or not isinstance(partition, int):
+            return cls(session_id, item)
+        return cls(session_id, raw, partition, offset, timestamp_ms)
 
 
 class _Ops:
@@ -294,18 +329,30 @@ class RedisStore:
 
         return list(await self._retry("stored scores", run))
 
-    async def park(self, sid: str, raw_hit: bytes) -> bool:
-        """Park a hit until its session row arrives; False when the row is there now."""
+    async def park(self, hits: Sequence[ParkedHit]) -> list[bool]:
+        """Park hits until their session rows arrive, in one call.
+
+        Returns, for each hit, whether it was parked: False when its session is ready
+        by now (its row arrived while the batch ran) and the hit must be applied.
+        """
+        if not hits:
+            return []
+        names = [
+            key
+            for h in hits
+            for key in (
+                self._k(keys.session_key, h.session_id),
+                self._k(keys.pending_hits_key, h.session_id),
+            )
+        ]
+        args: list[bytes | int] = [self.ttl, *(h.pack() for h in hits)]
 
         async def run() -> Any:
-            return await self._park(
-                keys=[self._k(keys.session_key, sid), self._k(keys.pending_hits_key, sid)],
-                args=[raw_hit, self.ttl],
-            )
+            return await self._park(keys=names, args=args)
 
-        return bool(await self._retry("park", run))
+        return [bool(flag) for flag in await self._retry("park", run)]
 
-    async def release(self, sids: Sequence[str]) -> list[tuple[str, bytes]]:
+    async def release(self, sids: Sequence[str]) -> list[ParkedHit]:
         """Mark sessions ready for their hits; return the hits parked for them."""
         if not sids:
             return []
@@ -319,10 +366,14 @@ class RedisStore:
             return await self._release(keys=names, args=[self.ttl])
 
         results = await self._retry("release", run)
-        return [(sid, raw) for sid, items in zip(sids, results, strict=True) for raw in items]
+        return [
+            ParkedHit.unpack(sid, item)
+            for sid, items in zip(sids, results, strict=True)
+            for item in items
+        ]
 
     async def forget_pending(self, sids: Sequence[str]) -> None:
-        """Drop the parked hits of sessions once they are back on the hits topic."""
+        """Drop the parked hits of sessions once they are applied."""
         if not sids:
             return
 

@@ -9,6 +9,7 @@ import faust
 import redis.asyncio as aioredis
 
 from artifact import load_model
+from contracts import topics
 from stream.admin import ensure_topics
 from stream.app import attach_agents, create_app
 from stream.metrics import WorkerMetrics
@@ -35,7 +36,8 @@ def run_worker(settings: StreamSettings) -> int:
     )
     app = create_app(settings)
     metrics = WorkerMetrics()
-    attach_agents(app, settings, Processor(model, store), metrics)
+    hits_topic = topics.topic_name(topics.HITS, settings.topic_prefix)
+    attach_agents(app, settings, Processor(model, store, hits_topic), metrics)
     metrics.serve(settings.metrics_port)
     log.info(
         "worker %s: model %s, topics prefixed %r",

@@ -101,3 +101,25 @@ def read_all(settings: StreamSettings, topic: str, idle_s: float = 5.0) -> list[
             identity=lambda e: orjson.dumps(e, option=orjson.OPT_SORT_KEYS),
         )
     )
+
+
+def topic_size(settings: StreamSettings, topic: str) -> int:
+    """Return how many records a (prefixed) topic holds: the sum of its end offsets."""
+
+    async def run() -> int:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.structs import TopicPartition
+
+        from stream.kafka import client_options
+
+        name = topics.topic_name(topic, settings.topic_prefix)
+        consumer = AIOKafkaConsumer(name, **client_options(settings))
+        await consumer.start()
+        try:
+            parts = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
+            assert parts, f"{name} has no partitions"
+            return sum((await consumer.end_offsets(parts)).values())
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())

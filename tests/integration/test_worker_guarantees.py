@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 import pytest
 import redis
-from helpers import Truth, read_all, read_scores, stored_state
+from helpers import Truth, read_all, read_scores, stored_state, topic_size
 
 from artifact import load_model, read_card, save_model
 from bench.procs import WorkerProcess, free_port, metrics, total
@@ -113,6 +113,8 @@ def test_duplicates_and_reordered_hits_change_nothing(
     assert m["scorer_worker_out_of_order_hits_total{}"] > 0
     assert m["scorer_worker_parked_hits_total{}"] > 0
     assert total(m, "scorer_worker_events_in_total") >= len(events)
+    # Parked hits are applied where they were parked, never sent round the topic again.
+    assert topic_size(stream_settings, topics.HITS) == sum(e[0] == topics.HITS for e in events)
 
 
 def test_idle_sessions_close_with_a_final_score_and_an_outcome(
