@@ -307,17 +307,26 @@ def full_replay(
             p.start()
         first_ms: float | None = None
         deadline = time.monotonic() + 4 * 3600
+        scored, progress_at, said = 0.0, time.monotonic(), time.monotonic()
         while time.monotonic() < deadline:
             time.sleep(2.0)
             counts = [_counts(port) for port in ports]
             if first_ms is None and sum(c for c, _ in counts) > 0:
                 first_ms = time.time() * 1000.0
             peak_redis = max(peak_redis, int(store.info("memory")["used_memory"]))
-            if sum(s for _, s in counts) >= expected:
+            if sum(s for _, s in counts) > scored:
+                scored, progress_at = sum(s for _, s in counts), time.monotonic()
+            if scored >= expected:
                 break
+            if time.monotonic() - said > 60:
+                said = time.monotonic()
+                print(f"full replay: {scored:,.0f} of {expected:,} scores", flush=True)
+            if first_ms is not None and time.monotonic() - progress_at > STALL_S:
+                break  # nothing scored for minutes: what is missing stays missing
         else:
             raise RuntimeError("the full replay did not finish in 4 hours")
-        done_ms = time.time() * 1000.0
+        done_ms = time.time() * 1000.0 if scored >= expected else _wall_ms(progress_at)
+        parked = sum(_parked(port) for port in ports)
     finally:
         for p in procs:
             p.stop()
@@ -332,7 +341,26 @@ def full_replay(
         "seconds": round(seconds, 1),
         "events_per_s": round(sent / seconds),
         "redis_peak_gb": round(peak_redis / 1e9, 2),
+        "scores": int(scored),
+        "complete": scored >= expected,
+        "parked_hits": int(parked),
     }
+
+
+STALL_S = 600.0  # a full replay with no new score for this long has finished short
+
+
+def _wall_ms(monotonic: float) -> float:
+    """The wall time in ms of a past ``time.monotonic()`` reading."""
+    return time.time() * 1000.0 - (time.monotonic() - monotonic) * 1000.0
+
+
+def _parked(port: int) -> float:
+    """The hits one worker parked; zero while it does not answer."""
+    try:
+        return metrics(port).get("scorer_worker_parked_hits_total{}", 0.0)
+    except OSError:
+        return 0.0
 
 
 def _preload(settings: StreamSettings, data: Path) -> tuple[int, int]:
@@ -396,8 +424,9 @@ def render(results: dict[str, Any]) -> str:
         f = results["full_replay"]
         lines.append(
             f"| full history replay ({f['events']:,} events), {f['workers']} worker(s) | "
-            f"{f['seconds'] / 60:.1f} min ({f['events_per_s']:,} events/s); Redis peak "
-            f"{f['redis_peak_gb']} GB | |"
+            f"{f['seconds'] / 60:.1f} min ({f['events_per_s']:,} events/s); "
+            f"{f['scores']:,} of {f['scores_expected']:,} scores; {f['parked_hits']:,} hits "
+            f"parked; Redis peak {f['redis_peak_gb']} GB | every score |"
         )
     return "\n".join(lines)
 
