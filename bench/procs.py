@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -10,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import redis
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.settings import StreamSettings
@@ -22,6 +25,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def drop_run(settings: StreamSettings) -> None:
+    """Delete a run's topics (by its topic prefix) and Redis keys (by its key prefix)."""
+
+    async def drop() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            names = [n for n in await admin.list_topics() if n.startswith(settings.topic_prefix)]
+            if names:
+                await admin.delete_topics(names)
+        finally:
+            await admin.close()
+
+    if settings.topic_prefix:  # never every topic of the broker
+        asyncio.run(drop())
+    r = redis.Redis.from_url(settings.redis_url)
+    try:
+        batch: list[bytes] = []
+        for key in r.scan_iter(f"{settings.redis_key_prefix}:*", count=10_000):
+            batch.append(key)
+            if len(batch) >= 10_000:
+                r.unlink(*batch)
+                batch.clear()
+        if batch:
+            r.unlink(*batch)
+    finally:
+        r.close()
 
 
 def settings_env(settings: StreamSettings) -> dict[str, str]:

@@ -34,10 +34,9 @@ import numpy as np
 import orjson
 import redis
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.api import _prepare
-from bench.procs import ROOT, WorkerProcess, free_port, metrics, settings_env, total
+from bench.procs import ROOT, WorkerProcess, drop_run, free_port, metrics, settings_env, total
 from contracts import topics
 from stream.replay import build_events, send_events
 from stream.settings import StreamSettings
@@ -117,23 +116,6 @@ def _poll_first_consumed(ports: list[int], stop_at: int, timeout_s: float) -> tu
     return first_ms, time.monotonic() - started
 
 
-def _cleanup(settings: StreamSettings) -> None:
-    async def drop() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-        await admin.start()
-        try:
-            names = [n for n in await admin.list_topics() if n.startswith(settings.topic_prefix)]
-            if names:
-                await admin.delete_topics(names)
-        finally:
-            await admin.close()
-
-    asyncio.run(drop())
-    r = redis.Redis.from_url(settings.redis_url)
-    for key in r.scan_iter(f"{settings.redis_key_prefix}:*", count=10_000):
-        r.unlink(key)
-
-
 def expected_scores(events: list[Event]) -> int:
     """One score per session row and per hit of a known session (orphan hits wait)."""
     known = {key for topic, key, _ in events if topic == topics.SESSIONS}
@@ -174,7 +156,7 @@ def throughput(
         "events_per_s": round(len(events) / ((last_ms - first_ms) / 1000.0)),
         "sustained_events_per_s": round(0.8 * len(event_scores) / ((hi - lo) / 1000.0)),
     }
-    _cleanup(settings)
+    drop_run(settings)
     return result
 
 
@@ -199,7 +181,7 @@ def faust_ceiling(
     if found is None:
         raise RuntimeError(f"bench.faust_bare failed: {done.stderr[-2000:]}")
     figures = json.loads(found.group(0))
-    _cleanup(settings)
+    drop_run(settings)
     return {
         "events": figures["events"],
         "seconds": figures["seconds"],
@@ -233,7 +215,7 @@ def latency(
         if ident in sent
     ]
     arr = np.array(lat)
-    _cleanup(settings)
+    drop_run(settings)
     return {
         "rate": rate,
         "events": len(chosen),
@@ -332,7 +314,7 @@ def full_replay(
             p.stop()
     assert first_ms is not None
     seconds = (done_ms - first_ms) / 1000.0
-    _cleanup(settings)
+    drop_run(settings)
     return {
         "workers": workers,
         "events": sent,

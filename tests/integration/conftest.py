@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench.procs import WorkerProcess, free_port
+from bench.procs import WorkerProcess, drop_run, free_port
 from stream.settings import StreamSettings
 
 
@@ -51,9 +51,12 @@ def run_id() -> str:
 @pytest.fixture()
 def stream_settings(
     kafka_bootstrap: str, redis_url: str, model_path: Path, run_id: str, tmp_path: Path
-) -> StreamSettings:
-    """Settings that isolate one test: its own topics, consumer group and Redis keys."""
-    return StreamSettings(
+) -> Iterator[StreamSettings]:
+    """Settings that isolate one test: its own topics, consumer group and Redis keys.
+
+    The test's topics and keys are deleted after it.
+    """
+    settings = StreamSettings(
         kafka_bootstrap=kafka_bootstrap,
         redis_url=redis_url,
         model_path=model_path,
@@ -63,6 +66,8 @@ def stream_settings(
         data_dir=tmp_path / "faust",
         metrics_port=free_port(),
     )
+    yield settings
+    drop_run(settings)
 
 
 @pytest.fixture()
