@@ -136,9 +136,10 @@ def throughput(
     try:
         for p in procs:
             p.start()
-        first_ms, _ = _poll_first_consumed(
-            [p.settings.metrics_port for p in procs], expected, timeout_s=3600
-        )
+        ports = [p.settings.metrics_port for p in procs]
+        first_ms, _ = _poll_first_consumed(ports, expected, timeout_s=3600)
+        parked = sum(_counter(port, "scorer_worker_parked_hits_total{}") for port in ports)
+        late = sum(_counter(port, "scorer_worker_late_hits_total{}") for port in ports)
     finally:
         for p in procs:
             p.stop()
@@ -155,6 +156,8 @@ def throughput(
         "seconds": round((last_ms - first_ms) / 1000.0, 2),
         "events_per_s": round(len(events) / ((last_ms - first_ms) / 1000.0)),
         "sustained_events_per_s": round(0.8 * len(event_scores) / ((hi - lo) / 1000.0)),
+        "parked_hits": int(parked),
+        "late_hits": int(late),  # applied after their session was closed
     }
     drop_run(settings)
     return result
@@ -308,7 +311,7 @@ def full_replay(
         else:
             raise RuntimeError("the full replay did not finish in 4 hours")
         done_ms = time.time() * 1000.0 if scored >= expected else _wall_ms(progress_at)
-        parked = sum(_parked(port) for port in ports)
+        parked = sum(_counter(port, "scorer_worker_parked_hits_total{}") for port in ports)
     finally:
         for p in procs:
             p.stop()
@@ -337,10 +340,10 @@ def _wall_ms(monotonic: float) -> float:
     return time.time() * 1000.0 - (time.monotonic() - monotonic) * 1000.0
 
 
-def _parked(port: int) -> float:
-    """The hits one worker parked; zero while it does not answer."""
+def _counter(port: int, name: str) -> float:
+    """One sample of a worker's metrics; zero while it does not answer."""
     try:
-        return metrics(port).get("scorer_worker_parked_hits_total{}", 0.0)
+        return metrics(port).get(name, 0.0)
     except OSError:
         return 0.0
 

@@ -256,7 +256,7 @@ class Pipeline:
             s_mark = marks.get(("sessions", partition))
             h_mark = marks.get(("hits", partition))
             ahead_ms = 0.0
-            if s_mark is not None and h_mark is not None and "hits" in self.behind(partition):
+            if s_mark is not None and h_mark is not None and "hits" in await self.behind(partition):
                 ahead_ms = s_mark[0] - h_mark[0]
             if tp in self.held:
                 if ahead_ms <= lead_ms / 2:
@@ -279,22 +279,36 @@ class Pipeline:
         parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
         await thread.call_thread(client.resume if on else client.pause, *parts)
 
-    def behind(self, partition: int) -> set[str]:
+    async def behind(self, partition: int) -> set[str]:
         """The input kinds ("sessions", "hits") with records of a partition not read yet.
 
-        Only a partition this process has read from counts: before its first record
-        the position is not known here.
+        A partition this process has not read from yet (just assigned, or just started)
+        counts from the consumer's own position, its committed offset to begin with;
+        until the first fetch tells its high-water mark it counts as behind. A worker
+        that takes over a partition of a backlog must not take it for quiet: the marks
+        it inherits are seconds old, and the wall clock would move the sessions' mark,
+        hours ahead of the hits, on to close sessions whose hits are still unread.
         """
         out = set()
         consumer = self.app.consumer
         for kind, name in (("sessions", self.sessions_name), ("hits", self.hits_name)):
+            tp = TopicPartition(name, partition)
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - not assigned any more
+                continue
             done = self.positions.get((name, partition))
             if done is None:
-                continue
-            try:
-                high = consumer.highwater(TopicPartition(name, partition))
-            except Exception:  # noqa: BLE001 - not assigned any more, or not known yet
-                continue
+                try:
+                    # It waits while the consumer looks up the committed offset.
+                    done = await asyncio.wait_for(consumer.position(tp), 1.0)
+                except TimeoutError:
+                    done = None
+                except Exception:  # noqa: BLE001 - not assigned any more, or rebalancing
+                    continue
+                if high is None or done is None:
+                    out.add(kind)
+                    continue
             if high is not None and high > done:
                 out.add(kind)
         return out
@@ -315,9 +329,10 @@ class Pipeline:
         try:
             for partition in sorted(self.my_partitions()):
                 while True:
+                    behind = await self.behind(partition)
                     async with self.state_lock:
                         out = await self.processor.close_due(
-                            partition, gap_ms, limit=200, behind=self.behind(partition)
+                            partition, gap_ms, limit=200, behind=behind
                         )
                         if not out.closed:
                             break

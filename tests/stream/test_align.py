@@ -16,16 +16,22 @@ class TP(NamedTuple):
 
 
 class FakeConsumer:
-    def __init__(self, tps: list[TP], high: dict[TP, int]) -> None:
+    def __init__(self, tps: list[TP], high: dict[TP, int | None]) -> None:
         self.tps = tps
         self.high = high
+        self.fetch_position: dict[TP, int] = {}  # where the consumer reads next
         self.paused: set[TP] = set()
 
     def assignment(self) -> set[TP]:
         return set(self.tps)
 
-    def highwater(self, tp: TP) -> int:
+    def highwater(self, tp: TP) -> int | None:
         return self.high[tp]
+
+    async def position(self, tp: TP) -> int | None:
+        if tp not in self.tps:
+            raise KeyError(tp)
+        return self.fetch_position.get(tp)
 
 
 class FakeApp:
@@ -55,6 +61,7 @@ def _pipeline(lead_s: float = 300.0) -> tuple[Pipeline, FakeConsumer, FakeProces
     sessions = TP("ga.sessions", 0)
     hits = TP("ga.hits", 0)
     consumer = FakeConsumer([sessions, hits], {sessions: 100, hits: 1000})
+    consumer.fetch_position[sessions] = 0
     processor = FakeProcessor()
     pipe = FakePipeline(FakeApp(consumer), settings, processor, WorkerMetrics())  # type: ignore[arg-type]
     pipe.positions[("ga.hits", 0)] = 200  # 800 hits still to read
@@ -140,7 +147,21 @@ def test_behind_names_the_kinds_with_records_left_to_read() -> None:
     pipe, consumer, _ = _pipeline()
     consumer.high[TP("ga.sessions", 0)] = 100
     pipe.positions[("ga.sessions", 0)] = 100  # sessions read to the end
-    assert pipe.behind(0) == {"hits"}  # hits: 800 left
+    assert asyncio.run(pipe.behind(0)) == {"hits"}  # hits: 800 left
     pipe.positions[("ga.hits", 0)] = 1000
-    assert pipe.behind(0) == set()
-    assert pipe.behind(3) == set()  # never read here: not known
+    assert asyncio.run(pipe.behind(0)) == set()
+    assert asyncio.run(pipe.behind(3)) == set()  # not assigned here
+
+
+def test_a_partition_not_read_here_yet_counts_from_the_consumers_position() -> None:
+    # A worker that has just taken over partition 0 of a backlog: nothing processed yet.
+    pipe, consumer, _ = _pipeline()
+    pipe.positions.clear()
+    sessions, hits = TP("ga.sessions", 0), TP("ga.hits", 0)
+    consumer.fetch_position.update({sessions: 100, hits: 400})  # committed offsets
+    assert asyncio.run(pipe.behind(0)) == {"hits"}  # 600 hits to read, sessions at the end
+    consumer.high[sessions] = None  # no fetch answered yet: not known to be quiet
+    assert asyncio.run(pipe.behind(0)) == {"sessions", "hits"}
+    consumer.high[sessions] = 100
+    consumer.fetch_position[hits] = 1000
+    assert asyncio.run(pipe.behind(0)) == set()  # caught up: may count as quiet
