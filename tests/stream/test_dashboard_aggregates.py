@@ -6,13 +6,8 @@ of the local stack (`make test` starts it).
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import AsyncIterator
-
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
 
 from api.dashboard import Window, read_dashboard
 from features.hits import STATE_INDEX, empty_state
@@ -22,22 +17,6 @@ from stream.state import CloseWrite, HitWrite, RedisStore, SessionWrite
 pytestmark = pytest.mark.redis
 
 T0 = 1_640_000_000_000.0  # 2021-12-20 11:33:20 UTC, in ms
-
-
-@pytest.fixture()
-async def store() -> AsyncIterator[RedisStore]:
-    url = os.environ.get("SCORER_REDIS_URL", "redis://127.0.0.1:6379/0")
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        await client.ping()
-    except OSError as exc:  # pragma: no cover - the stack is down
-        pytest.fail(f"Redis is not reachable at {url}: {exc}")
-    prefix = f"dash-test-{uuid.uuid4().hex[:8]}"
-    yield RedisStore(client, prefix=prefix, ttl_s=600, retries=2)
-    keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 def _row(medium: str, source: str = "src", city: str | None = "Moscow") -> dict:

@@ -6,15 +6,11 @@ is not involved (the worker's own tests cover the whole path).
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from artifact import load_model
 from contracts import topics
@@ -23,22 +19,6 @@ from stream.replay import build_events
 from stream.state import ParkedHit, RedisStore
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture()
-async def store() -> AsyncIterator[RedisStore]:
-    url = os.environ.get("SCORER_REDIS_URL", "redis://127.0.0.1:6379/0")
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        await client.ping()
-    except OSError as exc:  # pragma: no cover - the stack is down
-        pytest.fail(f"Redis is not reachable at {url}: {exc}")
-    prefix = f"park-test-{uuid.uuid4().hex[:8]}"
-    yield RedisStore(client, prefix=prefix, ttl_s=600, retries=2)
-    keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 @pytest.fixture(scope="module")
