@@ -299,8 +299,9 @@ def full_replay(
             if first_ms is None and sum(c for c, _ in counts) > 0:
                 first_ms = time.time() * 1000.0
             peak_redis = max(peak_redis, int(store.info("memory")["used_memory"]))
-            if sum(s for _, s in counts) > scored:
-                scored, progress_at = sum(s for _, s in counts), time.monotonic()
+            now_scored = sum(s for _, s in counts)
+            if now_scored > scored:
+                scored, progress_at = now_scored, time.monotonic()
             if scored >= expected:
                 break
             if time.monotonic() - said > 60:
