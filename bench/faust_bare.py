@@ -2,7 +2,7 @@
 
     SCORER_TOPIC_PREFIX=... python -m bench.faust_bare --expect N
 
-Two agents take events with ``take_events`` exactly as the worker's do (with the same
+Two agents take micro-batches exactly as the worker's do (``stream.batching``, the same
 lean monitor), count them and do nothing else; the app prints how fast it consumed N
 events and exits. It measures what Faust's own per-event delivery costs on this
 machine, before any work.
@@ -20,6 +20,7 @@ from typing import Any
 import faust
 
 from contracts import topics
+from stream.batching import batches
 from stream.kafka import LeanMonitor
 from stream.settings import StreamSettings
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     state: dict[str, Any] = {"n": 0, "t0": None}
 
     async def consume(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max, settings.batch_within_s):
+        async for events in batches(stream, settings.batch_max):
             if state["t0"] is None:
                 state["t0"] = time.perf_counter()
             state["n"] += len(events)

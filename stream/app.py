@@ -23,6 +23,7 @@ from aiokafka.structs import TopicPartition
 from artifact import ArtifactError, load_model, read_card
 from contracts import topics
 from stream import dashboard
+from stream.batching import batches
 from stream.kafka import LeanMonitor, faust_broker, faust_credentials
 from stream.metrics import WorkerMetrics
 from stream.processor import Output, Processor, Record
@@ -433,12 +434,12 @@ def attach_agents(
 
     @app.agent(sessions_topic, concurrency=1)
     async def score_sessions(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max, settings.batch_within_s):
+        async for events in batches(stream, settings.batch_max):
             await pipe.run("sessions", events)
 
     @app.agent(hits_topic, concurrency=1)
     async def score_hits(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max, settings.batch_within_s):
+        async for events in batches(stream, settings.batch_max):
             await pipe.run("hits", events)
 
     @app.timer(interval=settings.close_check_s)

@@ -27,7 +27,6 @@ class StreamSettings(BaseSettings):
     topic_partitions: int = 6
     session_ttl_s: int = 6 * 3600
     batch_max: int = 500
-    batch_within_s: float = 0.01  # longest wait for a batch to fill; bounds latency at low rates
     redis_retries: int = 8  # attempts (backoff 0.1 s doubling to 5 s) before the worker exits
     session_gap_s: float = 1800.0  # event-time inactivity after which a session is closed
     close_check_s: float = 1.0  # how often the worker looks for sessions to close
