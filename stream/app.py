@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # restarts the worker and the batch is delivered again.
 EXIT_INFRASTRUCTURE = 70
 EXIT_BUG = 71
+# Most sessions closed in one round of the close sweep (one lock hold, one publish).
+CLOSE_ROUND = 500
 
 
 def create_app(settings: StreamSettings) -> faust.App:
@@ -323,25 +325,28 @@ class Pipeline:
         return {tp.partition for tp in assigned if tp.topic in (self.sessions_name, self.hits_name)}
 
     async def close_idle(self) -> int:
-        """Close the idle sessions of this worker's partitions; return how many."""
+        """Close the idle sessions of this worker's partitions; return how many.
+
+        All the partitions are swept together: a handful of Redis round trips and one
+        publish per round of up to ``CLOSE_ROUND`` sessions, so the lock the hits agent
+        waits on is held briefly.
+        """
         closed = 0
         gap_ms = self.settings.session_gap_s * 1000.0
-        open_total = 0
         try:
-            for partition in sorted(self.my_partitions()):
-                while True:
-                    behind = await self.behind(partition)
-                    async with self.state_lock:
-                        out = await self.processor.close_due(
-                            partition, gap_ms, limit=200, behind=behind
-                        )
-                        if not out.closed:
-                            break
-                        await self.publish(out)
-                        await self.processor.finish_close(partition, out.closed)
-                    closed += len(out.closed)
-                    self.metrics.closed.inc(len(out.closed))
-                open_total += await self.processor.store.open_count(partition)
+            partitions = sorted(self.my_partitions())
+            behind = {p: await self.behind(p) for p in partitions}
+            while partitions:
+                async with self.state_lock:
+                    out = await self.processor.close_due(behind, gap_ms, limit=CLOSE_ROUND)
+                    if not out.closed:
+                        break
+                    await self.publish(out)
+                    await self.processor.finish_close(out.closed)
+                n = sum(len(sids) for sids in out.closed.values())
+                closed += n
+                self.metrics.closed.inc(n)
+            open_total = await self.processor.store.open_count(partitions)
         except InfrastructureError as exc:
             log.critical("closing sessions failed: %s; exiting", exc)
             os._exit(EXIT_INFRASTRUCTURE)

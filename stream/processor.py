@@ -15,7 +15,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -74,7 +74,8 @@ class Output:
     late: int = 0
     triggers: dict[str, int] = field(default_factory=dict)  # scores by trigger
     event_ts_ms: list[float] = field(default_factory=list)  # Kafka timestamps of scored events
-    closed: list[str] = field(default_factory=list)  # sessions to mark closed once published
+    # sessions to mark closed once published, by partition
+    closed: dict[int, list[str]] = field(default_factory=dict)
 
     def score(self, sid: str, payload: bytes, trigger: str) -> None:
         """Add a score event to publish."""
@@ -419,56 +420,72 @@ class Processor:
     async def event_time(
         self, partition: int, behind: Collection[str] = frozenset()
     ) -> float | None:
-        """Return a partition's event time now in ms, or None while it is not known.
+        """Return a partition's event time now in ms, or None while it is not known."""
+        return (await self.event_times({partition: behind}))[partition]
+
+    async def event_times(self, behind: Mapping[int, Collection[str]]) -> dict[int, float | None]:
+        """Return partitions' event times now in ms (None while one is not known).
 
         Each input topic has a high-water mark, moved on by the wall clock while that
         topic is quiet. While both topics are active the partition's event time is the
         lower mark, so a backlog read faster on one topic than on the other closes
         nothing early; a topic quiet for IDLE_MS no longer holds the other back (its
         sessions' later events are hits, which it would never see). A topic in
-        ``behind`` (its partition has records not read yet) is never quiet, however
-        long since its last event: under a backlog the worker may not reach a
+        ``behind[partition]`` (its partition has records not read yet) is never quiet,
+        however long since its last event: under a backlog the worker may not reach a
         partition's hits for a while, and those hits must not find their sessions
         closed. Until both topics have a mark there is no event time.
         """
-        stored = await self.store.watermark(partition)
+        stored = await self.store.watermarks(list(behind))
         wall_now = time.time() * 1000.0
-        moved: dict[str, float] = {}
-        active: list[float] = []
-        for kind in INPUT_KINDS:
-            key = (kind, partition)
-            mark = max(self.watermarks.get(key, (-1.0, 0.0)), stored.get(kind, (-1.0, 0.0)))
-            if mark[0] < 0:
-                return None
-            self.watermarks[key] = mark
-            if kind in behind:
-                active.append(mark[0])
-                continue
-            moved[kind] = mark[0] + max(0.0, wall_now - mark[1])
-            if wall_now - mark[1] < IDLE_MS:
-                active.append(moved[kind])
-        return min(active) if active else max(moved.values())
+        out: dict[int, float | None] = {}
+        for partition, late_kinds in behind.items():
+            moved: dict[str, float] = {}
+            active: list[float] = []
+            known = True
+            for kind in INPUT_KINDS:
+                key = (kind, partition)
+                mark = max(
+                    self.watermarks.get(key, (-1.0, 0.0)),
+                    stored[partition].get(kind, (-1.0, 0.0)),
+                )
+                if mark[0] < 0:
+                    known = False
+                    break
+                self.watermarks[key] = mark
+                if kind in late_kinds:
+                    active.append(mark[0])
+                    continue
+                moved[kind] = mark[0] + max(0.0, wall_now - mark[1])
+                if wall_now - mark[1] < IDLE_MS:
+                    active.append(moved[kind])
+            if not known:
+                out[partition] = None
+            else:
+                out[partition] = min(active) if active else max(moved.values())
+        return out
 
     async def close_due(
         self,
-        partition: int,
+        behind: Mapping[int, Collection[str]],
         gap_ms: float,
         limit: int = 1000,
-        behind: Collection[str] = frozenset(),
     ) -> Output:
-        """Close a partition's sessions idle for the gap; return their final events.
+        """Close sessions idle for the gap in these partitions; return their final events.
 
-        ``behind`` names the input kinds with records of this partition not read yet
-        (see ``event_time``). The caller publishes the output, then calls
-        ``finish_close``.
+        ``behind`` maps each partition to the input kinds with records not read yet
+        (see ``event_times``). At most ``limit`` sessions are closed per call. The
+        caller publishes the output, then calls ``finish_close`` with ``out.closed``.
         """
         out = Output()
-        now_ms = await self.event_time(partition, behind)
-        if now_ms is None:
+        now = await self.event_times(behind)
+        upto = {p: ms - gap_ms for p, ms in now.items() if ms is not None}
+        due_by_partition = await self.store.due(upto, limit)
+        if not due_by_partition:
             return out
-        due = await self.store.due(partition, now_ms - gap_ms, limit)
-        if not due:
-            return out
+        due = [row for rows in due_by_partition.values() for row in rows]
+        for partition, rows in due_by_partition.items():
+            out.closed[partition] = [sid for sid, _ in rows]
         sids = [sid for sid, _ in due]
         states, _ = await self.store.read(sids)
         end_field = history_field("session_end", None)
@@ -477,7 +494,6 @@ class Processor:
         fresh: list[tuple[str, float]] = []
         for (sid, last_ms), copy in zip(due, stored, strict=True):
             st = states[sid]
-            out.closed.append(sid)
             if not st.known or st.vector is None:
                 continue  # its state expired: nothing left to close
             if copy is not None:  # closed before a crash: the same copies again
@@ -523,6 +539,6 @@ class Processor:
             await self.store.prepare_close(closes)
         return out
 
-    async def finish_close(self, partition: int, sids: list[str]) -> None:
+    async def finish_close(self, closed: Mapping[int, list[str]]) -> None:
         """Mark sessions closed once their final events are on Kafka."""
-        await self.store.finish_close(partition, sids)
+        await self.store.finish_close(closed)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -489,42 +489,69 @@ class RedisStore:
     def _dash(self, ops: _Ops, command: str, sid: str, args: list[Any]) -> None:
         ops.add(command, dashboard.session_dash_key(sid, self.prefix), *args)
 
-    async def watermark(self, partition: int) -> dict[str, tuple[float, float]]:
-        """Return a partition's stored (event time, wall time) marks in ms, by input kind."""
+    async def watermarks(
+        self, partitions: Sequence[int]
+    ) -> dict[int, dict[str, tuple[float, float]]]:
+        """Return partitions' stored (event time, wall time) marks in ms, by input kind."""
 
         async def run() -> Any:
-            return await self.r.hgetall(keys.watermark_key(partition, self.prefix))
+            pipe = self.r.pipeline(transaction=False)
+            for partition in partitions:
+                pipe.hgetall(keys.watermark_key(partition, self.prefix))
+            return await pipe.execute()
 
-        h = await self._retry("watermark", run)
-        out: dict[str, tuple[float, float]] = {}
-        for kind in ("sessions", "hits"):
-            event, wall = h.get(f"{kind}_event_ms".encode()), h.get(f"{kind}_wall_ms".encode())
-            if event is not None and wall is not None:
-                out[kind] = (float(event), float(wall))
+        found = await self._retry("watermarks", run) if partitions else []
+        out: dict[int, dict[str, tuple[float, float]]] = {}
+        for partition, h in zip(partitions, found, strict=True):
+            marks = out[partition] = {}
+            for kind in ("sessions", "hits"):
+                event = h.get(f"{kind}_event_ms".encode())
+                wall = h.get(f"{kind}_wall_ms".encode())
+                if event is not None and wall is not None:
+                    marks[kind] = (float(event), float(wall))
         return out
 
-    async def due(self, partition: int, upto_ms: float, limit: int) -> list[tuple[str, float]]:
-        """Return open sessions of a partition whose latest event is at or before upto_ms."""
+    async def due(
+        self, upto_ms: Mapping[int, float], limit: int
+    ) -> dict[int, list[tuple[str, float]]]:
+        """Return, by partition, open sessions whose latest event is at or before its time.
+
+        At most ``limit`` sessions in all, the partitions taken in the order given.
+        """
+        order = list(upto_ms)
 
         async def run() -> Any:
-            return await self.r.zrangebyscore(
-                keys.open_sessions_key(partition, self.prefix),
-                "-inf",
-                upto_ms,
-                start=0,
-                num=limit,
-                withscores=True,
-            )
+            pipe = self.r.pipeline(transaction=False)
+            for partition in order:
+                pipe.zrangebyscore(
+                    keys.open_sessions_key(partition, self.prefix),
+                    "-inf",
+                    upto_ms[partition],
+                    start=0,
+                    num=limit,
+                    withscores=True,
+                )
+            return await pipe.execute()
 
-        return [(sid.decode(), float(ms)) for sid, ms in await self._retry("due", run)]
+        found = await self._retry("due", run) if order else []
+        out: dict[int, list[tuple[str, float]]] = {}
+        left = limit
+        for partition, rows in zip(order, found, strict=True):
+            if rows and left > 0:
+                out[partition] = [(sid.decode(), float(ms)) for sid, ms in rows[:left]]
+                left -= len(out[partition])
+        return out
 
-    async def open_count(self, partition: int) -> int:
-        """Count a partition's open sessions."""
+    async def open_count(self, partitions: Sequence[int]) -> int:
+        """Count the open sessions of these partitions."""
 
         async def run() -> Any:
-            return await self.r.zcard(keys.open_sessions_key(partition, self.prefix))
+            pipe = self.r.pipeline(transaction=False)
+            for partition in partitions:
+                pipe.zcard(keys.open_sessions_key(partition, self.prefix))
+            return await pipe.execute()
 
-        return int(await self._retry("open count", run))
+        return sum(int(n) for n in await self._retry("open count", run)) if partitions else 0
 
     async def prepare_close(self, closes: Sequence[CloseWrite]) -> None:
         """Store the final scores and outcomes of sessions about to be closed.
@@ -548,17 +575,19 @@ class RedisStore:
         ops.add("EXPIRE", rate, dashboard.RATE_TTL_S)
         await self._run_ops("prepare close", ops)
 
-    async def finish_close(self, partition: int, sids: Sequence[str]) -> None:
-        """Mark sessions closed and take them out of their partition's open set."""
-        if not sids:
-            return
+    async def finish_close(self, closed: Mapping[int, Sequence[str]]) -> None:
+        """Mark sessions closed and take them out of their partitions' open sets."""
         ops = _Ops()
-        for sid in sids:
-            ops.add("HSET", self._k(keys.session_key, sid), "closed", "1")
-            closing = DashScore(sid, seq=-1.0, probability=0.0, closed=True)
-            self._dash(ops, "DSCORE", sid, dashboard.score_args(closing))
-        ops.add("ZREM", keys.open_sessions_key(partition, self.prefix), *sids)
-        await self._run_ops("finish close", ops)
+        for partition, sids in closed.items():
+            if not sids:
+                continue
+            for sid in sids:
+                ops.add("HSET", self._k(keys.session_key, sid), "closed", "1")
+                closing = DashScore(sid, seq=-1.0, probability=0.0, closed=True)
+                self._dash(ops, "DSCORE", sid, dashboard.score_args(closing))
+            ops.add("ZREM", keys.open_sessions_key(partition, self.prefix), *sids)
+        if ops.keys:
+            await self._run_ops("finish close", ops)
 
     def _score(self, ops: _Ops, sid: str, scores: list[tuple[str, bytes]]) -> None:
         if not scores:

@@ -137,8 +137,8 @@ async def test_closing_takes_a_session_out_once(store: RedisStore) -> None:
     d = await _data(store)
     assert d["hot"][0]["session_id"] == "a"
     assert d["hot"][0]["trajectory"] == pytest.approx([0.10, 0.07])
-    await store.finish_close(0, ["a"])
-    await store.finish_close(0, ["a"])  # after a crash, marked closed again
+    await store.finish_close({0: ["a"]})
+    await store.finish_close({0: ["a"]})  # after a crash, marked closed again
     d = await _data(store)
     assert [h["session_id"] for h in d["hot"]] == ["b"]
     assert d["now"]["active_sessions"] == 1

@@ -12,8 +12,8 @@ class MarkStore:
     def __init__(self, marks: dict[str, tuple[float, float]]) -> None:
         self.marks = marks
 
-    async def watermark(self, partition: int) -> dict[str, tuple[float, float]]:
-        return dict(self.marks)
+    async def watermarks(self, partitions: list[int]) -> dict[int, dict[str, tuple[float, float]]]:
+        return {p: dict(self.marks) for p in partitions}
 
 
 def _event_time(marks: dict[str, tuple[float, float]]) -> float | None:

@@ -1,0 +1,51 @@
+"""The close sweep's Redis reads cover all of a worker's partitions at once (real Redis)."""
+
+from __future__ import annotations
+
+from contracts import keys
+from stream.state import RedisStore
+
+
+async def _open(store: RedisStore, partition: int, sessions: dict[str, float]) -> None:
+    await store.r.zadd(keys.open_sessions_key(partition, store.prefix), sessions)
+
+
+async def test_due_sessions_come_by_partition_up_to_each_partitions_time(
+    store: RedisStore,
+) -> None:
+    await _open(store, 0, {"a": 100.0, "b": 300.0})
+    await _open(store, 1, {"c": 150.0, "d": 250.0})
+    await _open(store, 2, {"e": 50.0})
+    due = await store.due({0: 200.0, 1: 260.0, 2: 10.0}, limit=100)
+    assert due == {0: [("a", 100.0)], 1: [("c", 150.0), ("d", 250.0)]}
+    assert await store.open_count([0, 1, 2]) == 5
+    assert await store.open_count([]) == 0
+
+
+async def test_one_round_closes_at_most_the_limit_over_all_partitions(store: RedisStore) -> None:
+    await _open(store, 0, {f"p0-{i}": float(i) for i in range(3)})
+    await _open(store, 1, {f"p1-{i}": float(i) for i in range(3)})
+    due = await store.due({0: 10.0, 1: 10.0}, limit=4)
+    assert sum(len(rows) for rows in due.values()) == 4
+    assert [sid for sid, _ in due[0]] == ["p0-0", "p0-1", "p0-2"]
+    assert [sid for sid, _ in due[1]] == ["p1-0"]
+
+
+async def test_finishing_a_close_takes_sessions_out_of_every_partitions_open_set(
+    store: RedisStore,
+) -> None:
+    await _open(store, 0, {"a": 1.0, "b": 2.0})
+    await _open(store, 3, {"c": 1.0})
+    await store.finish_close({0: ["a"], 3: ["c"], 4: []})
+    assert await store.due({0: 10.0, 3: 10.0}, limit=10) == {0: [("b", 2.0)]}
+    assert await store.r.hget(keys.session_key("a", store.prefix), "closed") == b"1"
+    assert await store.r.hget(keys.session_key("c", store.prefix), "closed") == b"1"
+
+
+async def test_watermarks_are_read_for_several_partitions_in_one_call(store: RedisStore) -> None:
+    await store.r.hset(
+        keys.watermark_key(1, store.prefix),
+        mapping={"sessions_event_ms": 10, "sessions_wall_ms": 20, "hits_event_ms": 5},
+    )
+    marks = await store.watermarks([0, 1])
+    assert marks == {0: {}, 1: {"sessions": (10.0, 20.0)}}
