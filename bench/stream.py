@@ -109,7 +109,7 @@ def _poll_first_consumed(ports: list[int], stop_at: int, timeout_s: float) -> tu
             first_ms = time.time() * 1000.0
         if scored >= stop_at:
             break
-        time.sleep(0.1 if first_ms is None else 0.5)
+        time.sleep(0.1 if first_ms is None else 2.0)
     else:
         raise RuntimeError(f"workers scored fewer than {stop_at} events in {timeout_s:.0f} s")
     assert first_ms is not None
