@@ -146,20 +146,26 @@ class Pipeline:
         )
         self.count(out)
         if out.released:
-            # Only now may hits of these sessions be applied: their start score is out.
-            parked = await self.processor.release(out.released)
-            if parked:
-                # The hits read before their session are applied here, in the worker that
-                # owns the partition, as soon as the session is; the hits agent does the
-                # same work under the same lock.
-                async with self.state_lock:
-                    later = await self.processor.hits(parked)
-                    await self.publish(later)
-                if later.duplicates:
-                    self.metrics.duplicates.labels(self.hits_name).inc(later.duplicates)
-                await self.processor.forget_pending(
-                    sorted({(r.key or b"").decode() for r in parked})
-                )
+            # The close sweep leaves these sessions open until their parked hits are in.
+            self.processor.releasing.update(out.released)
+            try:
+                await self._release(out.released)
+            finally:
+                self.processor.releasing.difference_update(out.released)
+
+    async def _release(self, sids: list[str]) -> None:
+        # Only now may hits of these sessions be applied: their start score is out.
+        parked = await self.processor.release(sids)
+        if parked:
+            # The hits read before their session are applied here, in the worker that
+            # owns the partition, as soon as the session is; the hits agent does the
+            # same work under the same lock.
+            async with self.state_lock:
+                later = await self.processor.hits(parked)
+                await self.publish(later)
+            if later.duplicates:
+                self.metrics.duplicates.labels(self.hits_name).inc(later.duplicates)
+            await self.processor.forget_pending(sorted({(r.key or b"").decode() for r in parked}))
 
     def count(self, out: Output) -> None:
         """Add a published output to the metrics."""

@@ -122,6 +122,8 @@ class Processor:
         # (input kind, partition) -> (event-time high-water mark, wall time it was
         # reached), in ms; "sessions" and "hits" of one partition number are co-partitioned
         self.watermarks: dict[tuple[str, int], tuple[float, float]] = {}
+        # Sessions whose parked hits are being applied (see ``release``): not to be closed.
+        self.releasing: set[str] = set()
         # Sessions stored by this worker whose start score is being published.
         self.starting: dict[str, asyncio.Event] = {}
 
@@ -484,10 +486,24 @@ class Processor:
         if not due_by_partition:
             return out
         due = [row for rows in due_by_partition.values() for row in rows]
+        states, _ = await self.store.read([sid for sid, _ in due])
+        # A session whose start score is not out yet, or which is being released, is not
+        # closed: the hits parked for it are applied at its release and move its last
+        # event on. (Under a backlog its hits may have been read long before it, and the
+        # event time is far past its start.) It is looked at again by the next sweep.
+        due = [
+            (sid, ms)
+            for sid, ms in due
+            if sid not in self.releasing and (states[sid].ready or not states[sid].known)
+        ]
+        if not due:
+            return out
+        closing = {sid for sid, _ in due}
         for partition, rows in due_by_partition.items():
-            out.closed[partition] = [sid for sid, _ in rows]
+            sids_here = [sid for sid, _ in rows if sid in closing]
+            if sids_here:
+                out.closed[partition] = sids_here
         sids = [sid for sid, _ in due]
-        states, _ = await self.store.read(sids)
         end_field = history_field("session_end", None)
         stored = await self.store.stored_scores([(sid, end_field) for sid in sids])
         closes: list[CloseWrite] = []

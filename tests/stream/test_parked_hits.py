@@ -6,6 +6,7 @@ is not involved (the worker's own tests cover the whole path).
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -116,3 +117,31 @@ async def test_a_parked_hit_keeps_its_offset_and_its_kafka_timestamp(
     assert len(out.scores) == 1
     # The end-to-end latency of its score is measured from when it was first read.
     assert out.event_ts_ms == [1000.0]
+
+
+async def test_a_session_is_not_closed_before_its_parked_hits_are_applied(
+    store: RedisStore, model_path: Path, sessions_and_hits: tuple[list[bytes], dict]
+) -> None:
+    rows, hits = sessions_and_hits
+    processor = Processor(load_model(model_path), store, hits_topic="t.hits")
+    sid = orjson.loads(rows[0])["session_id"]
+    assert (await processor.hits(_records("t.hits", hits[sid], 700))).parked == len(hits[sid])
+    started = await processor.sessions(_records("t.sessions", rows[:1], 0))
+    # Other sessions' hits, read far ahead of it in event time, gave the partition a mark.
+    processor.watermarks[("hits", 3)] = (4e12, time.time() * 1000.0)
+    every_session_due = -1e15  # a gap so negative that every open session is past it
+    assert await processor.event_time(3) is not None
+    # Its start score is not out yet, and its hits wait for that: it stays open.
+    held = await processor.close_due({3: frozenset()}, every_session_due)
+    assert held.closed == {} and held.scores == []
+
+    # Released (the worker marks it releasing first), its parked hits not applied yet.
+    processor.releasing.update(started.released)
+    parked = await processor.release(started.released)
+    assert (await processor.close_due({3: frozenset()}, every_session_due)).closed == {}
+    applied = await processor.hits(parked)
+    processor.releasing.difference_update(started.released)
+    assert len(applied.scores) == len(hits[sid]) and applied.late == 0
+    closing = await processor.close_due({3: frozenset()}, every_session_due)
+    assert closing.closed == {3: [sid]}
+    assert [orjson.loads(p)["trigger"] for _, p in closing.scores] == ["session_end"]
