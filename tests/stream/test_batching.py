@@ -19,14 +19,21 @@ class FakeStream:
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.acked: list[Any] = []
         self.manual = False
+        self.rebalance_after: int | None = None  # events taken before a rebalance starts
 
     def noack(self) -> FakeStream:
         self.manual = True
         return self
 
     async def events(self) -> AsyncIterator[Any]:
+        taken = 0
         while True:
+            await asyncio.sleep(0)  # as Faust's stream iterator does before each get
+            if self.rebalance_after is not None and taken >= self.rebalance_after:
+                while not self.queue.empty():  # Faust clears the queues at a rebalance
+                    self.queue.get_nowait()
             yield await self.queue.get()
+            taken += 1
 
     async def ack(self, event: Any) -> bool:
         self.acked.append(event)
@@ -90,3 +97,37 @@ def test_a_batch_whose_processing_failed_is_not_acked() -> None:
         return s
 
     assert _run(scenario()).acked == []
+
+
+def test_a_batch_in_hand_is_not_held_back_when_a_rebalance_empties_the_queue() -> None:
+    async def scenario() -> tuple[list[int], list[int]]:
+        s = FakeStream()
+        for i in range(3):
+            s.queue.put_nowait(i)
+        s.rebalance_after = 1  # the queue is emptied once the first event is taken
+        it = batches(s, max_size=10)
+        first = await asyncio.wait_for(anext(it), 1.0)  # handed over, not held
+        waiting = asyncio.ensure_future(anext(it))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # no more events until the rebalance is over
+        waiting.cancel()
+        return first, list(s.acked)
+
+    # Faust waits for the events taken to be acked before the rebalance can go on.
+    assert _run(scenario()) == ([0], [0])
+
+
+def test_an_error_of_the_stream_reaches_the_agent() -> None:
+    class Broken(FakeStream):
+        async def events(self) -> AsyncIterator[Any]:
+            yield 1
+            raise RuntimeError("stream failed")
+
+    async def scenario() -> list[list[int]]:
+        got = []
+        with pytest.raises(RuntimeError, match="stream failed"):
+            async for batch in batches(Broken(), max_size=10):
+                got.append(batch)
+        return got
+
+    assert _run(scenario()) in ([[1]], [])
