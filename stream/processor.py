@@ -440,32 +440,33 @@ class Processor:
         """
         stored = await self.store.watermarks(list(behind))
         wall_now = time.time() * 1000.0
-        out: dict[int, float | None] = {}
-        for partition, late_kinds in behind.items():
-            moved: dict[str, float] = {}
-            active: list[float] = []
-            known = True
-            for kind in INPUT_KINDS:
-                key = (kind, partition)
-                mark = max(
-                    self.watermarks.get(key, (-1.0, 0.0)),
-                    stored[partition].get(kind, (-1.0, 0.0)),
-                )
-                if mark[0] < 0:
-                    known = False
-                    break
-                self.watermarks[key] = mark
-                if kind in late_kinds:
-                    active.append(mark[0])
-                    continue
-                moved[kind] = mark[0] + max(0.0, wall_now - mark[1])
-                if wall_now - mark[1] < IDLE_MS:
-                    active.append(moved[kind])
-            if not known:
-                out[partition] = None
-            else:
-                out[partition] = min(active) if active else max(moved.values())
-        return out
+        return {
+            partition: self._event_time(partition, stored[partition], late_kinds, wall_now)
+            for partition, late_kinds in behind.items()
+        }
+
+    def _event_time(
+        self,
+        partition: int,
+        stored: dict[str, tuple[float, float]],
+        behind: Collection[str],
+        wall_now: float,
+    ) -> float | None:
+        moved: dict[str, float] = {}
+        active: list[float] = []
+        for kind in INPUT_KINDS:
+            key = (kind, partition)
+            mark = max(self.watermarks.get(key, (-1.0, 0.0)), stored.get(kind, (-1.0, 0.0)))
+            if mark[0] < 0:
+                return None
+            self.watermarks[key] = mark
+            if kind in behind:
+                active.append(mark[0])
+                continue
+            moved[kind] = mark[0] + max(0.0, wall_now - mark[1])
+            if wall_now - mark[1] < IDLE_MS:
+                active.append(moved[kind])
+        return min(active) if active else max(moved.values())
 
     async def close_due(
         self,
