@@ -137,21 +137,21 @@ class Pipeline:
         self.partition_counts[topic] = (count, now)
         return count
 
-    async def publish(self, out: Output) -> None:
-        """Publish a batch's output, then release the sessions it started."""
+    async def publish(self, out: Output, source: str | None = None) -> None:
+        """Publish a batch's output, then release the sessions it started.
+
+        ``source`` is the input topic the batch was read from, for the duplicates count.
+        """
         await self.send_all(
             [(self.scores_name, sid.encode(), payload) for sid, payload in out.scores]
             + [(self.outcomes_name, sid.encode(), payload) for sid, payload in out.outcomes]
             + [(self.dead_name, None, payload) for _, payload in out.dead_letters]
         )
-        self.count(out)
+        self.count(out, source)
         if out.released:
             # The close sweep leaves these sessions open until their parked hits are in.
-            self.processor.releasing.update(out.released)
-            try:
+            with self.processor.releasing_sessions(out.released):
                 await self._release(out.released)
-            finally:
-                self.processor.releasing.difference_update(out.released)
 
     async def _release(self, sids: list[str]) -> None:
         # Only now may hits of these sessions be applied: their start score is out.
@@ -162,14 +162,14 @@ class Pipeline:
             # same work under the same lock.
             async with self.state_lock:
                 later = await self.processor.hits(parked)
-                await self.publish(later)
-            if later.duplicates:
-                self.metrics.duplicates.labels(self.hits_name).inc(later.duplicates)
+                await self.publish(later, self.hits_name)
             await self.processor.forget_pending(sorted({(r.key or b"").decode() for r in parked}))
 
-    def count(self, out: Output) -> None:
+    def count(self, out: Output, source: str | None = None) -> None:
         """Add a published output to the metrics."""
         m = self.metrics
+        if out.duplicates and source is not None:
+            m.duplicates.labels(source).inc(out.duplicates)
         for trigger, n in out.triggers.items():
             m.scores_out.labels(trigger).inc(n)
         for _, payload in out.outcomes:
@@ -211,13 +211,11 @@ class Pipeline:
         try:
             if kind == "sessions":
                 out = await self.processor.sessions(records)
-                await self.publish(out)
+                await self.publish(out, topic)
             else:
                 async with self.state_lock:
                     out = await self.processor.hits(records)
-                    await self.publish(out)
-            if out.duplicates:
-                self.metrics.duplicates.labels(topic).inc(out.duplicates)
+                    await self.publish(out, topic)
             await self.align()
         except InfrastructureError as exc:
             log.critical("giving up on %s batch: %s; exiting so it is delivered again", kind, exc)

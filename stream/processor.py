@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -122,10 +123,24 @@ class Processor:
         # (input kind, partition) -> (event-time high-water mark, wall time it was
         # reached), in ms; "sessions" and "hits" of one partition number are co-partitioned
         self.watermarks: dict[tuple[str, int], tuple[float, float]] = {}
-        # Sessions whose parked hits are being applied (see ``release``): not to be closed.
-        self.releasing: set[str] = set()
+        # Sessions whose parked hits are being applied (see ``release``), each with the
+        # number of releases under way (a redelivered row may race the original): not
+        # to be closed while any is.
+        self.releasing: collections.Counter[str] = collections.Counter()
         # Sessions stored by this worker whose start score is being published.
         self.starting: dict[str, asyncio.Event] = {}
+
+    @contextlib.contextmanager
+    def releasing_sessions(self, sids: Sequence[str]) -> Iterator[None]:
+        """Keep the close sweep off these sessions while their parked hits are applied."""
+        self.releasing.update(sids)
+        try:
+            yield
+        finally:
+            self.releasing.subtract(sids)
+            for sid in sids:
+                if self.releasing[sid] <= 0:
+                    del self.releasing[sid]
 
     def _dead(self, out: Output, record: Record, stage: str, error: str) -> None:
         log.warning(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -136,12 +137,22 @@ async def test_a_session_is_not_closed_before_its_parked_hits_are_applied(
     assert held.closed == {} and held.scores == []
 
     # Released (the worker marks it releasing first), its parked hits not applied yet.
-    processor.releasing.update(started.released)
-    parked = await processor.release(started.released)
-    assert (await processor.close_due({3: frozenset()}, every_session_due)).closed == {}
-    applied = await processor.hits(parked)
-    processor.releasing.difference_update(started.released)
+    with processor.releasing_sessions(started.released):
+        parked = await processor.release(started.released)
+        assert (await processor.close_due({3: frozenset()}, every_session_due)).closed == {}
+        applied = await processor.hits(parked)
     assert len(applied.scores) == len(hits[sid]) and applied.late == 0
     closing = await processor.close_due({3: frozenset()}, every_session_due)
     assert closing.closed == {3: [sid]}
     assert [orjson.loads(p)["trigger"] for _, p in closing.scores] == ["session_end"]
+
+
+def test_a_session_stays_releasing_until_its_last_release_ends(store: RedisStore) -> None:
+    # A redelivered session row may be released while the original release still runs.
+    processor = Processor(cast(Any, None), store)
+    with processor.releasing_sessions(["a", "b"]):
+        with processor.releasing_sessions(["a"]):
+            assert "a" in processor.releasing
+        assert "a" in processor.releasing  # the first release is not done yet
+    assert "a" not in processor.releasing and "b" not in processor.releasing
+    assert not processor.releasing
