@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -116,10 +118,36 @@ def _poll_first_consumed(ports: list[int], stop_at: int, timeout_s: float) -> tu
     return first_ms, time.monotonic() - started
 
 
-def expected_scores(events: list[Event]) -> int:
-    """One score per session row and per hit of a known session (orphan hits wait)."""
-    known = {key for topic, key, _ in events if topic == topics.SESSIONS}
-    return sum(1 for topic, key, _ in events if topic == topics.SESSIONS or key in known)
+class ScoreTally:
+    """The scores a set of events should produce, added up as the events are sent.
+
+    One per session row and one per hit of a session that has a row, wherever in the
+    stream the row comes; orphan hits wait for a row and get no score.
+    """
+
+    def __init__(self) -> None:
+        self.session_rows = 0
+        self.known: set[bytes] = set()
+        self.hits: Counter[bytes] = Counter()
+
+    def add(self, events: Iterable[Event]) -> None:
+        for topic, key, _ in events:
+            if topic == topics.SESSIONS:
+                self.session_rows += 1
+                self.known.add(key)
+            else:
+                self.hits[key] += 1
+
+    @property
+    def expected(self) -> int:
+        return self.session_rows + sum(n for key, n in self.hits.items() if key in self.known)
+
+
+def expected_scores(events: Iterable[Event]) -> int:
+    """The scores these events should produce (see ``ScoreTally``)."""
+    tally = ScoreTally()
+    tally.add(events)
+    return tally.expected
 
 
 def throughput(
@@ -353,19 +381,14 @@ def _preload(settings: StreamSettings, data: Path) -> tuple[int, int]:
     """Send a data set's events to the topics; return (events sent, scores expected)."""
     from stream.replay import iter_event_chunks
 
-    known: set[bytes] = set()
-    expected = sent = 0
+    tally = ScoreTally()
+    sent = 0
     for chunk in iter_event_chunks(data, chunk=500_000):
         asyncio.run(send_events(settings, chunk, progress=False))
         sent += len(chunk)
-        for topic, key, _ in chunk:
-            if topic == topics.SESSIONS:
-                known.add(key)
-                expected += 1
-            elif key in known:
-                expected += 1
+        tally.add(chunk)
         print(f"full replay: {sent:,} events loaded", flush=True)
-    return sent, expected
+    return sent, tally.expected
 
 
 def _counts(port: int) -> tuple[float, float]:
