@@ -331,22 +331,25 @@ class Pipeline:
     async def close_idle(self) -> int:
         """Close the idle sessions of this worker's partitions; return how many.
 
-        All the partitions are swept together: a handful of Redis round trips and one
-        publish per round of up to ``CLOSE_ROUND`` sessions, so the lock the hits agent
-        waits on is held briefly.
+        All the partitions are swept together: three Redis round trips and one publish
+        per round of up to ``CLOSE_ROUND`` sessions, so the lock the hits agent waits on
+        is held briefly.
         """
         closed = 0
         gap_ms = self.settings.session_gap_s * 1000.0
         try:
             partitions = sorted(self.my_partitions())
             behind = {p: await self.behind(p) for p in partitions}
-            while partitions:
+            upto = await self.processor.close_horizon(behind, gap_ms)
+            while upto:
+                # The hits agent waits while sessions are closed and their final events
+                # published, so a late hit's score and outcome come after them.
                 async with self.state_lock:
-                    out = await self.processor.close_due(behind, gap_ms, limit=CLOSE_ROUND)
+                    out = await self.processor.close_due(upto, CLOSE_ROUND)
                     if not out.closed:
                         break
                     await self.publish(out)
-                    await self.processor.finish_close(out.closed)
+                await self.processor.finish_close(out.closed)
                 n = sum(len(sids) for sids in out.closed.values())
                 closed += n
                 self.metrics.closed.inc(n)

@@ -483,26 +483,37 @@ class Processor:
                 active.append(moved[kind])
         return min(active) if active else max(moved.values())
 
-    async def close_due(
-        self,
-        behind: Mapping[int, Collection[str]],
-        gap_ms: float,
-        limit: int = 1000,
-    ) -> Output:
-        """Close sessions idle for the gap in these partitions; return their final events.
+    async def close_horizon(
+        self, behind: Mapping[int, Collection[str]], gap_ms: float
+    ) -> dict[int, float]:
+        """Return, by partition, the last-event time before which a session is idle.
 
         ``behind`` maps each partition to the input kinds with records not read yet
-        (see ``event_times``). At most ``limit`` sessions are closed per call. The
-        caller publishes the output, then calls ``finish_close`` with ``out.closed``.
+        (see ``event_times``); a partition without an event time yet is left out.
+        """
+        now = await self.event_times(behind)
+        return {p: ms - gap_ms for p, ms in now.items() if ms is not None}
+
+    async def close_due(self, upto: Mapping[int, float], limit: int = 1000) -> Output:
+        """Close sessions whose last event is before ``upto`` of their partition.
+
+        At most ``limit`` sessions are closed per call; each is marked closed as its
+        final score is stored, so a hit read after that is late. The caller publishes
+        the output, then calls ``finish_close`` with ``out.closed``.
         """
         out = Output()
-        now = await self.event_times(behind)
-        upto = {p: ms - gap_ms for p, ms in now.items() if ms is not None}
         due_by_partition = await self.store.due(upto, limit)
         if not due_by_partition:
             return out
         due = [row for rows in due_by_partition.values() for row in rows]
-        states, _ = await self.store.read([sid for sid, _ in due])
+        end_field = history_field("session_end", None)
+        # Read together: a session's state, and its final score if a crash came between
+        # storing and publishing it.
+        (states, _), copies = await asyncio.gather(
+            self.store.read([sid for sid, _ in due]),
+            self.store.stored_scores([(sid, end_field) for sid, _ in due]),
+        )
+        stored = {sid: copy for (sid, _), copy in zip(due, copies, strict=True)}
         # A session whose start score is not out yet, or which is being released, is not
         # closed: the hits parked for it are applied at its release and move its last
         # event on. (Under a backlog its hits may have been read long before it, and the
@@ -519,13 +530,10 @@ class Processor:
             sids_here = [sid for sid, _ in rows if sid in closing]
             if sids_here:
                 out.closed[partition] = sids_here
-        sids = [sid for sid, _ in due]
-        end_field = history_field("session_end", None)
-        stored = await self.store.stored_scores([(sid, end_field) for sid in sids])
         closes: list[CloseWrite] = []
         fresh: list[tuple[str, float]] = []
-        for (sid, last_ms), copy in zip(due, stored, strict=True):
-            st = states[sid]
+        for sid, last_ms in due:
+            st, copy = states[sid], stored[sid]
             if not st.known or st.vector is None:
                 continue  # its state expired: nothing left to close
             if copy is not None:  # closed before a crash: the same copies again
@@ -572,5 +580,5 @@ class Processor:
         return out
 
     async def finish_close(self, closed: Mapping[int, list[str]]) -> None:
-        """Mark sessions closed once their final events are on Kafka."""
+        """Take closed sessions out of the open sets once their final events are on Kafka."""
         await self.store.finish_close(closed)

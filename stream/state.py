@@ -556,13 +556,16 @@ class RedisStore:
     async def prepare_close(self, closes: Sequence[CloseWrite]) -> None:
         """Store the final scores and outcomes of sessions about to be closed.
 
-        Stored first, published next, marked closed last: a crash in between finds them
-        here and publishes the very same copies again.
+        The sessions are marked closed here, with their final scores, so a hit applied
+        from now on is late; they leave their partitions' open sets in ``finish_close``,
+        once the scores are published. A crash in between finds them still open, with a
+        final score stored, and publishes the very same copies again.
         """
         if not closes:
             return
         ops = _Ops()
         for c in closes:
+            ops.add("HSET", self._k(keys.session_key, c.session_id), "closed", "1")
             self._score(ops, c.session_id, [(c.history_field, c.score_json)])
             if c.outcome is not None:
                 ops.add("HSET", self._k(keys.session_key, c.session_id), "outcome", c.outcome)
@@ -576,13 +579,12 @@ class RedisStore:
         await self._run_ops("prepare close", ops)
 
     async def finish_close(self, closed: Mapping[int, Sequence[str]]) -> None:
-        """Mark sessions closed and take them out of their partitions' open sets."""
+        """Take closed sessions out of their partitions' open sets and the hot list."""
         ops = _Ops()
         for partition, sids in closed.items():
             if not sids:
                 continue
             for sid in sids:
-                ops.add("HSET", self._k(keys.session_key, sid), "closed", "1")
                 closing = DashScore(sid, seq=-1.0, probability=0.0, closed=True)
                 self._dash(ops, "DSCORE", sid, dashboard.score_args(closing))
             ops.add("ZREM", keys.open_sessions_key(partition, self.prefix), *sids)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contracts import keys
-from stream.state import RedisStore
+from stream.state import CloseWrite, RedisStore
 
 
 async def _open(store: RedisStore, partition: int, sessions: dict[str, float]) -> None:
@@ -38,8 +38,17 @@ async def test_finishing_a_close_takes_sessions_out_of_every_partitions_open_set
     await _open(store, 3, {"c": 1.0})
     await store.finish_close({0: ["a"], 3: ["c"], 4: []})
     assert await store.due({0: 10.0, 3: 10.0}, limit=10) == {0: [("b", 2.0)]}
-    assert await store.r.hget(keys.session_key("a", store.prefix), "closed") == b"1"
-    assert await store.r.hget(keys.session_key("c", store.prefix), "closed") == b"1"
+
+
+async def test_a_session_is_closed_as_its_final_score_is_stored(store: RedisStore) -> None:
+    # The hits agent may run between storing and finishing: a hit then is late.
+    await _open(store, 0, {"a": 1.0})
+    await store.prepare_close([CloseWrite("a", b"{}", "session_end:", None, 0.07, 3)])
+    states, _ = await store.read(["a"])
+    assert states["a"].closed
+    # Still open until finished: a crash here finds it and publishes its stored copy.
+    assert await store.due({0: 10.0}, limit=10) == {0: [("a", 1.0)]}
+    assert await store.stored_scores([("a", "session_end:")]) == [b"{}"]
 
 
 async def test_watermarks_are_read_for_several_partitions_in_one_call(store: RedisStore) -> None:

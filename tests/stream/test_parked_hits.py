@@ -133,16 +133,17 @@ async def test_a_session_is_not_closed_before_its_parked_hits_are_applied(
     every_session_due = -1e15  # a gap so negative that every open session is past it
     assert await processor.event_time(3) is not None
     # Its start score is not out yet, and its hits wait for that: it stays open.
-    held = await processor.close_due({3: frozenset()}, every_session_due)
+    upto = await processor.close_horizon({3: frozenset()}, every_session_due)
+    held = await processor.close_due(upto)
     assert held.closed == {} and held.scores == []
 
     # Released (the worker marks it releasing first), its parked hits not applied yet.
     with processor.releasing_sessions(started.released):
         parked = await processor.release(started.released)
-        assert (await processor.close_due({3: frozenset()}, every_session_due)).closed == {}
+        assert (await processor.close_due(upto)).closed == {}
         applied = await processor.hits(parked)
     assert len(applied.scores) == len(hits[sid]) and applied.late == 0
-    closing = await processor.close_due({3: frozenset()}, every_session_due)
+    closing = await processor.close_due(upto)
     assert closing.closed == {3: [sid]}
     assert [orjson.loads(p)["trigger"] for _, p in closing.scores] == ["session_end"]
 
