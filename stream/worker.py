@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import faust
@@ -45,6 +46,11 @@ def run_worker(settings: StreamSettings) -> int:
         model.version,
         settings.topic_prefix,
     )
+    # The model, the libraries and the app live as long as the process: left out of
+    # the collector's full passes, these take a few ms instead of about 90 ms, a pause
+    # every event in flight would wait through.
+    gc.collect()
+    gc.freeze()
     worker = faust.Worker(app, loglevel=settings.log_level)
     worker.execute_from_commandline()
     return 0
