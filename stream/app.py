@@ -2,7 +2,7 @@
 
 The agents only move data: they hand micro-batches to the processor and publish what
 it returns. Everything a batch produces is on Kafka before the batch is acked; the
-processor has written its Redis state (one transaction) before that.
+processor has written its Redis state (one atomic script call) before that.
 """
 
 from __future__ import annotations
@@ -331,9 +331,10 @@ class Pipeline:
     async def close_idle(self) -> int:
         """Close the idle sessions of this worker's partitions; return how many.
 
-        All the partitions are swept together: three Redis round trips and one publish
-        per round of up to ``CLOSE_ROUND`` sessions, so the lock the hits agent waits on
-        is held briefly.
+        All the partitions are swept together, in rounds of up to ``CLOSE_ROUND``
+        sessions. The lock the hits agent waits on is held for three Redis round trips
+        (the due sessions; their states and stored copies, read at once; the close) and
+        the publish; one more round trip after it takes the sessions out of the open sets.
         """
         closed = 0
         gap_ms = self.settings.session_gap_s * 1000.0

@@ -3,7 +3,7 @@
 The agents hand over batches of raw Kafka records; this module parses them, keeps the
 state in Redis, scores with the model and returns what to publish. A bad record becomes
 a dead letter with its reason; it never stops the batch. Order of effects per batch:
-Redis first (one transaction), then Kafka, then the agent acks. After a crash the
+Redis first (one atomic script call), then Kafka, then the agent acks. After a crash the
 batch is delivered again: sessions and hits already applied are recognised and their
 stored scores published again as identical copies.
 """
