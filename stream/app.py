@@ -116,14 +116,17 @@ class Pipeline:
                     h = self.key_hashes[key] = murmur2(key) & 0x7FFFFFFF
                 p = h % n
             runs.setdefault((topic, p), []).append((key, value))
+        # A batch built here is complete: closing it tells the producer not to hold it
+        # for its linger time (an open batch waits for more messages).
         futures = []
         for (topic, p), items in runs.items():
             batch = producer.create_batch()
             for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full
                     futures.append(await producer.send_batch(batch, topic, partition=p))
                     batch = producer.create_batch()
                     batch.append(key=key, value=value, timestamp=None)
+            batch.close()
             futures.append(await producer.send_batch(batch, topic, partition=p))
         await asyncio.gather(*futures)
 

@@ -1,0 +1,83 @@
+"""How the worker hands a batch's output to the Kafka producer (``Pipeline.send_all``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
+
+from stream.app import Pipeline
+from stream.metrics import WorkerMetrics
+from stream.settings import StreamSettings
+
+
+class FakeProducer:
+    """Records what is submitted; every batch is delivered at once."""
+
+    def __init__(self, partitions: int, batch_size: int = 16384) -> None:
+        self.partitions = partitions
+        self.batch_size = batch_size
+        self.sent: list[tuple[str, int, BatchBuilder, bool]] = []  # topic, partition, batch, closed
+
+    def create_batch(self) -> BatchBuilder:
+        return BatchBuilder(self.batch_size, 0)
+
+    async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> Any:
+        self.sent.append((topic, partition, batch, batch.closed()))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(self.partitions))
+
+
+class FakeFaustProducer:
+    def __init__(self, producer: FakeProducer) -> None:
+        self.producer = producer
+
+    def _ensure_producer(self) -> FakeProducer:
+        return self.producer
+
+
+class FakeApp:
+    def __init__(self, producer: FakeProducer) -> None:
+        self.producer = FakeFaustProducer(producer)
+
+
+def _pipeline(producer: FakeProducer) -> Pipeline:
+    settings = StreamSettings(model_path="/nonexistent/model.pkl")
+    return Pipeline(FakeApp(producer), settings, None, WorkerMetrics())  # type: ignore[arg-type]
+
+
+def test_every_batch_is_closed_when_submitted() -> None:
+    # An open batch waits out the producer's linger time before it is sent.
+    producer = FakeProducer(partitions=6)
+    messages = [("scores", f"s{i}".encode(), b"{}") for i in range(40)]
+    asyncio.run(_pipeline(producer).send_all(messages))
+    assert producer.sent
+    assert all(closed for _, _, _, closed in producer.sent)
+    assert sum(b.record_count() for _, _, b, _ in producer.sent) == 40
+
+
+def test_keys_go_where_the_default_partitioner_puts_them() -> None:
+    producer = FakeProducer(partitions=6)
+    keys = [f"session-{i}".encode() for i in range(30)]
+    asyncio.run(_pipeline(producer).send_all([("scores", k, b"{}") for k in keys]))
+    expected: dict[int, int] = {}
+    for k in keys:
+        p = (murmur2(k) & 0x7FFFFFFF) % 6
+        expected[p] = expected.get(p, 0) + 1
+    got = {p: b.record_count() for _, p, b, _ in producer.sent}
+    assert got == expected
+
+
+def test_a_full_batch_is_split_and_nothing_is_dropped() -> None:
+    producer = FakeProducer(partitions=1, batch_size=1024)
+    messages = [("scores", b"one-session", b"x" * 200) for _ in range(25)]
+    asyncio.run(_pipeline(producer).send_all(messages))
+    assert len(producer.sent) > 1
+    assert all(closed for _, _, _, closed in producer.sent)
+    assert sum(b.record_count() for _, _, b, _ in producer.sent) == 25
