@@ -14,7 +14,6 @@ import argparse
 import os
 import sys
 import time
-import uuid
 from typing import Any
 
 import faust
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expect", type=int, required=True)
     args = parser.parse_args(argv)
     settings = StreamSettings()
-    name = f"bare-{uuid.uuid4().hex[:8]}"
+    name = settings.app_id  # the benchmark's run id: its cleanup deletes Faust's topic too
     (settings.data_dir / name).mkdir(parents=True, exist_ok=True)
     app = faust.App(
         name,

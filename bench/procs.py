@@ -34,7 +34,13 @@ def drop_run(settings: StreamSettings) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
         await admin.start()
         try:
-            names = [n for n in await admin.list_topics() if n.startswith(settings.topic_prefix)]
+            # Faust adds a topic of its own per app, named after the app id.
+            leader = f"{settings.app_id}-__assignor-__leader"
+            names = [
+                n
+                for n in await admin.list_topics()
+                if n.startswith(settings.topic_prefix) or n == leader
+            ]
             if names:
                 await admin.delete_topics(names)
         finally:
