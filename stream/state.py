@@ -565,10 +565,14 @@ class RedisStore:
             return
         ops = _Ops()
         for c in closes:
-            ops.add("HSET", self._k(keys.session_key, c.session_id), "closed", "1")
+            state_key = self._k(keys.session_key, c.session_id)
+            ops.add("HSET", state_key, "closed", "1")
             self._score(ops, c.session_id, [(c.history_field, c.score_json)])
             if c.outcome is not None:
-                ops.add("HSET", self._k(keys.session_key, c.session_id), "outcome", c.outcome)
+                ops.add("HSET", state_key, "outcome", c.outcome)
+            # A state that expired since the sweep read it comes back as these fields
+            # alone: give it the TTL too (NX leaves a live state's TTL as it is).
+            ops.add("EXPIRE", state_key, self.ttl, "NX")
             final = DashScore(
                 c.session_id, seq=c.hits + 0.5, probability=c.probability, hits=c.hits
             )

@@ -51,6 +51,24 @@ async def test_a_session_is_closed_as_its_final_score_is_stored(store: RedisStor
     assert await store.stored_scores([("a", "session_end:")]) == [b"{}"]
 
 
+async def test_a_close_racing_the_states_expiry_leaves_nothing_without_a_ttl(
+    store: RedisStore,
+) -> None:
+    state = keys.session_key("gone", store.prefix)
+    live = keys.session_key("live", store.prefix)
+    await store.r.hset(live, "start", "x")
+    await store.r.expire(live, 60)
+    # "gone" expired between the sweep's read and its store step.
+    await store.prepare_close(
+        [
+            CloseWrite("gone", b"{}", "session_end:", b"{}", 0.07, 3),
+            CloseWrite("live", b"{}", "session_end:", None, 0.07, 3),
+        ]
+    )
+    assert 0 < await store.r.ttl(state) <= store.ttl
+    assert 0 < await store.r.ttl(live) <= 60  # a live state's TTL is left as it was
+
+
 async def test_watermarks_are_read_for_several_partitions_in_one_call(store: RedisStore) -> None:
     await store.r.hset(
         keys.watermark_key(1, store.prefix),
