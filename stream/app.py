@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # restarts the worker and the batch is delivered again.
 EXIT_INFRASTRUCTURE = 70
 EXIT_BUG = 71
-# Most sessions closed in one round of the close sweep (one lock hold, one publish).
+# Most sessions closed in one round of the close sweep (one publish).
 CLOSE_ROUND = 500
 
 
@@ -79,8 +79,6 @@ class Pipeline:
         self.scores_name = topics.topic_name(topics.SCORES, prefix)
         self.outcomes_name = topics.topic_name(topics.OUTCOMES, prefix)
         self.dead_name = topics.topic_name(topics.DEAD_LETTERS, prefix)
-        # The hits agent and the closer both change a session's state: one at a time.
-        self.state_lock = asyncio.Lock()
         self.positions: dict[tuple[str, int], int] = {}  # next offset to process
         self.model_sha: str | None = None  # the served artifact's digest, from its card
         self.failed_sha: str | None = None
@@ -161,10 +159,8 @@ class Pipeline:
         parked = await self.processor.release(sids)
         if parked:
             # The hits read before their session are applied here, in the worker that
-            # owns the partition, as soon as the session is; the hits agent does the
-            # same work under the same lock.
-            async with self.state_lock:
-                later = await self.processor.hits(parked)
+            # owns the partition, as soon as the session is, as the hits agent does.
+            async with self.processor.hits_batch(parked) as later:
                 await self.publish(later, self.hits_name)
             await self.processor.forget_pending(sorted({(r.key or b"").decode() for r in parked}))
 
@@ -216,8 +212,9 @@ class Pipeline:
                 out = await self.processor.sessions(records)
                 await self.publish(out, topic)
             else:
-                async with self.state_lock:
-                    out = await self.processor.hits(records)
+                # A close round of one of these sessions is waited for (the gate), so a
+                # late hit's score and outcome come after the close's.
+                async with self.processor.hits_batch(records) as out:
                     await self.publish(out, topic)
             await self.align()
         except InfrastructureError as exc:
@@ -335,9 +332,10 @@ class Pipeline:
         """Close the idle sessions of this worker's partitions; return how many.
 
         All the partitions are swept together, in rounds of up to ``CLOSE_ROUND``
-        sessions. The lock the hits agent waits on is held for three Redis round trips
-        (the due sessions; their states and stored copies, read at once; the close) and
-        the publish; one more round trip after it takes the sessions out of the open sets.
+        sessions. A round holds its sessions (not the others) for three Redis round
+        trips (the due sessions; their states and stored copies, read at once; the
+        close) and the publish; one more round trip after it takes the sessions out of
+        the open sets.
         """
         closed = 0
         gap_ms = self.settings.session_gap_s * 1000.0
@@ -346,10 +344,10 @@ class Pipeline:
             behind = {p: await self.behind(p) for p in partitions}
             upto = await self.processor.close_horizon(behind, gap_ms)
             while upto:
-                # The hits agent waits while sessions are closed and their final events
-                # published, so a late hit's score and outcome come after them.
-                async with self.state_lock:
-                    out = await self.processor.close_due(upto, CLOSE_ROUND)
+                # The sessions being closed are held until their final events are
+                # published: a late hit for one of them waits, so its score and outcome
+                # come after the close's. Hits of other sessions go on meanwhile.
+                async with self.processor.closing(upto, CLOSE_ROUND) as out:
                     if not out.closed:
                         break
                     await self.publish(out)

@@ -16,7 +16,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -29,6 +29,7 @@ from features.columns import SESSION_COLUMNS
 from features.hits import STATE_INDEX, combine, hit_increments
 from features.session import rows_to_columns
 from stream.dashboard import channel_values
+from stream.gate import SessionGate
 from stream.logic import (
     BadEvent,
     epoch_ms,
@@ -129,6 +130,8 @@ class Processor:
         self.releasing: collections.Counter[str] = collections.Counter()
         # Sessions stored by this worker whose start score is being published.
         self.starting: dict[str, asyncio.Event] = {}
+        # Sessions a hits batch or a close round is working on (see stream/gate.py).
+        self.gate = SessionGate()
 
     @contextlib.contextmanager
     def releasing_sessions(self, sids: Sequence[str]) -> Iterator[None]:
@@ -289,7 +292,17 @@ class Processor:
         return {i for (i, _), f in zip(candidates, flags, strict=True) if f}
 
     async def hits(self, records: list[Record]) -> Output:
-        """Process hit records."""
+        """Process hit records (see ``hits_batch``, which the worker uses)."""
+        async with self.hits_batch(records) as out:
+            return out
+
+    @contextlib.asynccontextmanager
+    async def hits_batch(self, records: list[Record]) -> AsyncIterator[Output]:
+        """Process hit records; their sessions stay held in the gate until the block ends.
+
+        The worker publishes the output inside the block: a close round of one of these
+        sessions waits meanwhile, and a batch waits for a round closing one of them.
+        """
         out = Output()
         parsed: list[tuple[Record, dict[str, Any]]] = []
         for rec in records:
@@ -297,8 +310,17 @@ class Processor:
                 parsed.append((rec, parse_hit(rec.value)))
             except BadEvent as exc:
                 self._dead(out, rec, "parse", str(exc))
-        if not parsed:
-            return out
+        held = await self.gate.hold(h["session_id"] for _, h in parsed)
+        try:
+            if parsed:
+                await self._apply_hits(out, parsed, len(records))
+            yield out
+        finally:
+            self.gate.let_go(held)
+
+    async def _apply_hits(
+        self, out: Output, parsed: list[tuple[Record, dict[str, Any]]], n_records: int
+    ) -> None:
         states, applied = await self.store.read(
             [], [(h["session_id"], h["hit_number"]) for _, h in parsed]
         )
@@ -312,7 +334,7 @@ class Processor:
         except Exception as exc:  # noqa: BLE001 - a feature failure is per batch data
             for rec, _ in parsed:
                 self._dead(out, rec, "features", f"{type(exc).__name__}: {exc}")
-            return out
+            return
 
         seen: dict[str, set[int]] = {}
         to_score: list[tuple[int, str, np.ndarray, float]] = []  # (index, sid, state, event ms)
@@ -354,7 +376,7 @@ class Processor:
             except Exception as exc:  # noqa: BLE001 - a model failure is per batch data
                 for i, _, _, _ in to_score:
                     self._dead(out, parsed[i][0], "score", f"{type(exc).__name__}: {exc}")
-                return out
+                return
             latest = {sid: states[sid].latest for _, sid, _, _ in to_score}
             for k, ((i, sid, state, event_ms), p) in enumerate(zip(to_score, probs, strict=True)):
                 rec, hit = parsed[i]
@@ -407,7 +429,7 @@ class Processor:
                     out.event_ts_ms.append(rec.timestamp_ms)
         updates = list(writes.values())
         # A parked hit counts as an event once it is applied.
-        events = len(records) - out.parked
+        events = n_records - out.parked
         await self.store.write([], updates, self._raise_marks("hits", updates), events=events)
         if duplicates:
             copies = await self.store.stored_scores(
@@ -419,7 +441,6 @@ class Processor:
                 stored = states[sid].outcome
                 if stored is not None and orjson.loads(stored).get("hit_number") == number:
                     out.outcomes.append((sid, stored))
-        return out
 
     def _raise_marks(
         self, kind: str, writes: list[SessionWrite] | list[HitWrite]
@@ -501,11 +522,39 @@ class Processor:
         final score is stored, so a hit read after that is late. The caller publishes
         the output, then calls ``finish_close`` with ``out.closed``.
         """
+        async with self.closing(upto, limit) as out:
+            return out
+
+    @contextlib.asynccontextmanager
+    async def closing(self, upto: Mapping[int, float], limit: int = 1000) -> AsyncIterator[Output]:
+        """``close_due``, its sessions held in the gate until the block ends.
+
+        The worker publishes the output inside the block, so a late hit for one of
+        these sessions is applied after the close's events are out. A session a hits
+        batch holds now is left for the next sweep.
+        """
         out = Output()
         due_by_partition = await self.store.due(upto, limit)
-        if not due_by_partition:
-            return out
         due = [row for rows in due_by_partition.values() for row in rows]
+        free = set(self.gate.hold_free(sid for sid, _ in due))
+        try:
+            await self._close(out, due_by_partition, [row for row in due if row[0] in free])
+            # Hold on only to the sessions being closed.
+            closing = {sid for sids in out.closed.values() for sid in sids}
+            self.gate.let_go(free - closing)
+            free = closing
+            yield out
+        finally:
+            self.gate.let_go(free)
+
+    async def _close(
+        self,
+        out: Output,
+        due_by_partition: Mapping[int, list[tuple[str, float]]],
+        due: list[tuple[str, float]],
+    ) -> None:
+        if not due:
+            return
         end_field = history_field("session_end", None)
         # Read together: a session's state, and its final score if a crash came between
         # storing and publishing it.
@@ -524,7 +573,7 @@ class Processor:
             if sid not in self.releasing and (states[sid].ready or not states[sid].known)
         ]
         if not due:
-            return out
+            return
         closing = {sid for sid, _ in due}
         for partition, rows in due_by_partition.items():
             sids_here = [sid for sid, _ in rows if sid in closing]
@@ -577,7 +626,6 @@ class Processor:
                 closes.append(CloseWrite(sid, payload, end_field, outcome, float(p), hits_applied))
                 out.score(sid, payload, "session_end")
             await self.store.prepare_close(closes)
-        return out
 
     async def finish_close(self, closed: Mapping[int, list[str]]) -> None:
         """Take closed sessions out of the open sets once their final events are on Kafka."""
