@@ -573,8 +573,9 @@ class RedisStore:
             # A state that expired since the sweep read it comes back as these fields
             # alone: give it the TTL too (NX leaves a live state's TTL as it is).
             ops.add("EXPIRE", state_key, self.ttl, "NX")
+            # Its final score and its close, in one dashboard update.
             final = DashScore(
-                c.session_id, seq=c.hits + 0.5, probability=c.probability, hits=c.hits
+                c.session_id, seq=c.hits + 0.5, probability=c.probability, hits=c.hits, closed=True
             )
             self._dash(ops, "DSCORE", c.session_id, dashboard.score_args(final))
         rate = dashboard.minute_key(self.prefix)
@@ -583,15 +584,14 @@ class RedisStore:
         await self._run_ops("prepare close", ops)
 
     async def finish_close(self, closed: Mapping[int, Sequence[str]]) -> None:
-        """Take closed sessions out of their partitions' open sets and the hot list."""
+        """Take closed sessions out of their partitions' open sets.
+
+        (The dashboard counted them closed in ``prepare_close``, with their final score.)
+        """
         ops = _Ops()
         for partition, sids in closed.items():
-            if not sids:
-                continue
-            for sid in sids:
-                closing = DashScore(sid, seq=-1.0, probability=0.0, closed=True)
-                self._dash(ops, "DSCORE", sid, dashboard.score_args(closing))
-            ops.add("ZREM", keys.open_sessions_key(partition, self.prefix), *sids)
+            if sids:
+                ops.add("ZREM", keys.open_sessions_key(partition, self.prefix), *sids)
         if ops.keys:
             await self._run_ops("finish close", ops)
 

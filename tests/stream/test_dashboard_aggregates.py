@@ -11,7 +11,7 @@ import pytest
 
 from api.dashboard import Window, read_dashboard
 from features.hits import STATE_INDEX, empty_state
-from stream.dashboard import HOUR_MS, channel_values
+from stream.dashboard import HOUR_MS, channel_values, session_dash_key
 from stream.state import CloseWrite, HitWrite, RedisStore, SessionWrite
 
 pytestmark = pytest.mark.redis
@@ -133,12 +133,16 @@ async def test_an_old_score_redelivered_does_not_roll_the_session_back(
 
 async def test_closing_takes_a_session_out_once(store: RedisStore) -> None:
     await store.write([_start("a", 0.10, T0, _row("cpc")), _start("b", 0.02, T0, _row("cpc"))], [])
-    await store.prepare_close([CloseWrite("a", b"{}", "session_end:", None, 0.07, 0)])
+    close = CloseWrite("a", b"{}", "session_end:", None, 0.07, 0)
+    await store.prepare_close([close])
+    await store.prepare_close([close])  # after a crash, closed again
     d = await _data(store)
-    assert d["hot"][0]["session_id"] == "a"
-    assert d["hot"][0]["trajectory"] == pytest.approx([0.10, 0.07])
+    assert [h["session_id"] for h in d["hot"]] == ["b"]
+    assert d["now"]["active_sessions"] == 1
+    # The final score is the last point of its trajectory.
+    traj = await store.r.hget(session_dash_key("a", store.prefix), "traj")
+    assert [float(x) for x in traj.decode().split(",")] == pytest.approx([0.10, 0.07])
     await store.finish_close({0: ["a"]})
-    await store.finish_close({0: ["a"]})  # after a crash, marked closed again
     d = await _data(store)
     assert [h["session_id"] for h in d["hot"]] == ["b"]
     assert d["now"]["active_sessions"] == 1
