@@ -29,7 +29,7 @@ class StreamSettings(BaseSettings):
     batch_max: int = 500
     redis_retries: int = 8  # attempts (backoff 0.1 s doubling to 5 s) before the worker exits
     session_gap_s: float = 1800.0  # event-time inactivity after which a session is closed
-    close_check_s: float = 1.0  # how often the worker looks for sessions to close
+    close_check_s: float = 0.25  # how often the worker looks for sessions to close
     align_lead_s: float = 21600.0  # event time ga.sessions may run ahead of ga.hits; 0: no limit
     kafka_max_fetch_bytes: int = 1024**2  # most bytes fetched from one partition per request
     kafka_session_timeout_s: float = 10.0  # a worker that vanished loses its partitions after this
