@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -22,37 +23,46 @@ pytestmark = pytest.mark.redis
 EVERY_SESSION_DUE = -1e15  # a gap so negative that every open session is past it
 
 
-async def _started(
-    processor: Processor, rows: list[bytes], hits: dict[str, list[bytes]]
-) -> tuple[str, str]:
-    """Two sessions started and released, with one hit applied to each."""
+@dataclass
+class Idle:
+    """Two sessions with one hit applied to each, both past the inactivity gap."""
+
+    processor: Processor
+    a: str
+    b: str
+    second_hit_of_a: list[bytes]
+    upto: dict[int, float]
+
+
+@pytest.fixture()
+async def idle(
+    store: RedisStore,
+    model_path: Path,
+    sessions_and_hits: tuple[list[bytes], dict],  # noqa: F811
+) -> Idle:
+    rows, hits = sessions_and_hits
+    processor = Processor(load_model(model_path), store, hits_topic="t.hits")
     started = await processor.sessions(_records("t.sessions", rows[:2], 0))
     await processor.release(started.released)
     a, b = (orjson.loads(r)["session_id"] for r in rows[:2])
     applied = await processor.hits(_records("t.hits", [hits[a][0], hits[b][0]], 10))
     assert len(applied.scores) == 2
     processor.watermarks[("hits", 3)] = (4e12, time.time() * 1000.0)
-    return a, b
-
-
-async def test_a_hit_for_a_session_being_closed_waits_for_the_close(
-    store: RedisStore,
-    model_path: Path,
-    sessions_and_hits: tuple[list[bytes], dict],  # noqa: F811
-) -> None:
-    rows, hits = sessions_and_hits
-    processor = Processor(load_model(model_path), store, hits_topic="t.hits")
-    a, _ = await _started(processor, rows, hits)
     upto = await processor.close_horizon({3: frozenset()}, EVERY_SESSION_DUE)
+    return Idle(processor, a, b, [hits[a][1]], upto)
+
+
+async def test_a_hit_for_a_session_being_closed_waits_for_the_close(idle: Idle) -> None:
+    processor = idle.processor
     order: list[str] = []
 
     async def late_hit() -> None:
-        async with processor.hits_batch(_records("t.hits", [hits[a][1]], 20)) as out:
+        async with processor.hits_batch(_records("t.hits", idle.second_hit_of_a, 20)) as out:
             order.append(f"hit applied, late={out.late}")
 
-    async with processor.closing(upto) as closing:
+    async with processor.closing(idle.upto) as closing:
         assert sorted(s for sids in closing.closed.values() for s in sids) == sorted(
-            orjson.loads(r)["session_id"] for r in rows[:2]
+            [idle.a, idle.b]
         )
         waiter = asyncio.create_task(late_hit())
         await asyncio.sleep(0.05)
@@ -63,20 +73,15 @@ async def test_a_hit_for_a_session_being_closed_waits_for_the_close(
 
 
 async def test_the_sweep_leaves_a_session_a_hits_batch_holds_and_closes_the_rest(
-    store: RedisStore,
-    model_path: Path,
-    sessions_and_hits: tuple[list[bytes], dict],  # noqa: F811
+    idle: Idle,
 ) -> None:
-    rows, hits = sessions_and_hits
-    processor = Processor(load_model(model_path), store, hits_topic="t.hits")
-    a, b = await _started(processor, rows, hits)
-    upto = await processor.close_horizon({3: frozenset()}, EVERY_SESSION_DUE)
-    async with processor.hits_batch(_records("t.hits", [hits[a][1]], 20)) as out:
+    processor = idle.processor
+    async with processor.hits_batch(_records("t.hits", idle.second_hit_of_a, 20)) as out:
         assert len(out.scores) == 1 and out.late == 0
         # Closing does not wait for the batch: it leaves its session for the next sweep.
-        closing = await asyncio.wait_for(processor.close_due(upto), 5.0)
-        assert [s for sids in closing.closed.values() for s in sids] == [b]
+        closing = await asyncio.wait_for(processor.close_due(idle.upto), 5.0)
+        assert [s for sids in closing.closed.values() for s in sids] == [idle.b]
     assert not processor.gate.held
     await processor.finish_close(closing.closed)
-    later = await processor.close_due(upto)
-    assert [s for sids in later.closed.values() for s in sids] == [a]
+    later = await processor.close_due(idle.upto)
+    assert [s for sids in later.closed.values() for s in sids] == [idle.a]
