@@ -1,11 +1,12 @@
-"""The ceiling: a Faust app that only consumes the input topics, in micro-batches.
+"""The ceiling: a Faust app that only consumes the input topics.
 
-    SCORER_TOPIC_PREFIX=... python -m bench.faust_bare --expect N
+    SCORER_TOPIC_PREFIX=... python -m bench.faust_bare --expect N [--agents]
 
-Two agents take micro-batches exactly as the worker's do (``stream.batching``, the same
-lean monitor), count them and do nothing else; the app prints how fast it consumed N
-events and exits. It measures what Faust's own per-event delivery costs on this
-machine, before any work.
+By default the app consumes as the worker does: Faust's consumer hands each fetch whole
+to one coroutine (``stream.intake``), which counts its records and does nothing else.
+With ``--agents`` two Faust agents take the events one at a time from their streams,
+Faust's usual delivery, and count them. Either way the app prints how fast it consumed
+N events and exits: what delivery alone costs on this machine, before any work.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import argparse
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import faust
 
 from contracts import topics
-from stream.batching import batches
+from stream.intake import BatchApp, Fetch
 from stream.kafka import LeanMonitor
 from stream.settings import StreamSettings
 
@@ -28,11 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     """Consume until N events arrived; print the rate as JSON and exit."""
     parser = argparse.ArgumentParser(prog="python -m bench.faust_bare", description=__doc__)
     parser.add_argument("--expect", type=int, required=True)
+    parser.add_argument("--agents", action="store_true", help="Faust's per-event agents")
     args = parser.parse_args(argv)
     settings = StreamSettings()
     name = settings.app_id  # the benchmark's run id: its cleanup deletes Faust's topic too
     (settings.data_dir / name).mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = (faust.App if args.agents else BatchApp)(
         name,
         broker=f"kafka://{settings.kafka_bootstrap}",
         value_serializer="raw",
@@ -45,19 +47,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     state: dict[str, Any] = {"n": 0, "t0": None}
 
+    def tally(n: int) -> None:
+        if state["t0"] is None:
+            state["t0"] = time.perf_counter()
+        state["n"] += n
+        if state["n"] >= args.expect:
+            seconds = time.perf_counter() - state["t0"]
+            print(f'{{"events": {state["n"]}, "seconds": {seconds:.2f}}}', flush=True)
+            os._exit(0)
+
     async def consume(stream: Any) -> None:
-        async for events in batches(stream, settings.batch_max):
-            if state["t0"] is None:
-                state["t0"] = time.perf_counter()
-            state["n"] += len(events)
-            if state["n"] >= args.expect:
-                seconds = time.perf_counter() - state["t0"]
-                print(f'{{"events": {state["n"]}, "seconds": {seconds:.2f}}}', flush=True)
-                os._exit(0)
+        async for _ in stream.noack().events():
+            tally(1)
+
+    async def on_fetch(fetch: Fetch) -> None:
+        tally(sum(len(records) for records in fetch.values()))
 
     for base in (topics.SESSIONS, topics.HITS):
         topic = app.topic(topics.topic_name(base, settings.topic_prefix), value_type=bytes)
-        app.agent(topic, name=f"bare-{base}")(consume)
+        if args.agents:
+            app.agent(topic, name=f"bare-{base}")(consume)
+        else:
+            app.topics.add(topic)
+    if not args.agents:
+        cast(BatchApp, app).batch_handler = on_fetch
     sys.argv = [sys.argv[0], "worker", "-l", "warn"]
     app.main()
     return 0

@@ -1,8 +1,10 @@
-"""The Faust app, its topics, its agents and its timers.
+"""The Faust app, its topics, its pipeline and its timers.
 
-The agents only move data: they hand micro-batches to the processor and publish what
-it returns. Everything a batch produces is on Kafka before the batch is acked; the
-processor has written its Redis state (one atomic script call) before that.
+Faust's consumer hands each fetch to the pipeline whole (``stream.intake``); the
+pipeline splits it into a sessions batch and a hits batch, hands them to the processor
+and publishes what it returns. Everything a batch produces is on Kafka before its
+offsets may be committed; the processor has written its Redis state (one atomic script
+call) before that.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, cast
 
 import faust
@@ -23,7 +25,7 @@ from aiokafka.structs import TopicPartition
 from artifact import ArtifactError, load_model, read_card
 from contracts import topics
 from stream import dashboard
-from stream.batching import batches
+from stream.intake import BatchApp, Fetch
 from stream.kafka import LeanMonitor, faust_broker, faust_credentials
 from stream.metrics import WorkerMetrics
 from stream.processor import Output, Processor, Record
@@ -40,9 +42,9 @@ EXIT_BUG = 71
 CLOSE_ROUND = 500
 
 
-def create_app(settings: StreamSettings) -> faust.App:
-    """Build the Faust app with its topics (agents come with ``attach_agents``)."""
-    return faust.App(
+def create_app(settings: StreamSettings) -> BatchApp:
+    """Build the Faust app (its topics and timers come with ``attach_pipeline``)."""
+    return BatchApp(
         settings.app_id,
         broker=faust_broker(settings),
         broker_credentials=faust_credentials(settings),
@@ -64,7 +66,7 @@ def create_app(settings: StreamSettings) -> faust.App:
 
 
 class Pipeline:
-    """Publishing, counting and the timers' work, shared by the agents."""
+    """The work on each fetch: batches, publishing, counting, and the timers' work."""
 
     def __init__(
         self, app: faust.App, settings: StreamSettings, processor: Processor, metrics: WorkerMetrics
@@ -159,7 +161,7 @@ class Pipeline:
         parked = await self.processor.release(sids)
         if parked:
             # The hits read before their session are applied here, in the worker that
-            # owns the partition, as soon as the session is, as the hits agent does.
+            # owns the partition, as soon as the session is, as a hits batch is.
             async with self.processor.hits_batch(parked) as later:
                 await self.publish(later, self.hits_name)
             await self.processor.forget_pending(sorted({(r.key or b"").decode() for r in parked}))
@@ -187,23 +189,37 @@ class Pipeline:
         for ts in out.event_ts_ms:
             m.end_to_end.observe(max(0.0, now - ts) / 1000.0)
 
-    async def run(self, kind: str, events: Sequence[Any]) -> None:
-        """Process one micro-batch; exit the process rather than ack a failed batch."""
-        started = time.perf_counter()
-        records = []
-        for e in events:
-            msg = e.message
-            records.append(
-                Record(
-                    value=msg.value,
-                    topic=msg.topic,
-                    partition=msg.partition,
-                    offset=msg.offset,
-                    key=msg.key,
-                    timestamp_ms=None if msg.timestamp is None else msg.timestamp * 1000.0,
-                )
+    async def on_fetch(self, fetch: Fetch) -> None:
+        """Process one fetch (what the client has buffered): its sessions, then its hits.
+
+        Each topic's records go in micro-batches of up to ``batch_max``, taken from all
+        its partitions in turn, so no partition waits for another's whole buffer.
+        """
+        sessions: list[list[Record]] = []
+        hits: list[list[Record]] = []
+        positions = self.positions
+        for tp, recs in fetch.items():
+            into = sessions if tp.topic == self.sessions_name else hits
+            into.append(
+                [
+                    Record(r.value, r.topic, r.partition, r.offset, r.key, _stamp(r.timestamp))
+                    for r in recs
+                ]
             )
-            self.positions[(msg.topic, msg.partition)] = msg.offset + 1
+            positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
+        for kind, runs in (("sessions", sessions), ("hits", hits)):
+            for batch in _interleave(runs, self.settings.batch_max):
+                await self.run(kind, batch)
+
+    def on_revoked(self, revoked: Any) -> None:
+        """Forget what this worker knew of partitions it gave up."""
+        for tp in revoked:
+            self.positions.pop((tp.topic, tp.partition), None)
+        cast(Any, self.app.consumer).forget(set(revoked))
+
+    async def run(self, kind: str, records: list[Record]) -> None:
+        """Process one micro-batch; exit the process rather than let it be committed."""
+        started = time.perf_counter()
         topic = self.sessions_name if kind == "sessions" else self.hits_name
         self.metrics.events_in.labels(topic).inc(len(records))
         self.metrics.batch_size.labels(kind).observe(len(records))
@@ -221,8 +237,8 @@ class Pipeline:
             log.critical("giving up on %s batch: %s; exiting so it is delivered again", kind, exc)
             os._exit(EXIT_INFRASTRUCTURE)
         except Exception:
-            # Faust would ack a batch whose agent raised: exit instead, unacked, so the
-            # batch is delivered again once the bug is fixed. Bad data never gets here.
+            # Exit unacked, so the batch is delivered again once the bug is fixed. Bad
+            # data never gets here.
             log.critical("unexpected failure on a %s batch; exiting unacked", kind, exc_info=True)
             os._exit(EXIT_BUG)
         self.metrics.batch_seconds.labels(kind).observe(time.perf_counter() - started)
@@ -437,24 +453,20 @@ class Pipeline:
         return True
 
 
-def attach_agents(
-    app: faust.App, settings: StreamSettings, processor: Processor, metrics: WorkerMetrics
+def attach_pipeline(
+    app: BatchApp, settings: StreamSettings, processor: Processor, metrics: WorkerMetrics
 ) -> Pipeline:
-    """Declare the topics, the two agents that feed the processor, and the timers."""
+    """Subscribe the app to the input topics, hand it the pipeline and set its timers."""
     pipe = Pipeline(app, settings, processor, metrics)
     metrics.use_model(processor.model.version)
-    sessions_topic = app.topic(pipe.sessions_name)
-    hits_topic = app.topic(pipe.hits_name)
+    for name in (pipe.sessions_name, pipe.hits_name):
+        app.topics.add(app.topic(name))  # subscribed; the fetches go to the pipeline
+    app.batch_handler = pipe.on_fetch
 
-    @app.agent(sessions_topic, concurrency=1)
-    async def score_sessions(stream: Any) -> None:
-        async for events in batches(stream, settings.batch_max):
-            await pipe.run("sessions", events)
+    async def forget(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        pipe.on_revoked(revoked)
 
-    @app.agent(hits_topic, concurrency=1)
-    async def score_hits(stream: Any) -> None:
-        async for events in batches(stream, settings.batch_max):
-            await pipe.run("hits", events)
+    app.on_partitions_revoked.connect(cast(Any, forget))
 
     @app.task
     async def close_idle_sessions() -> None:
@@ -502,6 +514,33 @@ async def every(
         await sleep(max(0.0, period_s - (clock() - started)))
         started = clock()
         await job()
+
+
+def _interleave(runs: list[list[Record]], size: int) -> Iterator[list[Record]]:
+    """Batches of up to ``size`` records, shared equally among the runs (partitions).
+
+    Each run keeps its order; a batch is full while records are left, and a run with
+    fewer records than its share leaves the rest of the batch to the others.
+    """
+    at = [0] * len(runs)
+    while True:
+        batch: list[Record] = []
+        live = [k for k, run in enumerate(runs) if at[k] < len(run)]
+        while live and len(batch) < size:
+            share = -(-(size - len(batch)) // len(live))  # rounded up
+            for k in live:
+                take = runs[k][at[k] : at[k] + min(share, size - len(batch))]
+                at[k] += len(take)
+                batch.extend(take)
+            live = [k for k in live if at[k] < len(runs[k])]
+        if not batch:
+            return
+        yield batch
+
+
+def _stamp(timestamp: int | None) -> float | None:
+    """A record's Kafka timestamp in ms, None if it has none."""
+    return None if timestamp is None or timestamp < 0 else float(timestamp)
 
 
 def _totals(counter: Any) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Which sessions are being worked on, so that two jobs never change one at once.
 
-The hits agent (and the release of parked hits) and the close sweep all read a
+The hits batches (and the release of parked hits) and the close sweep all read a
 session's state, compute on it and write it back, with Redis and Kafka round trips in
 between. Two of them on one session at once would lose an update or publish a close
 before the hit it missed. One lock over all sessions keeps them apart too, but then a

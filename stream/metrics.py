@@ -70,7 +70,7 @@ class WorkerMetrics:
         self.batch_seconds = Histogram(
             "scorer_worker_batch_seconds",
             "Processing time of one micro-batch, from taking it to publishing its output",
-            ["agent"],
+            ["agent"],  # the input: sessions or hits (named when they were Faust agents)
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -1,11 +1,11 @@
 """Processing of micro-batches of session and hit events.
 
-The agents hand over batches of raw Kafka records; this module parses them, keeps the
-state in Redis, scores with the model and returns what to publish. A bad record becomes
-a dead letter with its reason; it never stops the batch. Order of effects per batch:
-Redis first (one atomic script call), then Kafka, then the agent acks. After a crash the
-batch is delivered again: sessions and hits already applied are recognised and their
-stored scores published again as identical copies.
+The pipeline hands over batches of raw Kafka records; this module parses them, keeps
+the state in Redis, scores with the model and returns what to publish. A bad record
+becomes a dead letter with its reason; it never stops the batch. Order of effects per
+batch: Redis first (one atomic script call), then Kafka, then the offsets may be
+committed. After a crash the batch is delivered again: sessions and hits already
+applied are recognised and their stored scores published again as identical copies.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from artifact import load_model
 from contracts import topics
 from stream.admin import ensure_topics
-from stream.app import attach_agents, create_app
+from stream.app import attach_pipeline, create_app
 from stream.metrics import WorkerMetrics
 from stream.processor import Processor
 from stream.settings import StreamSettings
@@ -38,7 +38,7 @@ def run_worker(settings: StreamSettings) -> int:
     app = create_app(settings)
     metrics = WorkerMetrics()
     hits_topic = topics.topic_name(topics.HITS, settings.topic_prefix)
-    attach_agents(app, settings, Processor(model, store, hits_topic), metrics)
+    attach_pipeline(app, settings, Processor(model, store, hits_topic), metrics)
     metrics.serve(settings.metrics_port)
     log.info(
         "worker %s: model %s, topics prefixed %r",
