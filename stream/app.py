@@ -40,6 +40,9 @@ EXIT_INFRASTRUCTURE = 70
 EXIT_BUG = 71
 # Most sessions closed in one round of the close sweep (one publish).
 CLOSE_ROUND = 500
+# Outputs queued in the producer and not yet known to be delivered: the delivery
+# futures, the output and its source topic.
+Pending = list[tuple[list[Any], Output, str | None]]
 
 
 def create_app(settings: StreamSettings) -> BatchApp:
@@ -92,15 +95,18 @@ class Pipeline:
         with contextlib.suppress(ArtifactError, OSError, ValueError):
             self.model_sha = read_card(settings.model_path).get("artifact_sha256")
 
-    async def send_all(self, messages: Sequence[tuple[str, bytes | None, bytes]]) -> None:
-        """Publish messages and wait until Kafka has them all.
+    async def send_all(
+        self, messages: Sequence[tuple[str, bytes | None, bytes]], wait: bool = True
+    ) -> list[Any]:
+        """Publish messages and wait until Kafka has them all (or, with ``wait`` False,
+        return the futures of their delivery: they are in the producer's queue, in order).
 
         Messages go out as record batches built here, one run per topic partition, the
         partition chosen as the default partitioner would (murmur2 of the key); this
         costs a fraction of one ``send`` call per message.
         """
         if not messages:
-            return
+            return []
         producer = cast(Any, self.app.producer)._ensure_producer()  # Faust's aiokafka producer
         runs: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
         for topic, key, value in messages:
@@ -128,7 +134,10 @@ class Pipeline:
                     batch.append(key=key, value=value, timestamp=None)
             batch.close()
             futures.append(await producer.send_batch(batch, topic, partition=p))
-        await asyncio.gather(*futures)
+        if wait:
+            await asyncio.gather(*futures)
+            return []
+        return futures
 
     async def _partitions(self, producer: Any, topic: str) -> int:
         """Return a topic's partition count, looked up again after a minute."""
@@ -140,17 +149,29 @@ class Pipeline:
         self.partition_counts[topic] = (count, now)
         return count
 
-    async def publish(self, out: Output, source: str | None = None) -> None:
+    async def publish(
+        self, out: Output, source: str | None = None, pending: Pending | None = None
+    ) -> None:
         """Publish a batch's output, then release the sessions it started.
 
         ``source`` is the input topic the batch was read from, for the duplicates count.
+        With ``pending``, the output is only queued in the producer (in order, so a
+        later batch's events still come after it) and its delivery is added there, to
+        be awaited with ``settle`` before the fetch counts as handled; a batch that
+        releases sessions waits for everything pending first.
         """
-        await self.send_all(
+        futures = await self.send_all(
             [(self.scores_name, sid.encode(), payload) for sid, payload in out.scores]
             + [(self.outcomes_name, sid.encode(), payload) for sid, payload in out.outcomes]
-            + [(self.dead_name, None, payload) for _, payload in out.dead_letters]
+            + [(self.dead_name, None, payload) for _, payload in out.dead_letters],
+            wait=pending is None,
         )
-        self.count(out, source)
+        if pending is None:
+            self.count(out, source)
+        else:
+            pending.append((futures, out, source))
+            if out.released:
+                await self.settle(pending)
         if out.released:
             # The close sweep leaves these sessions open until their parked hits are in.
             with self.processor.releasing_sessions(out.released):
@@ -165,6 +186,13 @@ class Pipeline:
             async with self.processor.hits_batch(parked) as later:
                 await self.publish(later, self.hits_name)
             await self.processor.forget_pending(sorted({(r.key or b"").decode() for r in parked}))
+
+    async def settle(self, pending: Pending) -> None:
+        """Wait until every queued output in ``pending`` is on Kafka, then count it."""
+        while pending:
+            futures, out, source = pending.pop(0)
+            await asyncio.gather(*futures)
+            self.count(out, source)
 
     def count(self, out: Output, source: str | None = None) -> None:
         """Add a published output to the metrics."""
@@ -207,9 +235,14 @@ class Pipeline:
                 ]
             )
             positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
+        # Each batch's output is queued in the producer, and the next batch goes on while
+        # Kafka takes it; the fetch is handled once all of it is on Kafka.
+        pending: Pending = []
         for kind, runs in (("sessions", sessions), ("hits", hits)):
             for batch in _interleave(runs, self.settings.batch_max):
-                await self.run(kind, batch)
+                await self.run(kind, batch, pending)
+        with self._fatal("publishing a fetch's output"):
+            await self.settle(pending)
 
     def on_revoked(self, revoked: Any) -> None:
         """Forget what this worker knew of partitions it gave up."""
@@ -217,31 +250,39 @@ class Pipeline:
             self.positions.pop((tp.topic, tp.partition), None)
         cast(Any, self.app.consumer).forget(set(revoked))
 
-    async def run(self, kind: str, records: list[Record]) -> None:
+    async def run(self, kind: str, records: list[Record], pending: Pending | None = None) -> None:
         """Process one micro-batch; exit the process rather than let it be committed."""
         started = time.perf_counter()
         topic = self.sessions_name if kind == "sessions" else self.hits_name
         self.metrics.events_in.labels(topic).inc(len(records))
         self.metrics.batch_size.labels(kind).observe(len(records))
-        try:
+        with self._fatal(f"a {kind} batch"):
             if kind == "sessions":
                 out = await self.processor.sessions(records)
-                await self.publish(out, topic)
+                await self.publish(out, topic, pending)
             else:
                 # A close round of one of these sessions is waited for (the gate), so a
                 # late hit's score and outcome come after the close's.
                 async with self.processor.hits_batch(records) as out:
-                    await self.publish(out, topic)
+                    await self.publish(out, topic, pending)
             await self.align()
+        self.metrics.batch_seconds.labels(kind).observe(time.perf_counter() - started)
+
+    @contextlib.contextmanager
+    def _fatal(self, what: str) -> Iterator[None]:
+        """Exit the process on a failure, so that nothing of the fetch is committed.
+
+        The fetch is delivered again: after a restart if Redis or Kafka stayed away,
+        or once the bug is fixed. Bad data never gets here.
+        """
+        try:
+            yield
         except InfrastructureError as exc:
-            log.critical("giving up on %s batch: %s; exiting so it is delivered again", kind, exc)
+            log.critical("giving up on %s: %s; exiting so it is delivered again", what, exc)
             os._exit(EXIT_INFRASTRUCTURE)
         except Exception:
-            # Exit unacked, so the batch is delivered again once the bug is fixed. Bad
-            # data never gets here.
-            log.critical("unexpected failure on a %s batch; exiting unacked", kind, exc_info=True)
+            log.critical("unexpected failure on %s; exiting uncommitted", what, exc_info=True)
             os._exit(EXIT_BUG)
-        self.metrics.batch_seconds.labels(kind).observe(time.perf_counter() - started)
 
     async def align(self) -> None:
         """Hold a session partition back while its hits are far behind in event time.

@@ -123,8 +123,12 @@ def score_event(
     trigger: str,
     hit_number: int | None,
     event_time: str | None,
+    scored_at: str | None = None,
 ) -> dict[str, Any]:
-    """Build the score event published on conversion.scores."""
+    """Build the score event published on conversion.scores.
+
+    ``scored_at`` defaults to now; a batch passes one for all its scores.
+    """
     return {
         "score_id": score_id(session_id, trigger, hit_number, model_version),
         "session_id": session_id,
@@ -134,8 +138,13 @@ def score_event(
         "trigger": trigger,
         "hit_number": hit_number,
         "event_time": event_time,
-        "scored_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "scored_at": scored_at or now_iso(),
     }
+
+
+def now_iso() -> str:
+    """Return the time now, UTC, as an ISO timestamp to the millisecond."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def history_field(trigger: str, hit_number: int | None) -> str:
@@ -155,9 +164,24 @@ def hit_event_ms(start_ms: float, hit_time_ms: float | None) -> float:
     return start_ms + hit_time_ms
 
 
+_SECONDS: dict[int, tuple[str, str]] = {}  # epoch second -> its ISO date-time and offset
+
+
 def iso_from_ms(ms: float) -> str:
-    """Return epoch ms as an ISO timestamp in Moscow time, the site's clock."""
-    return datetime.fromtimestamp(ms / 1000.0, MSK).isoformat(timespec="milliseconds")
+    """Return epoch ms as an ISO timestamp in Moscow time, the site's clock.
+
+    The same text as ``datetime.fromtimestamp(ms / 1000, MSK).isoformat(timespec=
+    "milliseconds")``; the date and time of each second are formatted once (the worker
+    formats one for nearly every score, and a session's hits share their seconds).
+    """
+    second, micros = divmod(round(ms * 1000.0), 1_000_000)
+    parts = _SECONDS.get(second)
+    if parts is None:
+        if len(_SECONDS) > 100_000:
+            _SECONDS.clear()
+        text = datetime.fromtimestamp(second, MSK).isoformat()
+        parts = _SECONDS[second] = (text[:19], text[19:])
+    return f"{parts[0]}.{micros // 1000:03d}{parts[1]}"
 
 
 def outcome_event(

@@ -36,6 +36,7 @@ from stream.logic import (
     history_field,
     hit_event_ms,
     iso_from_ms,
+    now_iso,
     outcome_event,
     parse_hit,
     parse_session,
@@ -179,6 +180,7 @@ class Processor:
         sids = [row["session_id"] for row in rows]
         known, _ = await self.store.read(sids)
         hfield = history_field("session_start", None)
+        stamp = now_iso()
         writes: dict[str, SessionWrite] = {}
         for i, (rec, row) in enumerate(parsed):
             sid = row["session_id"]
@@ -194,6 +196,7 @@ class Processor:
                 trigger="session_start",
                 hit_number=None,
                 event_time=start,
+                scored_at=stamp,
             )
             payload = orjson.dumps(event)
             writes[sid] = SessionWrite(
@@ -378,6 +381,7 @@ class Processor:
                     self._dead(out, parsed[i][0], "score", f"{type(exc).__name__}: {exc}")
                 return
             latest = {sid: states[sid].latest for _, sid, _, _ in to_score}
+            stamp = now_iso()
             for k, ((i, sid, state, event_ms), p) in enumerate(zip(to_score, probs, strict=True)):
                 rec, hit = parsed[i]
                 st = states[sid]
@@ -415,6 +419,7 @@ class Processor:
                     trigger="hit",
                     hit_number=hit["hit_number"],
                     event_time=event_time,
+                    scored_at=stamp,
                 )
                 payload = orjson.dumps(event)
                 latest[sid] = payload
@@ -595,6 +600,7 @@ class Processor:
             model = self.model
             vecs = np.vstack([cast(np.ndarray, states[sid].vector) for sid, _ in fresh])
             probs = model.score_in_session(vecs, np.vstack([states[sid].state for sid, _ in fresh]))
+            stamp = now_iso()
             for (sid, last_ms), p in zip(fresh, probs, strict=True):
                 st = states[sid]
                 event_time = iso_from_ms(last_ms)
@@ -607,6 +613,7 @@ class Processor:
                         trigger="session_end",
                         hit_number=None,
                         event_time=event_time,
+                        scored_at=stamp,
                     )
                 )
                 outcome = None

@@ -1,8 +1,20 @@
+import random
+from datetime import datetime
+
 import orjson
 import pytest
 
 from contracts.scores import ScoreEvent
-from stream.logic import BadEvent, hit_time, parse_hit, parse_session, score_event, start_time
+from stream.logic import (
+    MSK,
+    BadEvent,
+    hit_time,
+    iso_from_ms,
+    parse_hit,
+    parse_session,
+    score_event,
+    start_time,
+)
 from stream.processor import Record, dead_letter
 
 SESSION = {
@@ -138,3 +150,13 @@ def test_score_ids_are_the_uuid5_of_their_fields(args) -> None:
     sid, trigger, hit, version = args
     name = f"{sid}|{trigger}|{'' if hit is None else hit}|{version}"
     assert score_id(*args) == str(uuid.uuid5(_SCORE_NAMESPACE, name))
+
+
+def test_iso_from_ms_gives_the_text_datetime_gives() -> None:
+    rng = random.Random(5)
+    values = [0.0, 1.0, 999.0, 1_000.0, -1.0, 1_640_995_200_000.0, 1_640_995_199_999.5]
+    values += [rng.uniform(1.5e12, 1.8e12) for _ in range(2_000)]
+    values += [float(rng.randrange(1_500_000_000_000, 1_800_000_000_000)) for _ in range(2_000)]
+    for ms in values:
+        expected = datetime.fromtimestamp(ms / 1000.0, MSK).isoformat(timespec="milliseconds")
+        assert iso_from_ms(ms) == expected, ms
