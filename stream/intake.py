@@ -62,7 +62,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 # A rebalance began meanwhile. The client's positions are past these
                 # records: move them back to the committed offsets, so the records are
                 # read again by whichever worker is assigned their partitions.
-                await self.perform_seek()
+                try:
+                    await self.perform_seek()
+                except Exception as exc:  # noqa: BLE001 - the assignment seeks again anyway
+                    log.warning("seeking back to the committed offsets failed: %r", exc)
                 continue
             fetch: dict[TP, list[Any]] = {}
             now = time.monotonic()
