@@ -1,8 +1,8 @@
 """The Faust app, its topics, its pipeline and its timers.
 
 Faust's consumer hands each fetch to the pipeline whole (``stream.intake``); the
-pipeline splits it into a sessions batch and a hits batch, hands them to the processor
-and publishes what it returns. Everything a batch produces is on Kafka before its
+pipeline cuts it into micro-batches (its sessions first, then its hits), hands them to
+the processor and publishes what it returns. Everything a batch produces is on Kafka before its
 offsets may be committed; the processor has written its Redis state (one atomic script
 call) before that.
 """

@@ -69,7 +69,7 @@ class WorkerMetrics:
         )
         self.batch_seconds = Histogram(
             "scorer_worker_batch_seconds",
-            "Processing time of one micro-batch, from taking it to publishing its output",
+            "Processing time of one micro-batch, from taking it to queuing its output for Kafka",
             ["agent"],  # the input: sessions or hits (named when they were Faust agents)
             buckets=LATENCY_BUCKETS,
             registry=r,
