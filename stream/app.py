@@ -270,10 +270,12 @@ class Pipeline:
 
     @contextlib.contextmanager
     def _fatal(self, what: str) -> Iterator[None]:
-        """Exit the process on a failure, so that nothing of the fetch is committed.
+        """Exit the process on a failure; what was in hand is done again after a restart.
 
-        The fetch is delivered again: after a restart if Redis or Kafka stayed away,
-        or once the bug is fixed. Bad data never gets here.
+        Nothing of a fetch in hand is committed, so it is delivered again; a close in
+        hand stays open in Redis and the next sweep takes it up. That happens after a
+        restart if Redis or Kafka stayed away, or once the bug is fixed. Bad data never
+        gets here.
         """
         try:
             yield
@@ -396,7 +398,7 @@ class Pipeline:
         """
         closed = 0
         gap_ms = self.settings.session_gap_s * 1000.0
-        try:
+        with self._fatal("closing sessions"):
             partitions = sorted(self.my_partitions())
             behind = {p: await self.behind(p) for p in partitions}
             upto = await self.processor.close_horizon(behind, gap_ms)
@@ -413,12 +415,6 @@ class Pipeline:
                 closed += n
                 self.metrics.closed.inc(n)
             open_total = await self.processor.store.open_count(partitions)
-        except InfrastructureError as exc:
-            log.critical("closing sessions failed: %s; exiting", exc)
-            os._exit(EXIT_INFRASTRUCTURE)
-        except Exception:
-            log.critical("unexpected failure closing sessions; exiting", exc_info=True)
-            os._exit(EXIT_BUG)
         self.metrics.open_sessions.set(open_total)
         return closed
 
