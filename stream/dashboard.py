@@ -42,7 +42,10 @@ TRAJECTORY = 30  # probabilities kept per session for its sparkline
 RATE_TTL_S = 2 * 3600
 WORKER_TTL_S = 60
 
-# Lua, run at the start of APPLY_SCRIPT: functions for the DSTART and DSCORE commands.
+# Lua, run at the start of APPLY_SCRIPT: functions for the DSTART and DSCORE commands,
+# and flush(), which APPLY_SCRIPT calls last: a batch's hundreds of sessions mostly
+# share their time buckets and channels, so their increments are summed first and
+# each hash field is written once per call.
 # ARGV[2] is MessagePack of [dashboard key prefix, session TTL, hot-set size,
 # trajectory length, TTL of 5-minute, hourly and longer buckets].
 LUA = """
@@ -50,31 +53,59 @@ local cfg = cmsgpack.unpack(ARGV[2])
 local P, STTL, HOT_MAX, TRAJ = cfg[1], cfg[2], cfg[3], cfg[4]
 local TTL = {cfg[5], cfg[6], cfg[7], cfg[7]}
 local DIMS = {'utm_medium', 'utm_source', 'utm_campaign'}
+-- A call's aggregate increments, summed per hash and field, and the open-count and
+-- stream-time changes: written once, by flush(), at the end of the call.
+local sums, touched, ttls, active, now_ms, hot_added = {}, {}, {}, 0, nil, false
+local function bump(hash, ttl, field, v)
+  local h = sums[hash]
+  if not h then
+    h = {}
+    sums[hash] = h
+    touched[#touched + 1] = hash
+    ttls[hash] = ttl
+  end
+  h[field] = (h[field] or 0) + v
+end
 local function add(d, stat, v)
   local ms = d[1]
   local b = {P .. ':m5:' .. math.floor(ms / 300000), P .. ':h:' .. math.floor(ms / 3600000),
              P .. ':d:' .. math.floor(ms / 86400000), P .. ':all'}
   for j = 1, 4 do
-    redis.call('HINCRBYFLOAT', b[j], stat, v)
+    bump(b[j], TTL[j], stat, v)
     if j ~= 3 then
       for k = 1, 3 do
-        redis.call('HINCRBYFLOAT', b[j], stat .. '|' .. DIMS[k] .. '|' .. d[k + 1], v)
+        bump(b[j], TTL[j], stat .. '|' .. DIMS[k] .. '|' .. d[k + 1], v)
       end
     end
-    redis.call('EXPIRE', b[j], TTL[j])
   end
 end
 local function hot(sid, p)
-  local key = P .. ':hot'
-  redis.call('ZADD', key, p, sid)
-  if redis.call('ZCARD', key) > HOT_MAX then
-    redis.call('ZREMRANGEBYRANK', key, 0, -(HOT_MAX + 1))
-  end
-  redis.call('EXPIRE', key, TTL[4])
+  redis.call('ZADD', P .. ':hot', p, sid)
+  hot_added = true
 end
-local function meta(field, v)
-  redis.call('HINCRBY', P .. ':meta', field, v)
-  redis.call('EXPIRE', P .. ':meta', TTL[4])
+local function flush()
+  for _, hash in ipairs(touched) do
+    for field, v in pairs(sums[hash]) do
+      redis.call('HINCRBYFLOAT', hash, field, v)
+    end
+    redis.call('EXPIRE', hash, ttls[hash])
+  end
+  local meta = P .. ':meta'
+  if active ~= 0 then
+    redis.call('HINCRBY', meta, 'active', active)
+  end
+  if now_ms then
+    local now = tonumber(redis.call('HGET', meta, 'now_ms') or '0')
+    if now_ms > now then redis.call('HSET', meta, 'now_ms', now_ms) end
+  end
+  if active ~= 0 or now_ms then redis.call('EXPIRE', meta, TTL[4]) end
+  if hot_added then
+    local key = P .. ':hot'
+    if redis.call('ZCARD', key) > HOT_MAX then
+      redis.call('ZREMRANGEBYRANK', key, 0, -(HOT_MAX + 1))
+    end
+    redis.call('EXPIRE', key, TTL[4])
+  end
 end
 local function dstart(key, a, i)
   if redis.call('EXISTS', key) == 1 then return end
@@ -86,9 +117,8 @@ local function dstart(key, a, i)
   local d = {ms, a[i + 3], a[i + 4], a[i + 5]}
   add(d, 'n', 1)
   add(d, 'p', p)
-  meta('active', 1)
-  local now = tonumber(redis.call('HGET', P .. ':meta', 'now_ms') or '0')
-  if ms > now then redis.call('HSET', P .. ':meta', 'now_ms', ms) end
+  active = active + 1
+  if not now_ms or ms > now_ms then now_ms = ms end
   hot(sid, p)
 end
 local function dscore(key, a, i)
@@ -116,7 +146,7 @@ local function dscore(key, a, i)
   end
   if closed == 1 and open then
     redis.call('HDEL', key, 'open')
-    meta('active', -1)
+    active = active - 1
     redis.call('ZREM', P .. ':hot', sid)
   end
   redis.call('EXPIRE', key, STTL)

@@ -86,6 +86,7 @@ while i <= n do
   end
   i = i + 3 + c
 end
+flush()
 return 1
 """
 )

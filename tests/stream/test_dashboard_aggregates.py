@@ -11,7 +11,7 @@ import pytest
 
 from api.dashboard import Window, read_dashboard
 from features.hits import STATE_INDEX, empty_state
-from stream.dashboard import HOUR_MS, channel_values, session_dash_key
+from stream.dashboard import HOT_MAX, HOUR_MS, channel_values, session_dash_key
 from stream.state import CloseWrite, HitWrite, RedisStore, SessionWrite
 
 pytestmark = pytest.mark.redis
@@ -178,3 +178,24 @@ async def test_nothing_there_reads_as_empty(store: RedisStore) -> None:
     assert d["hot"] == [] and d["totals"]["sessions"] == 0
     assert d["now"]["consumer_lag"] is None and d["now"]["event_time_ms"] is None
     assert all(rows == [] for rows in d["channels"].values())
+
+
+async def test_a_large_batch_sums_its_channels_and_keeps_the_hottest(store: RedisStore) -> None:
+    # One call sums its sessions' increments per bucket and channel before writing them,
+    # and trims the hot list once, at the end.
+    n = HOT_MAX + 10
+    starts = [
+        _start(f"s{i:03d}", (i + 1) / 1000, T0 + i, _row("cpc" if i % 3 else "organic"))
+        for i in range(n)
+    ]
+    await store.write(starts, [], events=n)
+    d = await read_dashboard(store.r, store.prefix, Window.all, hot=n)
+    assert d["totals"]["sessions"] == n
+    cpc = [i for i in range(n) if i % 3]
+    assert _medium(d, "cpc")["sessions"] == len(cpc)
+    assert _medium(d, "cpc")["expected"] == pytest.approx(sum((i + 1) / 1000 for i in cpc))
+    assert _medium(d, "organic")["sessions"] == n - len(cpc)
+    assert d["now"]["active_sessions"] == n
+    assert d["now"]["event_time_ms"] == T0 + n - 1
+    hot = [h["session_id"] for h in d["hot"]]
+    assert hot == [f"s{i:03d}" for i in range(n - 1, 9, -1)]
