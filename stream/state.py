@@ -29,6 +29,7 @@ from contracts import keys
 from features.hits import STATE_NAMES, empty_state
 from stream import dashboard
 from stream.dashboard import DashScore, DashStart
+from stream.lane import ScriptLane
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -245,6 +246,7 @@ class RedisStore:
         self._release = client.register_script(RELEASE_SCRIPT)
         self._apply = client.register_script(APPLY_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
+        self.lane = ScriptLane(client)
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         delay = 0.1
@@ -290,7 +292,7 @@ class RedisStore:
         )
 
         async def run() -> Any:
-            return await self._read(keys=names, args=[packed])
+            return await self.lane.call(self._read, names, [packed])
 
         results = msgpack.unpackb(await self._retry("read", run), raw=True)
         out = {}
@@ -398,8 +400,18 @@ class RedisStore:
         The dashboard's aggregates move in the same call; ``events`` is the batch's
         size, for its events per minute.
         """
+        await (await self.send_write(sessions, hits, watermarks, events))
+
+    async def send_write(
+        self,
+        sessions: Sequence[SessionWrite],
+        hits: Sequence[HitWrite],
+        watermarks: dict[tuple[str, int], tuple[float, float]] | None = None,
+        events: int = 0,
+    ) -> Awaitable[None]:
+        """``write``, returning once the call is sent: await the result for it to land."""
         if not sessions and not hits and not watermarks and not events:
-            return
+            return asyncio.sleep(0)
 
         ops = _Ops()
         scores = 0
@@ -477,15 +489,38 @@ class RedisStore:
             ops.add("HINCRBY", rate, "events", events)
             ops.add("HINCRBY", rate, "scores", scores)
             ops.add("EXPIRE", rate, dashboard.RATE_TTL_S)
-        await self._run_ops("write", ops)
+        return await self._send_ops("write", ops)
 
     async def _run_ops(self, what: str, ops: _Ops) -> None:
-        packed = msgpack.packb(ops.argv, use_bin_type=False)
+        await (await self._send_ops(what, ops))
+
+    async def _send_ops(self, what: str, ops: _Ops) -> Awaitable[None]:
+        """Send a batch's writes now; return what to await for them to have landed.
+
+        If the connection fails before they land, they are sent again (with the
+        retries of ``_retry``): the writes are idempotent.
+        """
+        args = [msgpack.packb(ops.argv, use_bin_type=False), self._dash_cfg]
 
         async def run() -> Any:
-            return await self._apply(keys=ops.keys, args=[packed, self._dash_cfg])
+            return await self.lane.call(self._apply, ops.keys, args)
 
-        await self._retry(what, run)
+        try:
+            sent: asyncio.Future[Any] | None = await self.lane.send(self._apply, ops.keys, args)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning("redis %s failed (%s); retrying", what, exc)
+            sent = None
+
+        async def landed() -> None:
+            if sent is not None:
+                try:
+                    await self.lane.reply(self._apply, sent, ops.keys, args)
+                    return
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    log.warning("redis %s failed (%s); retrying", what, exc)
+            await self._retry(what, run)
+
+        return landed()
 
     def _dash(self, ops: _Ops, command: str, sid: str, args: list[Any]) -> None:
         ops.add(command, dashboard.session_dash_key(sid, self.prefix), *args)
