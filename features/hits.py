@@ -134,12 +134,20 @@ def hit_increments(cols: Mapping[str, Sequence[Any]]) -> np.ndarray:
     )
 
 
-def combine(state: np.ndarray, increment: np.ndarray) -> np.ndarray:
-    """Apply one hit's increment to a state (the rule the worker's Redis script follows)."""
-    out = state.copy()
-    for i, rule in enumerate(STATE_COMBINE):
-        out[i] = max(state[i], increment[i]) if rule == "max" else state[i] + increment[i]
+_MAX_FIELDS: tuple[int, ...] = tuple(i for i, rule in enumerate(STATE_COMBINE) if rule == "max")
+
+
+def combine_values(state: Sequence[float], increment: Sequence[float]) -> list[float]:
+    """Apply one hit's increment to a state, as plain floats (the worker's hot loop)."""
+    out = [a + b for a, b in zip(state, increment, strict=True)]
+    for i in _MAX_FIELDS:
+        out[i] = max(state[i], increment[i])
     return out
+
+
+def combine(state: np.ndarray, increment: np.ndarray) -> np.ndarray:
+    """Apply one hit's increment to a state vector."""
+    return np.asarray(combine_values(state.tolist(), increment.tolist()), dtype=np.float64)
 
 
 def hit_feature_matrix(states: np.ndarray) -> np.ndarray:

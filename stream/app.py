@@ -28,7 +28,7 @@ from stream import dashboard
 from stream.intake import BatchApp, Fetch
 from stream.kafka import LeanMonitor, faust_broker, faust_credentials
 from stream.metrics import WorkerMetrics
-from stream.processor import Output, Processor, Record
+from stream.processor import HitsBatch, Output, Processor, Record
 from stream.settings import StreamSettings
 from stream.state import InfrastructureError
 
@@ -238,9 +238,9 @@ class Pipeline:
         # Each batch's output is queued in the producer, and the next batch goes on while
         # Kafka takes it; the fetch is handled once all of it is on Kafka.
         pending: Pending = []
-        for kind, runs in (("sessions", sessions), ("hits", hits)):
-            for batch in _interleave(runs, self.settings.batch_max):
-                await self.run(kind, batch, pending)
+        for batch in _interleave(sessions, self.settings.batch_max):
+            await self.run("sessions", batch, pending)
+        await self.run_hits(list(_interleave(hits, self.settings.batch_max)), pending)
         with self._fatal("publishing a fetch's output"):
             await self.settle(pending)
 
@@ -267,6 +267,41 @@ class Pipeline:
                     await self.publish(out, topic, pending)
             await self.align()
         self.metrics.batch_seconds.labels(kind).observe(time.perf_counter() - started)
+
+    async def run_hits(self, batches: list[list[Record]], pending: Pending) -> None:
+        """Process a fetch's hits batches, each one computed while Redis stores the last.
+
+        A batch's write is sent, and the next batch (its state read first, the one Redis
+        call in between) is computed while Redis runs the write: ``HitsRun`` keeps the
+        states right. A batch's output is published once its write has landed, in order.
+        """
+        if not batches:
+            return
+        proc, metrics = self.processor, self.metrics
+        async with proc.hits_run() as run:
+            with self._fatal("a hits batch"):
+                nxt = await proc.hits_read(proc.hits_parse(batches[0]), run)
+                writing: tuple[Awaitable[None], HitsBatch, float] | None = None
+                for k, records in enumerate(batches):
+                    started = time.perf_counter()
+                    metrics.events_in.labels(self.hits_name).inc(len(records))
+                    metrics.batch_size.labels("hits").observe(len(records))
+                    batch = await proc.hits_compute(nxt, run)
+                    if writing is not None:
+                        await self._land(*writing, pending)
+                    if k + 1 < len(batches):
+                        nxt = await proc.hits_read(proc.hits_parse(batches[k + 1]), run)
+                    writing = (await proc.hits_write(batch, run), batch, started)
+                    await self.align()
+                if writing is not None:
+                    await self._land(*writing, pending)
+
+    async def _land(
+        self, landed: Awaitable[None], batch: HitsBatch, started: float, pending: Pending
+    ) -> None:
+        await landed
+        await self.publish(batch.out, self.hits_name, pending)
+        self.metrics.batch_seconds.labels("hits").observe(time.perf_counter() - started)
 
     @contextlib.contextmanager
     def _fatal(self, what: str) -> Iterator[None]:

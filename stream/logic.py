@@ -11,7 +11,7 @@ import orjson
 
 from contracts.outcomes import outcome_id
 from contracts.scores import score_id
-from features.columns import HIT_COLUMNS, SESSION_COLUMNS
+from features.columns import SESSION_COLUMNS
 
 MSK = timezone(timedelta(hours=3))  # the site's visit_date/visit_time are Moscow time
 
@@ -45,6 +45,10 @@ def _int(event: Mapping[str, Any], field: str) -> int:
     return int(number)
 
 
+# The hit fields the worker reads: its session, its place and time in it, its action.
+HIT_FIELDS: tuple[str, ...] = ("session_id", "hit_number", "hit_time", "event_action")
+
+
 def _session_id(event: Mapping[str, Any]) -> str:
     sid = event.get("session_id")
     if not isinstance(sid, str) or not sid:
@@ -73,24 +77,26 @@ def parse_session(raw: bytes | None) -> dict[str, Any]:
 
 
 def parse_hit(raw: bytes | None) -> dict[str, Any]:
-    """Validate a ga.hits event and return its 11 fields."""
+    """Validate a ga.hits event; return the fields the worker uses (HIT_FIELDS).
+
+    The other columns of a hit (HIT_COLUMNS) feed no feature; they travel on in the
+    record's original bytes (a parked hit, a dead letter).
+    """
     event = _decode(raw)
-    _session_id(event)
-    hit = {c: event.get(c) for c in HIT_COLUMNS}
+    sid = _session_id(event)
     hit_number = _int(event, "hit_number")
     if hit_number < 1:
         raise BadEvent(f"hit_number must be at least 1, got {hit_number}")
-    hit["hit_number"] = hit_number
-    t = hit.get("hit_time")
+    t = event.get("hit_time")
     if t is not None:
         try:
-            hit["hit_time"] = float(t)
+            t = float(t)
         except (TypeError, ValueError):
             raise BadEvent(f"hit_time is not a number: {t!r}") from None
-    action = hit.get("event_action")
+    action = event.get("event_action")
     if action is not None and not isinstance(action, str):
         raise BadEvent("event_action must be a string or null")
-    return hit
+    return {"session_id": sid, "hit_number": hit_number, "hit_time": t, "event_action": action}
 
 
 def start_time(row: Mapping[str, Any]) -> datetime:

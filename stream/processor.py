@@ -14,9 +14,10 @@ import asyncio
 import base64
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -26,7 +27,7 @@ import orjson
 
 from artifact import ConversionModel
 from features.columns import SESSION_COLUMNS
-from features.hits import STATE_INDEX, combine, hit_increments
+from features.hits import STATE_INDEX, combine_values, empty_state, hit_increments
 from features.session import rows_to_columns
 from stream.dashboard import channel_values
 from stream.gate import SessionGate
@@ -43,7 +44,14 @@ from stream.logic import (
     score_event,
     start_time,
 )
-from stream.state import CloseWrite, HitWrite, ParkedHit, RedisStore, SessionWrite
+from stream.state import (
+    CloseWrite,
+    HitWrite,
+    ParkedHit,
+    RedisStore,
+    SessionState,
+    SessionWrite,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +114,46 @@ def dead_letter(record: Record, stage: str, error: str) -> bytes:
             "failed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
     )
+
+
+@dataclass
+class _RunSession:
+    """A session as a run's batches left it: ahead of Redis until their writes land."""
+
+    state: SessionState
+    applied: set[int] = field(default_factory=set)
+    history: dict[str, bytes] = field(default_factory=dict)  # score JSON by history field
+
+
+@dataclass
+class HitsRun:
+    """Hits batches processed one after another, each written while the next computes.
+
+    A batch's state read may go to Redis before the writes of the batches just ahead of
+    it have landed; the run remembers what those batches did to their sessions (the
+    state, the hits applied, the scores) and that is what the batch works on. The run
+    holds its sessions in the gate until it ends, so no close round reads one of them
+    meanwhile. Runs never overlap each other.
+    """
+
+    held: set[str] = field(default_factory=set)
+    sessions: dict[str, _RunSession] = field(default_factory=dict)
+
+
+@dataclass
+class HitsBatch:
+    """A hits batch on its way: parsed, read, computed, then written."""
+
+    out: Output
+    n_records: int
+    parsed: list[tuple[Record, dict[str, Any]]] = field(default_factory=list)
+    states: dict[str, SessionState] = field(default_factory=dict)
+    applied: list[bool] = field(default_factory=list)  # per parsed hit: applied already
+    updates: list[HitWrite] = field(default_factory=list)
+    marks: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
+    duplicates: list[tuple[str, int]] = field(default_factory=list)
+    events: int = 0
+    failed: bool = False  # a feature or model failure: all dead letters, nothing to store
 
 
 INPUT_KINDS = ("sessions", "hits")
@@ -295,7 +343,7 @@ class Processor:
         return {i for (i, _), f in zip(candidates, flags, strict=True) if f}
 
     async def hits(self, records: list[Record]) -> Output:
-        """Process hit records (see ``hits_batch``, which the worker uses)."""
+        """Process hit records (see ``hits_batch``)."""
         async with self.hits_batch(records) as out:
             return out
 
@@ -306,27 +354,123 @@ class Processor:
         The worker publishes the output inside the block: a close round of one of these
         sessions waits meanwhile, and a batch waits for a round closing one of them.
         """
-        out = Output()
-        parsed: list[tuple[Record, dict[str, Any]]] = []
+        async with self.hits_run() as run:
+            work = await self.hits_compute(await self.hits_read(self.hits_parse(records), run), run)
+            await (await self.hits_write(work, run))
+            yield work.out
+
+    @contextlib.asynccontextmanager
+    async def hits_run(self) -> AsyncIterator[HitsRun]:
+        """A run of hits batches, which may overlap: see ``HitsRun``.
+
+        Its sessions are held in the gate until the block ends, so the close sweep
+        leaves them alone while any of the run's writes may still be under way.
+        """
+        run = HitsRun()
+        try:
+            yield run
+        finally:
+            self.gate.let_go(run.held)
+
+    def hits_parse(self, records: list[Record]) -> HitsBatch:
+        """Parse a batch of hit records; the bad ones become dead letters."""
+        batch = HitsBatch(out=Output(), n_records=len(records))
         for rec in records:
             try:
-                parsed.append((rec, parse_hit(rec.value)))
+                batch.parsed.append((rec, parse_hit(rec.value)))
             except BadEvent as exc:
-                self._dead(out, rec, "parse", str(exc))
-        held = await self.gate.hold(h["session_id"] for _, h in parsed)
-        try:
-            if parsed:
-                await self._apply_hits(out, parsed, len(records))
-            yield out
-        finally:
-            self.gate.let_go(held)
+                self._dead(batch.out, rec, "parse", str(exc))
+        return batch
+
+    async def hits_read(self, batch: HitsBatch, run: HitsRun) -> HitsBatch:
+        """Hold a batch's sessions for the run, then read their state from Redis.
+
+        A session held by a close round is waited for; one the run holds already is not.
+        """
+        sids = {h["session_id"] for _, h in batch.parsed}
+        need = sids - run.held
+        if need:
+            run.held.update(await self.gate.hold(need))
+        if batch.parsed:
+            batch.states, batch.applied = await self.store.read(
+                [], [(h["session_id"], h["hit_number"]) for _, h in batch.parsed]
+            )
+        return batch
+
+    async def hits_compute(self, batch: HitsBatch, run: HitsRun) -> HitsBatch:
+        """Apply a read batch's hits to its sessions' state and score them.
+
+        Where an earlier batch of the run changed a session, its state is taken from the
+        run rather than from the read, which may have come before that batch's write.
+        The run learns the new state of each session at once: the next batch may be
+        computed before this one's write lands.
+        """
+        if not batch.parsed:
+            return batch
+        states, applied = batch.states, batch.applied
+        for sid in states:
+            known = run.sessions.get(sid)
+            if known is not None:
+                # A copy: the run keeps the old state if this batch fails.
+                states[sid] = dataclasses.replace(known.state)
+        for i, (_, hit) in enumerate(batch.parsed):
+            known = run.sessions.get(hit["session_id"])
+            if known is not None and hit["hit_number"] in known.applied:
+                applied[i] = True
+        await self._apply_hits(batch, states, applied)
+        for w in batch.updates:
+            st = states[w.session_id]
+            st.state = w.state
+            st.latest = w.scores[-1][1]
+            if w.outcome is not None:
+                st.outcome = w.outcome
+            known = run.sessions.setdefault(w.session_id, _RunSession(st))
+            known.state = st
+            known.applied.update(w.applied)
+            known.history.update(w.scores)
+        return batch
+
+    async def hits_write(self, batch: HitsBatch, run: HitsRun) -> Awaitable[None]:
+        """Send a computed batch's write to Redis (one atomic call); return what to await.
+
+        Awaiting it waits for the write to land, then finds the copies of its duplicates'
+        scores. A run writes its batches one after the other, in order.
+        """
+        if batch.failed:
+            return asyncio.sleep(0)
+        landed = await self.store.send_write([], batch.updates, batch.marks, events=batch.events)
+        return self._written(batch, run, landed)
+
+    async def _written(self, batch: HitsBatch, run: HitsRun, landed: Awaitable[None]) -> None:
+        await landed
+        if not batch.duplicates:
+            return
+        out, states = batch.out, batch.states
+        # A copy made earlier in this run may not be in Redis yet; the run has it.
+        copies: dict[tuple[str, int], bytes | None] = {}
+        from_redis = []
+        for sid, number in batch.duplicates:
+            known = run.sessions.get(sid)
+            copy = None if known is None else known.history.get(history_field("hit", number))
+            if copy is None:
+                from_redis.append((sid, number))
+            copies[(sid, number)] = copy
+        stored = await self.store.stored_scores(
+            [(sid, history_field("hit", n)) for sid, n in from_redis]
+        )
+        copies.update(zip(from_redis, stored, strict=True))
+        for sid, number in batch.duplicates:
+            copy = copies[(sid, number)]
+            if copy is not None:
+                out.score(sid, copy, "hit")
+            outcome = states[sid].outcome
+            if outcome is not None and orjson.loads(outcome).get("hit_number") == number:
+                out.outcomes.append((sid, outcome))
 
     async def _apply_hits(
-        self, out: Output, parsed: list[tuple[Record, dict[str, Any]]], n_records: int
+        self, batch: HitsBatch, states: dict[str, SessionState], applied: list[bool]
     ) -> None:
-        states, applied = await self.store.read(
-            [], [(h["session_id"], h["hit_number"]) for _, h in parsed]
-        )
+        out, parsed = batch.out, batch.parsed
         try:
             increments = hit_increments(
                 {
@@ -337,15 +481,19 @@ class Processor:
         except Exception as exc:  # noqa: BLE001 - a feature failure is per batch data
             for rec, _ in parsed:
                 self._dead(out, rec, "features", f"{type(exc).__name__}: {exc}")
+            batch.failed = True
             return
 
         seen: dict[str, set[int]] = {}
-        to_score: list[tuple[int, str, np.ndarray, float]] = []  # (index, sid, state, event ms)
+        to_score: list[tuple[int, str, list[float], float]] = []  # (index, sid, state, event ms)
         duplicates: list[tuple[str, int]] = []
         starts: dict[str, float] = {}
         converted_at: dict[str, int] = {}  # session -> index in to_score of its first target
         parked = await self._park(parsed, states)
         out.parked = len(parked)
+        # The hot loop works on plain floats: numpy's per-element access costs more.
+        current = {sid: st.state.tolist() for sid, st in states.items()}
+        rows = increments.tolist()
         for i, (_, hit) in enumerate(parsed):
             if i in parked:
                 continue
@@ -357,47 +505,53 @@ class Processor:
                 duplicates.append((sid, number))
                 continue
             mine.add(number)
-            if number < st.state[MAX_HIT]:
+            state = current[sid]
+            if number < state[MAX_HIT]:
                 out.out_of_order += 1
             if st.closed:
                 out.late += 1
-            before = st.state[TARGETS]
-            st.state = combine(st.state, increments[i])
+            before = state[TARGETS]
+            state = current[sid] = combine_values(state, rows[i])
             # A conversion after an inactivity close supersedes its not-converted outcome.
-            if before == 0 and st.state[TARGETS] > 0 and not _converted(st.outcome):
+            if before == 0 and state[TARGETS] > 0 and not _converted(st.outcome):
                 converted_at[sid] = len(to_score)
             if sid not in starts:
                 starts[sid] = epoch_ms(st.start) if st.start else 0.0
-            to_score.append((i, sid, st.state.copy(), hit_event_ms(starts[sid], hit["hit_time"])))
+            to_score.append((i, sid, state, hit_event_ms(starts[sid], hit["hit_time"])))
+        batch.duplicates = duplicates
+        batch.events = batch.n_records - out.parked  # a parked hit counts once applied
 
         writes: dict[str, HitWrite] = {}
         if to_score:
             model = self.model
             vecs = np.vstack([cast(np.ndarray, states[sid].vector) for _, sid, _, _ in to_score])
             try:
-                probs = model.score_in_session(vecs, np.vstack([s for _, _, s, _ in to_score]))
+                probs = model.score_in_session(
+                    vecs, np.array([s for _, _, s, _ in to_score], dtype=np.float64)
+                )
             except Exception as exc:  # noqa: BLE001 - a model failure is per batch data
                 for i, _, _, _ in to_score:
                     self._dead(out, parsed[i][0], "score", f"{type(exc).__name__}: {exc}")
+                batch.failed = True
                 return
             latest = {sid: states[sid].latest for _, sid, _, _ in to_score}
+            last: dict[str, list[float]] = {}  # each session's state after its last hit
             stamp = now_iso()
             for k, ((i, sid, state, event_ms), p) in enumerate(zip(to_score, probs, strict=True)):
                 rec, hit = parsed[i]
                 st = states[sid]
                 event_time = iso_from_ms(event_ms) if st.start else None
-                w = writes.setdefault(
-                    sid,
-                    HitWrite(
+                w = writes.get(sid)
+                if w is None:
+                    w = writes[sid] = HitWrite(
                         session_id=sid,
-                        state=state,
+                        state=empty_state(),
                         applied=[],
                         scores=[],
                         partition=st.partition if st.partition is not None else rec.partition,
                         event_ms=event_ms,
                         closed=st.closed,
-                    ),
-                )
+                    )
                 if converted_at.get(sid) == k:
                     outcome = orjson.dumps(
                         outcome_event(
@@ -411,10 +565,11 @@ class Processor:
                     )
                     w.outcome = outcome
                     out.outcomes.append((sid, outcome))
+                probability = float(p)
                 event = score_event(
                     session_id=sid,
                     client_id=st.client_id,
-                    probability=float(p),
+                    probability=probability,
                     model_version=model.version,
                     trigger="hit",
                     hit_number=hit["hit_number"],
@@ -423,29 +578,20 @@ class Processor:
                 )
                 payload = orjson.dumps(event)
                 latest[sid] = payload
-                w.state = state
-                w.probability = float(p)
-                w.points.append(float(p))
-                w.event_ms = max(w.event_ms, event_ms)
+                last[sid] = state
+                w.probability = probability
+                w.points.append(probability)
+                if event_ms > w.event_ms:
+                    w.event_ms = event_ms
                 w.applied.append(hit["hit_number"])
                 w.scores.append((history_field("hit", hit["hit_number"]), payload))
                 out.score(sid, payload, "hit")
                 if rec.timestamp_ms is not None:
                     out.event_ts_ms.append(rec.timestamp_ms)
-        updates = list(writes.values())
-        # A parked hit counts as an event once it is applied.
-        events = n_records - out.parked
-        await self.store.write([], updates, self._raise_marks("hits", updates), events=events)
-        if duplicates:
-            copies = await self.store.stored_scores(
-                [(sid, history_field("hit", n)) for sid, n in duplicates]
-            )
-            for (sid, number), copy in zip(duplicates, copies, strict=True):
-                if copy is not None:
-                    out.score(sid, copy, "hit")
-                stored = states[sid].outcome
-                if stored is not None and orjson.loads(stored).get("hit_number") == number:
-                    out.outcomes.append((sid, stored))
+            for sid, w in writes.items():
+                w.state = np.asarray(last[sid], dtype=np.float64)
+        batch.updates = list(writes.values())
+        batch.marks = self._raise_marks("hits", batch.updates)
 
     def _raise_marks(
         self, kind: str, writes: list[SessionWrite] | list[HitWrite]

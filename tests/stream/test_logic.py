@@ -5,7 +5,9 @@ import orjson
 import pytest
 
 from contracts.scores import ScoreEvent
+from features.columns import HIT_COLUMNS
 from stream.logic import (
+    HIT_FIELDS,
     MSK,
     BadEvent,
     hit_time,
@@ -160,3 +162,11 @@ def test_iso_from_ms_gives_the_text_datetime_gives() -> None:
     for ms in values:
         expected = datetime.fromtimestamp(ms / 1000.0, MSK).isoformat(timespec="milliseconds")
         assert iso_from_ms(ms) == expected, ms
+
+
+def test_a_parsed_hit_keeps_the_fields_the_worker_reads() -> None:
+    assert set(HIT_FIELDS) <= set(HIT_COLUMNS)
+    hit = parse_hit(orjson.dumps({**HIT, "extra": 1}))
+    assert list(hit) == list(HIT_FIELDS)
+    assert hit["session_id"] == HIT["session_id"]
+    assert hit["event_action"] == HIT["event_action"]

@@ -1,0 +1,172 @@
+"""Hits batches that overlap: the next batch is read and computed before the last lands.
+
+The worker sends a batch's write and computes the next batch while Redis runs it; the
+next batch's state read may come before that write. These run the processor on the
+real Redis of the local stack, with the test model, against the same hits processed one
+batch at a time.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+
+from artifact import load_model
+from contracts import topics
+from stream.processor import HitsBatch, Processor, Record
+from stream.replay import build_events
+from stream.state import RedisStore
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def rows_and_hits(data_dir: Path) -> tuple[list[bytes], list[bytes]]:
+    """Sessions with at least four hits each, and all their hits in event order."""
+    events = build_events(data_dir, limit_sessions=300)
+    count: dict[bytes, int] = defaultdict(int)
+    for topic, key, _ in events:
+        if topic == topics.HITS:
+            count[key] += 1
+    keep = {key for key, n in count.items() if n >= 4}
+    rows = [v for t, k, v in events if t == topics.SESSIONS and k in keep][:12]
+    chosen = {orjson.loads(r)["session_id"].encode() for r in rows}
+    hits = [v for t, k, v in events if t == topics.HITS and k in chosen]
+    return rows, hits
+
+
+def _records(topic: str, values: list[bytes], first: int) -> list[Record]:
+    return [Record(v, topic, 2, first + i, timestamp_ms=1000.0 + i) for i, v in enumerate(values)]
+
+
+def _scores(batches: list[HitsBatch]) -> dict[tuple[str, int], dict]:
+    out = {}
+    for b in batches:
+        for _, payload in b.out.scores:
+            e = orjson.loads(payload)
+            out[(e["session_id"], e["hit_number"])] = e
+    return out
+
+
+def _comparable(e: dict) -> tuple:
+    return (e["score_id"], e["probability"], e["event_time"], e["model_version"])
+
+
+async def _state(store: RedisStore, sids: list[str]) -> dict:
+    states, _ = await store.read(sids)
+    return {
+        sid: (st.state.tolist(), st.latest is not None, st.outcome) for sid, st in states.items()
+    }
+
+
+async def _started(processor: Processor, rows: list[bytes]) -> None:
+    started = await processor.sessions(_records("t.sessions", rows, 0))
+    await processor.release(started.released)
+
+
+async def test_a_batch_read_before_the_last_write_lands_sees_what_it_did(
+    store: RedisStore, model_path: Path, rows_and_hits: tuple[list[bytes], list[bytes]]
+) -> None:
+    rows, hits = rows_and_hits
+    model = load_model(model_path)
+    sids = [orjson.loads(r)["session_id"] for r in rows]
+    thirds = [hits[: len(hits) // 3], hits[len(hits) // 3 : 2 * len(hits) // 3]]
+    thirds.append(hits[2 * len(hits) // 3 :])
+
+    # One batch at a time, each written before the next is read.
+    one = Processor(model, RedisStore(store.r, prefix=store.prefix + ":one", ttl_s=600, retries=2))
+    await _started(one, rows)
+    sequential = []
+    offset = 100
+    for part in thirds:
+        async with one.hits_batch(_records("t.hits", part, offset)) as out:
+            sequential.append(HitsBatch(out=out, n_records=len(part)))
+        offset += len(part)
+
+    # Overlapping: every batch is read and computed before any write is sent.
+    two = Processor(model, store)
+    await _started(two, rows)
+    async with two.hits_run() as run:
+        done = []
+        offset = 100
+        for part in thirds:
+            batch = two.hits_parse(_records("t.hits", part, offset))
+            done.append(await two.hits_compute(await two.hits_read(batch, run), run))
+            offset += len(part)
+        assert run.held == set(sids)
+        for batch in done:
+            await (await two.hits_write(batch, run))
+    assert not two.gate.held
+
+    want, got = _scores(sequential), _scores(done)
+    assert len(got) == len(hits)
+    # The scores match but for their scored_at (a batch's own clock).
+    assert {k: _comparable(e) for k, e in got.items()} == {
+        k: _comparable(e) for k, e in want.items()
+    }
+    assert await _state(store, sids) == await _state(one.store, sids)
+    assert sum(b.out.duplicates for b in done) == 0
+
+
+async def test_a_hit_again_in_a_later_batch_of_the_run_is_a_duplicate_with_the_same_copy(
+    store: RedisStore, model_path: Path, rows_and_hits: tuple[list[bytes], list[bytes]]
+) -> None:
+    rows, hits = rows_and_hits
+    processor = Processor(load_model(model_path), store)
+    await _started(processor, rows)
+    first, again = hits[:20], hits[5:25]
+    async with processor.hits_run() as run:
+        a = await processor.hits_compute(
+            await processor.hits_read(processor.hits_parse(_records("t.hits", first, 10)), run),
+            run,
+        )
+        # Read before the first batch's write is even sent: Redis knows nothing of it.
+        b = await processor.hits_compute(
+            await processor.hits_read(processor.hits_parse(_records("t.hits", again, 15)), run),
+            run,
+        )
+        await (await processor.hits_write(a, run))
+        await (await processor.hits_write(b, run))
+    assert b.out.duplicates == 15
+    by_id = {orjson.loads(p)["score_id"]: p for _, p in a.out.scores}
+    copies = [p for _, p in b.out.scores if orjson.loads(p)["score_id"] in by_id]
+    # The 15 hits of the first batch come out again as the very same bytes, taken from
+    # the run (the first batch's write had not landed when this batch was read).
+    assert len(copies) == 15
+    assert all(by_id[orjson.loads(p)["score_id"]] == p for p in copies)
+    assert len(b.out.scores) == 20
+
+
+async def test_a_failed_batch_leaves_the_run_as_it_was(
+    store: RedisStore, model_path: Path, rows_and_hits: tuple[list[bytes], list[bytes]]
+) -> None:
+    rows, hits = rows_and_hits
+    processor = Processor(load_model(model_path), store)
+    await _started(processor, rows)
+    async with processor.hits_run() as run:
+        a = await processor.hits_compute(
+            await processor.hits_read(processor.hits_parse(_records("t.hits", hits[:10], 10)), run),
+            run,
+        )
+        before = {sid: s.state.state.tolist() for sid, s in run.sessions.items()}
+
+        def broken(*_: object) -> None:
+            raise RuntimeError("model failed")
+
+        processor.model.score_in_session = broken  # type: ignore[method-assign]
+        b = await processor.hits_compute(
+            await processor.hits_read(
+                processor.hits_parse(_records("t.hits", hits[10:20], 20)), run
+            ),
+            run,
+        )
+        assert b.failed and len(b.out.dead_letters) == 10
+        assert {sid: s.state.state.tolist() for sid, s in run.sessions.items()} == before
+        await (await processor.hits_write(a, run))
+        await (await processor.hits_write(b, run))
+    pairs = [(h["session_id"], h["hit_number"]) for h in map(orjson.loads, hits[:20])]
+    _, applied = await store.read([], pairs)
+    assert applied == [True] * 10 + [False] * 10
