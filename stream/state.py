@@ -114,6 +114,7 @@ return cmsgpack.pack(out)
 # The hash fields a batch reads of each session.
 READ_FIELDS = ["start", "ready", "client_id", "vec", "p", "closed", "outcome", *STATE_FIELDS]
 _N_META = 7
+_EMPTY_STATE: list[float] = empty_state().tolist()  # what a counter is before any hit
 
 
 @dataclass
@@ -297,12 +298,13 @@ class RedisStore:
         results = msgpack.unpackb(await self._retry("read", run), raw=True)
         out = {}
         flags: dict[tuple[str, int], bool] = {}
+        empty = _EMPTY_STATE
         for sid, (h, latest, found) in zip(sids, results, strict=True):
             start, ready, client_id, vec, part, closed, outcome = (x or None for x in h[:_N_META])
-            state = empty_state()
-            for i, v in enumerate(h[_N_META:]):
-                if v:
-                    state[i] = float(v)
+            state = np.array(
+                [float(v) if v else e for v, e in zip(h[_N_META:], empty, strict=True)],
+                dtype=np.float64,
+            )
             out[sid] = SessionState(
                 known=start is not None,
                 ready=ready is not None,
