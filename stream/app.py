@@ -239,7 +239,7 @@ class Pipeline:
         # Kafka takes it; the fetch is handled once all of it is on Kafka.
         pending: Pending = []
         for batch in _interleave(sessions, self.settings.batch_max):
-            await self.run("sessions", batch, pending)
+            await self.run_sessions(batch, pending)
         await self.run_hits(list(_interleave(hits, self.settings.batch_max)), pending)
         with self._fatal("publishing a fetch's output"):
             await self.settle(pending)
@@ -250,26 +250,22 @@ class Pipeline:
             self.positions.pop((tp.topic, tp.partition), None)
         cast(Any, self.app.consumer).forget(set(revoked))
 
-    async def run(self, kind: str, records: list[Record], pending: Pending | None = None) -> None:
-        """Process one micro-batch; exit the process rather than let it be committed."""
+    async def run_sessions(self, records: list[Record], pending: Pending) -> None:
+        """Process one batch of session rows; exit the process rather than let it be committed."""
         started = time.perf_counter()
-        topic = self.sessions_name if kind == "sessions" else self.hits_name
-        self.metrics.events_in.labels(topic).inc(len(records))
-        self.metrics.batch_size.labels(kind).observe(len(records))
-        with self._fatal(f"a {kind} batch"):
-            if kind == "sessions":
-                out = await self.processor.sessions(records)
-                await self.publish(out, topic, pending)
-            else:
-                # A close round of one of these sessions is waited for (the gate), so a
-                # late hit's score and outcome come after the close's.
-                async with self.processor.hits_batch(records) as out:
-                    await self.publish(out, topic, pending)
+        self.metrics.events_in.labels(self.sessions_name).inc(len(records))
+        self.metrics.batch_size.labels("sessions").observe(len(records))
+        with self._fatal("a sessions batch"):
+            out = await self.processor.sessions(records)
+            await self.publish(out, self.sessions_name, pending)
             await self.align()
-        self.metrics.batch_seconds.labels(kind).observe(time.perf_counter() - started)
+        self.metrics.batch_seconds.labels("sessions").observe(time.perf_counter() - started)
 
     async def run_hits(self, batches: list[list[Record]], pending: Pending) -> None:
         """Process a fetch's hits batches, each one computed while Redis stores the last.
+
+        A close round of one of their sessions is waited for (the gate), so a late hit's
+        score and outcome come after the close's.
 
         A batch's write is sent, and the next batch (its state read first, the one Redis
         call in between) is computed while Redis runs the write: ``HitsRun`` keeps the

@@ -16,7 +16,7 @@ import pytest
 
 from artifact import load_model
 from contracts import topics
-from stream.processor import HitsBatch, Processor, Record
+from stream.processor import HitsBatch, HitsRun, Processor, Record
 from stream.replay import build_events
 from stream.state import RedisStore
 
@@ -62,6 +62,14 @@ async def _state(store: RedisStore, sids: list[str]) -> dict:
     }
 
 
+async def _computed(
+    processor: Processor, run: HitsRun, values: list[bytes], first: int
+) -> HitsBatch:
+    """Parse, read and compute a batch of hits in a run, without writing it."""
+    batch = processor.hits_parse(_records("t.hits", values, first))
+    return await processor.hits_compute(await processor.hits_read(batch, run), run)
+
+
 async def _started(processor: Processor, rows: list[bytes]) -> None:
     started = await processor.sessions(_records("t.sessions", rows, 0))
     await processor.release(started.released)
@@ -93,8 +101,7 @@ async def test_a_batch_read_before_the_last_write_lands_sees_what_it_did(
         done = []
         offset = 100
         for part in thirds:
-            batch = two.hits_parse(_records("t.hits", part, offset))
-            done.append(await two.hits_compute(await two.hits_read(batch, run), run))
+            done.append(await _computed(two, run, part, offset))
             offset += len(part)
         assert run.held == set(sids)
         for batch in done:
@@ -119,15 +126,9 @@ async def test_a_hit_again_in_a_later_batch_of_the_run_is_a_duplicate_with_the_s
     await _started(processor, rows)
     first, again = hits[:20], hits[5:25]
     async with processor.hits_run() as run:
-        a = await processor.hits_compute(
-            await processor.hits_read(processor.hits_parse(_records("t.hits", first, 10)), run),
-            run,
-        )
+        a = await _computed(processor, run, first, 10)
         # Read before the first batch's write is even sent: Redis knows nothing of it.
-        b = await processor.hits_compute(
-            await processor.hits_read(processor.hits_parse(_records("t.hits", again, 15)), run),
-            run,
-        )
+        b = await _computed(processor, run, again, 15)
         await (await processor.hits_write(a, run))
         await (await processor.hits_write(b, run))
     assert b.out.duplicates == 15
@@ -147,22 +148,14 @@ async def test_a_failed_batch_leaves_the_run_as_it_was(
     processor = Processor(load_model(model_path), store)
     await _started(processor, rows)
     async with processor.hits_run() as run:
-        a = await processor.hits_compute(
-            await processor.hits_read(processor.hits_parse(_records("t.hits", hits[:10], 10)), run),
-            run,
-        )
+        a = await _computed(processor, run, hits[:10], 10)
         before = {sid: s.state.state.tolist() for sid, s in run.sessions.items()}
 
         def broken(*_: object) -> None:
             raise RuntimeError("model failed")
 
         processor.model.score_in_session = broken  # type: ignore[method-assign]
-        b = await processor.hits_compute(
-            await processor.hits_read(
-                processor.hits_parse(_records("t.hits", hits[10:20], 20)), run
-            ),
-            run,
-        )
+        b = await _computed(processor, run, hits[10:20], 20)
         assert b.failed and len(b.out.dead_letters) == 10
         assert {sid: s.state.state.tolist() for sid, s in run.sessions.items()} == before
         await (await processor.hits_write(a, run))
