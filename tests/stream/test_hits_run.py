@@ -75,6 +75,17 @@ async def _started(processor: Processor, rows: list[bytes]) -> None:
     await processor.release(started.released)
 
 
+@pytest.fixture()
+async def started(
+    store: RedisStore, model_path: Path, rows_and_hits: tuple[list[bytes], list[bytes]]
+) -> tuple[Processor, list[bytes]]:
+    """A processor whose sessions are stored and released, and their hits."""
+    rows, hits = rows_and_hits
+    processor = Processor(load_model(model_path), store)
+    await _started(processor, rows)
+    return processor, hits
+
+
 async def test_a_batch_read_before_the_last_write_lands_sees_what_it_did(
     store: RedisStore, model_path: Path, rows_and_hits: tuple[list[bytes], list[bytes]]
 ) -> None:
@@ -119,11 +130,9 @@ async def test_a_batch_read_before_the_last_write_lands_sees_what_it_did(
 
 
 async def test_a_hit_again_in_a_later_batch_of_the_run_is_a_duplicate_with_the_same_copy(
-    store: RedisStore, model_path: Path, rows_and_hits: tuple[list[bytes], list[bytes]]
+    started: tuple[Processor, list[bytes]],
 ) -> None:
-    rows, hits = rows_and_hits
-    processor = Processor(load_model(model_path), store)
-    await _started(processor, rows)
+    processor, hits = started
     first, again = hits[:20], hits[5:25]
     async with processor.hits_run() as run:
         a = await _computed(processor, run, first, 10)
@@ -142,11 +151,9 @@ async def test_a_hit_again_in_a_later_batch_of_the_run_is_a_duplicate_with_the_s
 
 
 async def test_a_failed_batch_leaves_the_run_as_it_was(
-    store: RedisStore, model_path: Path, rows_and_hits: tuple[list[bytes], list[bytes]]
+    started: tuple[Processor, list[bytes]],
 ) -> None:
-    rows, hits = rows_and_hits
-    processor = Processor(load_model(model_path), store)
-    await _started(processor, rows)
+    processor, hits = started
     async with processor.hits_run() as run:
         a = await _computed(processor, run, hits[:10], 10)
         before = {sid: s.state.state.tolist() for sid, s in run.sessions.items()}
@@ -161,5 +168,5 @@ async def test_a_failed_batch_leaves_the_run_as_it_was(
         await (await processor.hits_write(a, run))
         await (await processor.hits_write(b, run))
     pairs = [(h["session_id"], h["hit_number"]) for h in map(orjson.loads, hits[:20])]
-    _, applied = await store.read([], pairs)
+    _, applied = await processor.store.read([], pairs)
     assert applied == [True] * 10 + [False] * 10
