@@ -28,7 +28,7 @@ from stream import dashboard
 from stream.intake import BatchApp, Fetch
 from stream.kafka import LeanMonitor, faust_broker, faust_credentials
 from stream.metrics import WorkerMetrics
-from stream.processor import HitsBatch, Output, Processor, Record
+from stream.processor import Output, Processor, Record, SessionsRun
 from stream.settings import StreamSettings
 from stream.state import InfrastructureError
 
@@ -152,13 +152,12 @@ class Pipeline:
     async def publish(
         self, out: Output, source: str | None = None, pending: Pending | None = None
     ) -> None:
-        """Publish a batch's output, then release the sessions it started.
+        """Publish a batch's output.
 
         ``source`` is the input topic the batch was read from, for the duplicates count.
         With ``pending``, the output is only queued in the producer (in order, so a
         later batch's events still come after it) and its delivery is added there, to
-        be awaited with ``settle`` before the fetch counts as handled; a batch that
-        releases sessions waits for everything pending first.
+        be awaited with ``settle`` before the fetch counts as handled.
         """
         futures = await self.send_all(
             [(self.scores_name, sid.encode(), payload) for sid, payload in out.scores]
@@ -170,22 +169,6 @@ class Pipeline:
             self.count(out, source)
         else:
             pending.append((futures, out, source))
-            if out.released:
-                await self.settle(pending)
-        if out.released:
-            # The close sweep leaves these sessions open until their parked hits are in.
-            with self.processor.releasing_sessions(out.released):
-                await self._release(out.released)
-
-    async def _release(self, sids: list[str]) -> None:
-        # Only now may hits of these sessions be applied: their start score is out.
-        parked = await self.processor.release(sids)
-        if parked:
-            # The hits read before their session are applied here, in the worker that
-            # owns the partition, as soon as the session is, as a hits batch is.
-            async with self.processor.hits_batch(parked) as later:
-                await self.publish(later, self.hits_name)
-            await self.processor.forget_pending(sorted({(r.key or b"").decode() for r in parked}))
 
     async def settle(self, pending: Pending) -> None:
         """Wait until every queued output in ``pending`` is on Kafka, then count it."""
@@ -238,11 +221,21 @@ class Pipeline:
         # Each batch's output is queued in the producer, and the next batch goes on while
         # Kafka takes it; the fetch is handled once all of it is on Kafka.
         pending: Pending = []
-        for batch in _interleave(sessions, self.settings.batch_max):
-            await self.run_sessions(batch, pending)
-        await self.run_hits(list(_interleave(hits, self.settings.batch_max)), pending)
-        with self._fatal("publishing a fetch's output"):
-            await self.settle(pending)
+        size = self.settings.batch_max
+        released, parked = await self.run_sessions(list(_interleave(sessions, size)), pending)
+        self.metrics.events_in.labels(self.hits_name).inc(sum(len(run) for run in hits))
+        # The close sweep leaves the released sessions open until their parked hits are
+        # in. Those hits go first, before the fetch's own.
+        with self.processor.releasing_sessions(released):
+            batches = [parked[i : i + size] for i in range(0, len(parked), size)]
+            await self.run_hits(batches + list(_interleave(hits, size)), pending)
+            with self._fatal("publishing a fetch's output"):
+                await self.settle(pending)
+                if parked:
+                    # Their scores are on Kafka: they are applied for good.
+                    await self.processor.forget_pending(
+                        sorted({(r.key or b"").decode() for r in parked})
+                    )
 
     def on_revoked(self, revoked: Any) -> None:
         """Forget what this worker knew of partitions it gave up."""
@@ -250,26 +243,55 @@ class Pipeline:
             self.positions.pop((tp.topic, tp.partition), None)
         cast(Any, self.app.consumer).forget(set(revoked))
 
-    async def run_sessions(self, records: list[Record], pending: Pending) -> None:
-        """Process one batch of session rows; exit the process rather than let it be committed."""
-        started = time.perf_counter()
-        self.metrics.events_in.labels(self.sessions_name).inc(len(records))
-        self.metrics.batch_size.labels("sessions").observe(len(records))
+    async def run_sessions(
+        self, batches: list[list[Record]], pending: Pending
+    ) -> tuple[list[str], list[Record]]:
+        """Process a fetch's session batches, then release their sessions to their hits.
+
+        As for hits (``run_hits``), the next batch's read is sent before a batch is
+        computed and a batch's write is sent once it is computed; a batch's output is
+        queued once its write has landed, in order. Once every start score is on Kafka,
+        the sessions are released in one call: only then may their hits be applied.
+        Returns the sessions released and the hits parked for them, which the caller
+        applies and then drops (``forget_pending``) once their scores are on Kafka.
+        """
+        if not batches:
+            return [], []
+        proc, metrics = self.processor, self.metrics
+        run = SessionsRun()
         with self._fatal("a sessions batch"):
-            out = await self.processor.sessions(records)
-            await self.publish(out, self.sessions_name, pending)
-            await self.align()
-        self.metrics.batch_seconds.labels("sessions").observe(time.perf_counter() - started)
+            nxt = await proc.sessions_read(proc.sessions_parse(batches[0]))
+            writing: tuple[Awaitable[None], Output, float] | None = None
+            for k, records in enumerate(batches):
+                started = time.perf_counter()
+                metrics.events_in.labels(self.sessions_name).inc(len(records))
+                metrics.batch_size.labels("sessions").observe(len(records))
+                reading = nxt
+                if k + 1 < len(batches):
+                    nxt = await proc.sessions_read(proc.sessions_parse(batches[k + 1]))
+                batch = await proc.sessions_compute(reading, run)
+                if writing is not None:
+                    await self._land(*writing, "sessions", pending)
+                writing = (await proc.sessions_write(batch), batch.out, started)
+                await self.align()
+            if writing is not None:
+                await self._land(*writing, "sessions", pending)
+            released = list(run.released)
+            if not released:
+                return [], []
+            await self.settle(pending)
+            return released, await proc.release(released)
 
     async def run_hits(self, batches: list[list[Record]], pending: Pending) -> None:
-        """Process a fetch's hits batches, each one computed while Redis stores the last.
+        """Process a fetch's hits batches, Redis's work on each overlapped with the worker's.
 
         A close round of one of their sessions is waited for (the gate), so a late hit's
         score and outcome come after the close's.
 
-        A batch's write is sent, and the next batch (its state read first, the one Redis
-        call in between) is computed while Redis runs the write: ``HitsRun`` keeps the
-        states right. A batch's output is published once its write has landed, in order.
+        The next batch's state read is sent before a batch is computed, and a batch's
+        write is sent once it is computed: Redis runs them while the worker computes
+        the next batch, whose read is back by then. ``HitsRun`` keeps the states right.
+        A batch's output is published once its write has landed, in order.
         """
         if not batches:
             return
@@ -277,27 +299,29 @@ class Pipeline:
         async with proc.hits_run() as run:
             with self._fatal("a hits batch"):
                 nxt = await proc.hits_read(proc.hits_parse(batches[0]), run)
-                writing: tuple[Awaitable[None], HitsBatch, float] | None = None
-                for k, records in enumerate(batches):
+                writing: tuple[Awaitable[None], Output, float] | None = None
+                for k in range(len(batches)):
                     started = time.perf_counter()
-                    metrics.events_in.labels(self.hits_name).inc(len(records))
-                    metrics.batch_size.labels("hits").observe(len(records))
-                    batch = await proc.hits_compute(nxt, run)
-                    if writing is not None:
-                        await self._land(*writing, pending)
+                    metrics.batch_size.labels("hits").observe(len(batches[k]))
+                    reading = nxt
                     if k + 1 < len(batches):
                         nxt = await proc.hits_read(proc.hits_parse(batches[k + 1]), run)
-                    writing = (await proc.hits_write(batch, run), batch, started)
+                    batch = await proc.hits_compute(reading, run)
+                    if writing is not None:
+                        await self._land(*writing, "hits", pending)
+                    writing = (await proc.hits_write(batch, run), batch.out, started)
                     await self.align()
                 if writing is not None:
-                    await self._land(*writing, pending)
+                    await self._land(*writing, "hits", pending)
 
     async def _land(
-        self, landed: Awaitable[None], batch: HitsBatch, started: float, pending: Pending
+        self, landed: Awaitable[None], out: Output, started: float, kind: str, pending: Pending
     ) -> None:
+        """Wait for a batch's write to land, then queue its output; time the batch."""
         await landed
-        await self.publish(batch.out, self.hits_name, pending)
-        self.metrics.batch_seconds.labels("hits").observe(time.perf_counter() - started)
+        source = self.sessions_name if kind == "sessions" else self.hits_name
+        await self.publish(out, source, pending)
+        self.metrics.batch_seconds.labels(kind).observe(time.perf_counter() - started)
 
     @contextlib.contextmanager
     def _fatal(self, what: str) -> Iterator[None]:

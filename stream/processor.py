@@ -117,6 +117,37 @@ def dead_letter(record: Record, stage: str, error: str) -> bytes:
 
 
 @dataclass
+class SessionsRun:
+    """Session batches processed one after another, each read before the last lands.
+
+    A batch's read may go to Redis before the writes of the batches just ahead of it;
+    the run remembers the start scores those batches stored, so a row seen again in a
+    later batch is a duplicate with the identical copy. It also collects the sessions
+    to release once the run's start scores are on Kafka.
+    """
+
+    started: dict[str, bytes] = field(default_factory=dict)  # start score JSON by session
+    released: dict[str, None] = field(default_factory=dict)  # in order, each once
+
+
+@dataclass
+class SessionsBatch:
+    """A sessions batch on its way: parsed and scored, read, computed, then written."""
+
+    out: Output
+    n_records: int
+    parsed: list[tuple[Record, dict[str, Any]]] = field(default_factory=list)
+    model: ConversionModel | None = None  # the model that scored it
+    vectors: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    # the read of its sessions, sent and not yet awaited (``sessions_read``)
+    reading: Awaitable[tuple[dict[str, SessionState], list[bool]]] | None = None
+    writes: list[SessionWrite] = field(default_factory=list)
+    marks: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
+    computed: bool = False  # its writes are made: it has something to store
+
+
+@dataclass
 class _RunSession:
     """A session as a run's batches left it: ahead of Redis until their writes land."""
 
@@ -149,6 +180,8 @@ class HitsBatch:
     parsed: list[tuple[Record, dict[str, Any]]] = field(default_factory=list)
     states: dict[str, SessionState] = field(default_factory=dict)
     applied: list[bool] = field(default_factory=list)  # per parsed hit: applied already
+    # the state read, sent and not yet awaited (``hits_read``)
+    reading: Awaitable[tuple[dict[str, SessionState], list[bool]]] | None = None
     updates: list[HitWrite] = field(default_factory=list)
     marks: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
     duplicates: list[tuple[str, int]] = field(default_factory=list)
@@ -206,33 +239,64 @@ class Processor:
         out.dead_letters.append((stage, dead_letter(record, stage, error)))
 
     async def sessions(self, records: list[Record]) -> Output:
-        """Process session-start records."""
-        out = Output()
-        parsed: list[tuple[Record, dict[str, Any]]] = []
+        """Process session-start records: one batch, read, computed and written."""
+        batch = await self.sessions_read(self.sessions_parse(records))
+        batch = await self.sessions_compute(batch, SessionsRun())
+        await (await self.sessions_write(batch))
+        return batch.out
+
+    def sessions_parse(self, records: list[Record]) -> SessionsBatch:
+        """Parse a batch of session rows and score them; the bad ones become dead letters.
+
+        A feature or model failure makes every row of the batch a dead letter.
+        """
+        batch = SessionsBatch(out=Output(), n_records=len(records))
+        parsed = batch.parsed
         for rec in records:
             try:
                 parsed.append((rec, parse_session(rec.value)))
             except BadEvent as exc:
-                self._dead(out, rec, "parse", str(exc))
+                self._dead(batch.out, rec, "parse", str(exc))
         if not parsed:
-            return out
-        rows = [row for _, row in parsed]
-        model = self.model
+            return batch
+        model = batch.model = self.model
         try:
-            vectors = model.session_vectors(rows_to_columns(rows, SESSION_COLUMNS))
-            probs = model.score_session_vectors(vectors)
+            batch.vectors = model.session_vectors(
+                rows_to_columns([row for _, row in parsed], SESSION_COLUMNS)
+            )
+            batch.probs = model.score_session_vectors(batch.vectors)
         except Exception as exc:  # noqa: BLE001 - a feature or model failure is per batch data
             for rec, _ in parsed:
-                self._dead(out, rec, "score", f"{type(exc).__name__}: {exc}")
-            return out
-        sids = [row["session_id"] for row in rows]
-        known, _ = await self.store.read(sids)
+                self._dead(batch.out, rec, "score", f"{type(exc).__name__}: {exc}")
+            batch.parsed = []
+        return batch
+
+    async def sessions_read(self, batch: SessionsBatch) -> SessionsBatch:
+        """Send the read of a parsed batch's sessions; ``sessions_compute`` awaits it."""
+        if batch.parsed:
+            sids = [row["session_id"] for _, row in batch.parsed]
+            batch.reading = await self.store.send_read(sids)
+        return batch
+
+    async def sessions_compute(self, batch: SessionsBatch, run: SessionsRun) -> SessionsBatch:
+        """Find a read batch's new sessions, and make their start scores and writes.
+
+        A session already stored, in Redis or by an earlier batch of the run, is a
+        duplicate: its stored start score is published again, the very same copy.
+        """
+        if batch.reading is None:
+            return batch
+        known, _ = await batch.reading
+        batch.reading = None
+        out, model, vectors, probs = batch.out, batch.model, batch.vectors, batch.probs
+        assert model is not None and vectors is not None and probs is not None
         hfield = history_field("session_start", None)
         stamp = now_iso()
         writes: dict[str, SessionWrite] = {}
-        for i, (rec, row) in enumerate(parsed):
-            sid = row["session_id"]
-            if sid in writes or known[sid].known:
+        sids = [row["session_id"] for _, row in batch.parsed]
+        for i, (rec, row) in enumerate(batch.parsed):
+            sid = sids[i]
+            if sid in writes or known[sid].known or sid in run.started:
                 out.duplicates += 1
                 continue
             start = start_time(row).isoformat()
@@ -262,19 +326,36 @@ class Processor:
             out.score(sid, payload, "session_start")
             if rec.timestamp_ms is not None:
                 out.event_ts_ms.append(rec.timestamp_ms)
-        # Redelivered rows: publish the stored start score again, the very same copy.
-        again = [s for s in dict.fromkeys(sids) if s not in writes and known[s].known]
-        for sid, copy in zip(
-            again, await self.store.stored_scores([(s, hfield) for s in again]), strict=True
-        ):
+        # Rows delivered again: publish the stored start score again, the very same copy
+        # (from the run while its batch's write may not have landed, else from Redis).
+        again = [s for s in dict.fromkeys(sids) if s not in writes]
+        from_redis = [s for s in again if s not in run.started]
+        stored = dict(
+            zip(
+                from_redis,
+                await self.store.stored_scores([(s, hfield) for s in from_redis]),
+                strict=True,
+            )
+        )
+        for sid in again:
+            copy = run.started.get(sid, stored.get(sid))
             if copy is not None:
                 out.score(sid, copy, "session_start")
-        new = list(writes.values())
-        await self.store.write(new, [], self._raise_marks("sessions", new), events=len(records))
+        batch.writes = list(writes.values())
+        run.started.update((w.session_id, w.score_json) for w in batch.writes)
+        batch.marks = self._raise_marks("sessions", batch.writes)
+        batch.computed = True
         out.released = list(dict.fromkeys(sids))
+        run.released.update(dict.fromkeys(out.released))
         for sid in out.released:
             self.starting.setdefault(sid, asyncio.Event())
-        return out
+        return batch
+
+    async def sessions_write(self, batch: SessionsBatch) -> Awaitable[None]:
+        """Send a computed batch's write to Redis (one atomic call); return what to await."""
+        if not batch.computed:
+            return asyncio.sleep(0)
+        return await self.store.send_write(batch.writes, [], batch.marks, events=batch.n_records)
 
     async def release(self, sids: list[str]) -> list[Record]:
         """Let hits through for sessions whose start score is on Kafka; return parked hits.
@@ -383,16 +464,18 @@ class Processor:
         return batch
 
     async def hits_read(self, batch: HitsBatch, run: HitsRun) -> HitsBatch:
-        """Hold a batch's sessions for the run, then read their state from Redis.
+        """Hold a batch's sessions for the run, then send the read of their state.
 
         A session held by a close round is waited for; one the run holds already is not.
+        The read's reply is awaited by ``hits_compute``: meanwhile the worker may compute
+        the batches ahead of this one (whose effects the run keeps) and send their writes.
         """
         sids = {h["session_id"] for _, h in batch.parsed}
         need = sids - run.held
         if need:
             run.held.update(await self.gate.hold(need))
         if batch.parsed:
-            batch.states, batch.applied = await self.store.read(
+            batch.reading = await self.store.send_read(
                 [], [(h["session_id"], h["hit_number"]) for _, h in batch.parsed]
             )
         return batch
@@ -405,6 +488,9 @@ class Processor:
         The run learns the new state of each session at once: the next batch may be
         computed before this one's write lands.
         """
+        if batch.reading is not None:
+            batch.states, batch.applied = await batch.reading
+            batch.reading = None
         if not batch.parsed:
             return batch
         states, applied = batch.states, batch.applied

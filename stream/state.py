@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import msgpack
 import numpy as np
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -274,11 +275,20 @@ class RedisStore:
 
         One call: HMGET, GET and SMISMEMBER of each session, inside Redis.
         """
+        return await (await self.send_read(session_ids, hits))
+
+    async def send_read(
+        self, session_ids: Sequence[str], hits: Sequence[tuple[str, int]] = ()
+    ) -> Awaitable[tuple[dict[str, SessionState], list[bool]]]:
+        """``read``, returning once the call is sent: await the result for what it read.
+
+        Redis runs the lane's calls in the order sent, so the read sees the writes sent
+        before it and none sent after it.
+        """
         sids = list(dict.fromkeys([*session_ids, *(sid for sid, _ in hits)]))
         numbers: dict[str, list[int]] = {}
         for sid, n in hits:
             numbers.setdefault(sid, []).append(n)
-
         names = [
             key
             for sid in sids
@@ -291,11 +301,21 @@ class RedisStore:
         packed = msgpack.packb(
             [READ_FIELDS, [numbers.get(sid, []) for sid in sids]], use_bin_type=False
         )
+        replied = await self._send("read", self._read, names, [packed])
 
-        async def run() -> Any:
-            return await self.lane.call(self._read, names, [packed])
+        async def decoded() -> tuple[dict[str, SessionState], list[bool]]:
+            results = msgpack.unpackb(await replied, raw=True)
+            return self._decode_read(sids, numbers, hits, results)
 
-        results = msgpack.unpackb(await self._retry("read", run), raw=True)
+        return decoded()
+
+    @staticmethod
+    def _decode_read(
+        sids: list[str],
+        numbers: dict[str, list[int]],
+        hits: Sequence[tuple[str, int]],
+        results: list[Any],
+    ) -> tuple[dict[str, SessionState], list[bool]]:
         out = {}
         flags: dict[tuple[str, int], bool] = {}
         empty = _EMPTY_STATE
@@ -497,32 +517,37 @@ class RedisStore:
         await (await self._send_ops(what, ops))
 
     async def _send_ops(self, what: str, ops: _Ops) -> Awaitable[None]:
-        """Send a batch's writes now; return what to await for them to have landed.
-
-        If the connection fails before they land, they are sent again (with the
-        retries of ``_retry``): the writes are idempotent.
-        """
+        """Send a batch's writes now; return what to await for them to have landed."""
         args = [msgpack.packb(ops.argv, use_bin_type=False), self._dash_cfg]
+        return await self._send(what, self._apply, ops.keys, args)
+
+    async def _send(
+        self, what: str, script: AsyncScript, names: list[str], args: list[Any]
+    ) -> Awaitable[Any]:
+        """Send a script call on the lane now; return what to await for its reply.
+
+        If the connection fails before the reply, the call is made again (with the
+        retries of ``_retry``): the store's scripts are idempotent.
+        """
 
         async def run() -> Any:
-            return await self.lane.call(self._apply, ops.keys, args)
+            return await self.lane.call(script, names, args)
 
         try:
-            sent: asyncio.Future[Any] | None = await self.lane.send(self._apply, ops.keys, args)
+            sent: asyncio.Future[Any] | None = await self.lane.send(script, names, args)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             log.warning("redis %s failed (%s); retrying", what, exc)
             sent = None
 
-        async def landed() -> None:
+        async def replied() -> Any:
             if sent is not None:
                 try:
-                    await self.lane.reply(self._apply, sent, ops.keys, args)
-                    return
+                    return await self.lane.reply(script, sent, names, args)
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                     log.warning("redis %s failed (%s); retrying", what, exc)
-            await self._retry(what, run)
+            return await self._retry(what, run)
 
-        return landed()
+        return replied()
 
     def _dash(self, ops: _Ops, command: str, sid: str, args: list[Any]) -> None:
         ops.add(command, dashboard.session_dash_key(sid, self.prefix), *args)

@@ -1,7 +1,8 @@
 """Hits batches that overlap: the next batch is read and computed before the last lands.
 
-The worker sends a batch's write and computes the next batch while Redis runs it; the
-next batch's state read may come before that write. These run the processor on the
+The worker sends the next batch's state read before it computes a batch, and computes
+the next batch while Redis runs the batch's write; so a batch's read comes before the
+writes of the batches just ahead of it. These run the processor on the
 real Redis of the local stack, with the test model, against the same hits processed one
 batch at a time.
 """
@@ -105,16 +106,18 @@ async def test_a_batch_read_before_the_last_write_lands_sees_what_it_did(
             sequential.append(HitsBatch(out=out, n_records=len(part)))
         offset += len(part)
 
-    # Overlapping: every batch is read and computed before any write is sent.
+    # Overlapping: every batch's read is sent before any is computed, and every batch
+    # is computed before any write is sent.
     two = Processor(model, store)
     await _started(two, rows)
     async with two.hits_run() as run:
-        done = []
+        reads = []
         offset = 100
         for part in thirds:
-            done.append(await _computed(two, run, part, offset))
+            reads.append(await two.hits_read(two.hits_parse(_records("t.hits", part, offset)), run))
             offset += len(part)
         assert run.held == set(sids)
+        done = [await two.hits_compute(batch, run) for batch in reads]
         for batch in done:
             await (await two.hits_write(batch, run))
     assert not two.gate.held
@@ -135,9 +138,12 @@ async def test_a_hit_again_in_a_later_batch_of_the_run_is_a_duplicate_with_the_s
     processor, hits = started
     first, again = hits[:20], hits[5:25]
     async with processor.hits_run() as run:
-        a = await _computed(processor, run, first, 10)
-        # Read before the first batch's write is even sent: Redis knows nothing of it.
-        b = await _computed(processor, run, again, 15)
+        a = processor.hits_parse(_records("t.hits", first, 10))
+        b = processor.hits_parse(_records("t.hits", again, 15))
+        # Both reads are sent before the first batch is computed: Redis knows nothing of it.
+        a, b = await processor.hits_read(a, run), await processor.hits_read(b, run)
+        a = await processor.hits_compute(a, run)
+        b = await processor.hits_compute(b, run)
         await (await processor.hits_write(a, run))
         await (await processor.hits_write(b, run))
     assert b.out.duplicates == 15

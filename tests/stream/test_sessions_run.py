@@ -1,0 +1,79 @@
+"""Session batches that overlap: a batch's read is sent before the last batch's write.
+
+The worker sends the next sessions batch's read before it computes a batch, so a row
+seen again in the next batch is not in Redis yet when that batch is read. These run the
+processor on the real Redis of the local stack, with the test model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from artifact import load_model
+from stream.logic import history_field
+from stream.processor import Processor, SessionsRun
+from stream.state import RedisStore
+from tests.stream.test_hits_run import _records, rows_and_hits  # noqa: F401
+
+pytestmark = pytest.mark.redis
+
+
+async def test_a_row_again_in_a_later_batch_of_the_run_is_a_duplicate_with_the_same_copy(
+    store: RedisStore,
+    model_path: Path,
+    rows_and_hits: tuple[list[bytes], list[bytes]],  # noqa: F811
+) -> None:
+    rows, _ = rows_and_hits
+    sids = [orjson.loads(r)["session_id"] for r in rows[:9]]
+    processor = Processor(load_model(model_path), store)
+    run = SessionsRun()
+    a = processor.sessions_parse(_records("t.sessions", rows[:6], 0))
+    b = processor.sessions_parse(_records("t.sessions", rows[3:9], 6))
+    # Both reads are sent before either batch is computed: Redis knows nothing of "a".
+    a, b = await processor.sessions_read(a), await processor.sessions_read(b)
+    a = await processor.sessions_compute(a, run)
+    b = await processor.sessions_compute(b, run)
+    await (await processor.sessions_write(a))
+    await (await processor.sessions_write(b))
+
+    first = dict(a.out.scores)
+    assert list(first) == sids[:6]
+    assert b.out.duplicates == 3
+    # The three rows seen again come out as the very same bytes, taken from the run.
+    again = dict(b.out.scores)
+    assert sorted(again) == sorted(sids[3:9]) and len(b.out.scores) == 6
+    assert [again[s] for s in sids[3:6]] == [first[s] for s in sids[3:6]]
+    assert list(run.released) == sids
+    # Redis holds one start score per session: the batch that stored it first.
+    stored = await store.stored_scores([(s, history_field("session_start", None)) for s in sids])
+    assert stored[:6] == [first[s] for s in sids[:6]]
+    assert stored[6:] == [again[s] for s in sids[6:]]
+    states, _ = await store.read(sids)
+    assert all(st.known and not st.ready for st in states.values())  # released later
+
+
+async def test_a_failed_batch_is_all_dead_letters_and_stores_nothing(
+    store: RedisStore,
+    model_path: Path,
+    rows_and_hits: tuple[list[bytes], list[bytes]],  # noqa: F811
+) -> None:
+    rows, _ = rows_and_hits
+    processor = Processor(load_model(model_path), store)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("model failed")
+
+    processor.model.score_session_vectors = broken  # type: ignore[method-assign]
+    run = SessionsRun()
+    batch = await processor.sessions_read(
+        processor.sessions_parse(_records("t.sessions", rows[:4], 0))
+    )
+    batch = await processor.sessions_compute(batch, run)
+    await (await processor.sessions_write(batch))
+    assert [stage for stage, _ in batch.out.dead_letters] == ["score"] * 4
+    assert not batch.out.scores and not run.released
+    states, _ = await store.read([orjson.loads(r)["session_id"] for r in rows[:4]])
+    assert not any(st.known for st in states.values())
