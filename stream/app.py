@@ -40,6 +40,8 @@ EXIT_INFRASTRUCTURE = 70
 EXIT_BUG = 71
 # Most sessions closed in one round of the close sweep (one publish).
 CLOSE_ROUND = 500
+# Largest record batch the producer builds (Kafka's own limit is 1 MB).
+PRODUCER_BATCH_BYTES = 256 * 1024
 # Outputs queued in the producer and not yet known to be delivered: the delivery
 # futures, the output and its source topic.
 Pending = list[tuple[list[Any], Output, str | None]]
@@ -59,6 +61,11 @@ def create_app(settings: StreamSettings) -> BatchApp:
         web_enabled=False,
         store="memory://",
         producer_linger_ms=1,
+        # A batch's scores for one partition fit one record batch: the producer queues
+        # one record batch per partition at a time, and a second would wait for the
+        # first to be sent.
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
+        producer_max_request_size=4 * PRODUCER_BATCH_BYTES,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         broker_session_timeout=settings.kafka_session_timeout_s,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from stream.app import Pipeline
+from stream.app import Pipeline, create_app
+from stream.logic import score_event
 from stream.metrics import WorkerMetrics
 from stream.settings import StreamSettings
 
@@ -81,3 +83,26 @@ def test_a_full_batch_is_split_and_nothing_is_dropped() -> None:
     assert len(producer.sent) > 1
     assert all(closed for _, _, _, closed in producer.sent)
     assert sum(b.record_count() for _, _, b, _ in producer.sent) == 25
+
+
+def test_a_full_batch_of_scores_takes_one_record_batch_per_partition() -> None:
+    # The producer queues one record batch per partition at a time: a second one for
+    # the same partition would wait until the first is sent, a Kafka round trip.
+    settings = StreamSettings(model_path="/nonexistent/model.pkl")
+    size = create_app(settings).conf.producer_max_batch_size
+    producer = FakeProducer(partitions=6, batch_size=size)
+    score = orjson.dumps(
+        score_event(
+            session_id="9055434745589932991.1637753792.1637753792",
+            client_id="2108382700.1637753791",
+            probability=0.0123456,
+            model_version="xgb-20261128-abcdef12",
+            trigger="hit",
+            hit_number=123,
+            event_time="2021-11-24T14:36:32.000+03:00",
+            scored_at="2026-11-28T12:00:00.000+00:00",
+        )
+    )
+    messages = [("scores", f"session-{i}".encode(), score) for i in range(settings.batch_max)]
+    asyncio.run(_pipeline(producer).send_all(messages))
+    assert sorted(p for _, p, _, _ in producer.sent) == list(range(6))
