@@ -21,14 +21,22 @@ from tests.stream.test_hits_run import _records, rows_and_hits  # noqa: F401
 pytestmark = pytest.mark.redis
 
 
-async def test_a_row_again_in_a_later_batch_of_the_run_is_a_duplicate_with_the_same_copy(
+@pytest.fixture()
+def fresh(
     store: RedisStore,
     model_path: Path,
     rows_and_hits: tuple[list[bytes], list[bytes]],  # noqa: F811
+) -> tuple[Processor, list[bytes]]:
+    """A processor on an empty store, and session rows none of which it has seen."""
+    return Processor(load_model(model_path), store), rows_and_hits[0]
+
+
+async def test_a_row_again_in_a_later_batch_of_the_run_is_a_duplicate_with_the_same_copy(
+    fresh: tuple[Processor, list[bytes]],
 ) -> None:
-    rows, _ = rows_and_hits
+    processor, rows = fresh
+    store = processor.store
     sids = [orjson.loads(r)["session_id"] for r in rows[:9]]
-    processor = Processor(load_model(model_path), store)
     run = SessionsRun()
     a = processor.sessions_parse(_records("t.sessions", rows[:6], 0))
     b = processor.sessions_parse(_records("t.sessions", rows[3:9], 6))
@@ -56,12 +64,9 @@ async def test_a_row_again_in_a_later_batch_of_the_run_is_a_duplicate_with_the_s
 
 
 async def test_a_failed_batch_is_all_dead_letters_and_stores_nothing(
-    store: RedisStore,
-    model_path: Path,
-    rows_and_hits: tuple[list[bytes], list[bytes]],  # noqa: F811
+    fresh: tuple[Processor, list[bytes]],
 ) -> None:
-    rows, _ = rows_and_hits
-    processor = Processor(load_model(model_path), store)
+    processor, rows = fresh
 
     def broken(*_: object) -> None:
         raise RuntimeError("model failed")
@@ -75,5 +80,5 @@ async def test_a_failed_batch_is_all_dead_letters_and_stores_nothing(
     await (await processor.sessions_write(batch))
     assert [stage for stage, _ in batch.out.dead_letters] == ["score"] * 4
     assert not batch.out.scores and not run.released
-    states, _ = await store.read([orjson.loads(r)["session_id"] for r in rows[:4]])
+    states, _ = await processor.store.read([orjson.loads(r)["session_id"] for r in rows[:4]])
     assert not any(st.known for st in states.values())
