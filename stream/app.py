@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import faust
 import orjson
@@ -42,6 +42,16 @@ EXIT_BUG = 71
 CLOSE_ROUND = 500
 # Largest record batch the producer builds (Kafka's own limit is 1 MB).
 PRODUCER_BATCH_BYTES = 256 * 1024
+
+
+class _Batch(Protocol):
+    """A sessions or hits batch on its way; the pipeline publishes its output."""
+
+    out: Output
+
+
+B = TypeVar("B", bound=_Batch)
+
 # Outputs queued in the producer and not yet known to be delivered: the delivery
 # futures, the output and its source topic.
 Pending = list[tuple[list[Any], Output, str | None]]
@@ -229,8 +239,10 @@ class Pipeline:
         # Kafka takes it; the fetch is handled once all of it is on Kafka.
         pending: Pending = []
         size = self.settings.batch_max
+        events_in = self.metrics.events_in
+        events_in.labels(self.sessions_name).inc(sum(len(run) for run in sessions))
         released, parked = await self.run_sessions(list(_interleave(sessions, size)), pending)
-        self.metrics.events_in.labels(self.hits_name).inc(sum(len(run) for run in hits))
+        events_in.labels(self.hits_name).inc(sum(len(run) for run in hits))
         # The close sweep leaves the released sessions open until their parked hits are
         # in. Those hits go first, before the fetch's own.
         with self.processor.releasing_sessions(released):
@@ -264,25 +276,17 @@ class Pipeline:
         """
         if not batches:
             return [], []
-        proc, metrics = self.processor, self.metrics
+        proc = self.processor
         run = SessionsRun()
         with self._fatal("a sessions batch"):
-            nxt = await proc.sessions_read(proc.sessions_parse(batches[0]))
-            writing: tuple[Awaitable[None], Output, float] | None = None
-            for k, records in enumerate(batches):
-                started = time.perf_counter()
-                metrics.events_in.labels(self.sessions_name).inc(len(records))
-                metrics.batch_size.labels("sessions").observe(len(records))
-                reading = nxt
-                if k + 1 < len(batches):
-                    nxt = await proc.sessions_read(proc.sessions_parse(batches[k + 1]))
-                batch = await proc.sessions_compute(reading, run)
-                if writing is not None:
-                    await self._land(*writing, "sessions", pending)
-                writing = (await proc.sessions_write(batch), batch.out, started)
-                await self.align()
-            if writing is not None:
-                await self._land(*writing, "sessions", pending)
+            await self._overlapped(
+                "sessions",
+                batches,
+                lambda records: proc.sessions_read(proc.sessions_parse(records)),
+                lambda batch: proc.sessions_compute(batch, run),
+                proc.sessions_write,
+                pending,
+            )
             released = list(run.released)
             if not released:
                 return [], []
@@ -293,33 +297,54 @@ class Pipeline:
         """Process a fetch's hits batches, Redis's work on each overlapped with the worker's.
 
         A close round of one of their sessions is waited for (the gate), so a late hit's
-        score and outcome come after the close's.
-
-        The next batch's state read is sent before a batch is computed, and a batch's
-        write is sent once it is computed: Redis runs them while the worker computes
-        the next batch, whose read is back by then. ``HitsRun`` keeps the states right.
-        A batch's output is published once its write has landed, in order.
+        score and outcome come after the close's. ``HitsRun`` keeps the states right
+        while a batch's read comes before the writes of the batches just ahead of it.
         """
         if not batches:
             return
-        proc, metrics = self.processor, self.metrics
+        proc = self.processor
         async with proc.hits_run() as run:
             with self._fatal("a hits batch"):
-                nxt = await proc.hits_read(proc.hits_parse(batches[0]), run)
-                writing: tuple[Awaitable[None], Output, float] | None = None
-                for k in range(len(batches)):
-                    started = time.perf_counter()
-                    metrics.batch_size.labels("hits").observe(len(batches[k]))
-                    reading = nxt
-                    if k + 1 < len(batches):
-                        nxt = await proc.hits_read(proc.hits_parse(batches[k + 1]), run)
-                    batch = await proc.hits_compute(reading, run)
-                    if writing is not None:
-                        await self._land(*writing, "hits", pending)
-                    writing = (await proc.hits_write(batch, run), batch.out, started)
-                    await self.align()
-                if writing is not None:
-                    await self._land(*writing, "hits", pending)
+                await self._overlapped(
+                    "hits",
+                    batches,
+                    lambda records: proc.hits_read(proc.hits_parse(records), run),
+                    lambda batch: proc.hits_compute(batch, run),
+                    lambda batch: proc.hits_write(batch, run),
+                    pending,
+                )
+
+    async def _overlapped(
+        self,
+        kind: str,
+        batches: list[list[Record]],
+        read: Callable[[list[Record]], Awaitable[B]],
+        compute: Callable[[B], Awaitable[B]],
+        write: Callable[[B], Awaitable[Awaitable[None]]],
+        pending: Pending,
+    ) -> None:
+        """Run batches with Redis's work on each overlapped with the worker's.
+
+        The next batch's read is sent before a batch is computed, and a batch's write
+        is sent once it is computed: Redis runs them while the worker computes the next
+        batch, whose read is back by then. A batch's output is queued once its write
+        has landed, in order.
+        """
+        nxt = await read(batches[0])
+        writing: tuple[Awaitable[None], Output, float] | None = None
+        for k, records in enumerate(batches):
+            started = time.perf_counter()
+            self.metrics.batch_size.labels(kind).observe(len(records))
+            reading = nxt
+            if k + 1 < len(batches):
+                nxt = await read(batches[k + 1])
+            batch = await compute(reading)
+            if writing is not None:
+                await self._land(*writing, kind, pending)
+            writing = (await write(batch), batch.out, started)
+            await self.align()
+        if writing is not None:
+            await self._land(*writing, kind, pending)
 
     async def _land(
         self, landed: Awaitable[None], out: Output, started: float, kind: str, pending: Pending
