@@ -59,7 +59,7 @@ Pending = list[tuple[list[Any], Output, str | None]]
 
 def create_app(settings: StreamSettings) -> BatchApp:
     """Build the Faust app (its topics and timers come with ``attach_pipeline``)."""
-    return BatchApp(
+    app = BatchApp(
         settings.app_id,
         broker=faust_broker(settings),
         broker_credentials=faust_credentials(settings),
@@ -83,6 +83,9 @@ def create_app(settings: StreamSettings) -> BatchApp:
         broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout_s / 4),
         monitor=LeanMonitor(),
     )
+    app.fetch_max_wait_ms = settings.kafka_fetch_wait_ms
+    app.fetch_min_bytes = settings.kafka_fetch_min_bytes
+    return app
 
 
 class Pipeline:

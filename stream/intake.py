@@ -38,8 +38,33 @@ Fetch = Mapping[TP, list[Any]]
 Handler = Callable[[Fetch], Awaitable[None]]
 
 
+class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, its Kafka client fetching as the app says.
+
+    Faust asks the broker to answer a fetch as soon as it has one byte, or after 1.5 s.
+    The client keeps one fetch per broker in flight, and none while records it fetched
+    are still waiting to be handed out. So at a steady rate, records that reach the
+    broker after the fetch's early answer wait there for the whole batch in hand, and
+    then for the next one: most of an event's latency at 1,000 events/s. With
+    ``fetch_min_bytes`` above what arrives in ``fetch_max_wait_ms``, the broker answers
+    after that wait with everything that came meanwhile; with a backlog it answers at
+    once, as before.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        client = super()._create_worker_consumer(transport)
+        app = cast(BatchApp, self.app)
+        # aiokafka builds its fetcher from these at start.
+        client._fetch_max_wait_ms = app.fetch_max_wait_ms
+        client._fetch_min_bytes = app.fetch_min_bytes
+        return client
+
+
 class BatchConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with whole fetches handed to ``app.batch_handler``."""
+
+    def _new_consumer_thread(self) -> BatchConsumerThread:
+        return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -123,6 +148,8 @@ class BatchApp(faust.App):
     """A Faust app whose consumer hands whole fetches to ``batch_handler``."""
 
     batch_handler: Handler | None = None
+    fetch_max_wait_ms = 1500  # Faust's own
+    fetch_min_bytes = 1
 
     def _new_transport(self) -> Any:
         return BatchTransport(self.conf.broker_consumer, self)

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from faust.types import TP
 
-from stream.app import _interleave
+from stream.app import _interleave, create_app
 from stream.intake import BatchConsumer
 from stream.processor import Record
+from stream.settings import StreamSettings
 
 
 class Rec:
@@ -105,3 +106,15 @@ def test_batches_take_every_partition_in_turn_and_keep_each_in_order() -> None:
 def test_one_partition_fills_whole_batches() -> None:
     batches = list(_interleave([recs(0, range(1200))], 500))
     assert [len(b) for b in batches] == [500, 500, 200]
+
+
+async def test_the_kafka_client_fetches_with_the_settings_wait_and_size(tmp_path: Any) -> None:
+    settings = StreamSettings(
+        data_dir=tmp_path, kafka_fetch_wait_ms=7, kafka_fetch_min_bytes=12_345, metrics_port=0
+    )
+    consumer = create_app(settings).consumer
+    client = consumer._thread._create_worker_consumer(consumer.transport)
+    try:
+        assert (client._fetch_max_wait_ms, client._fetch_min_bytes) == (7, 12_345)
+    finally:
+        await client.stop()
