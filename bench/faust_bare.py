@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             app.topics.add(topic)
     if not args.agents:
-        cast(BatchApp, app).batch_handler = on_fetch
+        batch_app = cast(BatchApp, app)
+        batch_app.batch_handler = on_fetch
+        batch_app.fetch_max_wait_ms = settings.kafka_fetch_wait_ms  # as the worker fetches
+        batch_app.fetch_min_bytes = settings.kafka_fetch_min_bytes
     sys.argv = [sys.argv[0], "worker", "-l", "warn"]
     app.main()
     return 0
