@@ -32,8 +32,8 @@ class StreamSettings(BaseSettings):
     close_check_s: float = 0.25  # how often the worker looks for sessions to close
     align_lead_s: float = 21600.0  # event time ga.sessions may run ahead of ga.hits; 0: no limit
     kafka_max_fetch_bytes: int = 1024**2  # most bytes fetched from one partition per request
-    # The broker answers a fetch once it has this many bytes, or after the wait: at a
-    # steady rate a fetch then brings what came during the batch in hand.
+    # The broker answers a fetch once it has kafka_fetch_min_bytes, or after
+    # kafka_fetch_wait_ms: at a steady rate a fetch brings what came during the last one.
     kafka_fetch_wait_ms: int = 3
     kafka_fetch_min_bytes: int = 1024**2
     kafka_session_timeout_s: float = 10.0  # a worker that vanished loses its partitions after this
