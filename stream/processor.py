@@ -29,6 +29,7 @@ from artifact import ConversionModel
 from features.columns import SESSION_COLUMNS
 from features.hits import STATE_INDEX, combine_values, empty_state, hit_increments
 from features.session import rows_to_columns
+from features.target import is_target_action
 from stream.dashboard import channel_values
 from stream.gate import SessionGate
 from stream.logic import (
@@ -275,7 +276,7 @@ class Processor:
         """Send the read of a parsed batch's sessions; ``sessions_compute`` awaits it."""
         if batch.parsed:
             sids = [row["session_id"] for _, row in batch.parsed]
-            batch.reading = await self.store.send_read(sids)
+            batch.reading = await self.store.send_read(sids, latest=False)
         return batch
 
     async def sessions_compute(self, batch: SessionsBatch, run: SessionsRun) -> SessionsBatch:
@@ -475,8 +476,16 @@ class Processor:
         if need:
             run.held.update(await self.gate.hold(need))
         if batch.parsed:
+            # A session's latest score goes into the outcome of its conversion: read it
+            # only where a hit of the batch is a target.
             batch.reading = await self.store.send_read(
-                [], [(h["session_id"], h["hit_number"]) for _, h in batch.parsed]
+                [],
+                [(h["session_id"], h["hit_number"]) for _, h in batch.parsed],
+                latest={
+                    h["session_id"]
+                    for _, h in batch.parsed
+                    if is_target_action(h.get("event_action"))
+                },
             )
         return batch
 
@@ -507,7 +516,7 @@ class Processor:
         for w in batch.updates:
             st = states[w.session_id]
             st.state = w.state
-            st.latest = w.scores[-1][1]
+            st.latest, st.has_latest = w.scores[-1][1], True
             if w.outcome is not None:
                 st.outcome = w.outcome
             known = run.sessions.setdefault(w.session_id, _RunSession(st))
@@ -621,6 +630,10 @@ class Processor:
                 batch.failed = True
                 return
             latest = {sid: states[sid].latest for _, sid, _, _ in to_score}
+            # A conversion's outcome carries the score before it; the read brought it
+            # for every session with a target hit, this reads any other.
+            unread = [sid for sid in converted_at if not states[sid].has_latest]
+            latest.update(zip(unread, await self.store.latest_scores(unread), strict=True))
             last: dict[str, list[float]] = {}  # each session's state after its last hit
             stamp = now_iso()
             for k, ((i, sid, state, event_ms), p) in enumerate(zip(to_score, probs, strict=True)):

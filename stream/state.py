@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -94,16 +94,19 @@ return 1
 )
 
 # A batch's reads in one call. KEYS: state, latest-score and applied key of each
-# session; ARGV[1]: MessagePack of [fields to read, hit numbers to look up per session].
-# Returns MessagePack of [fields, latest, applied flags] per session; false is missing.
+# session; ARGV[1]: MessagePack of [fields to read, hit numbers to look up per session,
+# whether to read its latest score per session]. Returns MessagePack of [fields, latest,
+# applied flags] per session; false is missing (or the latest score not asked for).
 READ_SCRIPT = """
 local args = cmsgpack.unpack(ARGV[1])
-local fields, numbers = args[1], args[2]
+local fields, numbers, with_latest = args[1], args[2], args[3]
 local out = {}
 for s = 1, #numbers do
   local k = (s - 1) * 3
   local row = redis.call('HMGET', KEYS[k + 1], unpack(fields))
-  local item = {row, redis.call('GET', KEYS[k + 2]), {}}
+  local latest = false
+  if with_latest[s] then latest = redis.call('GET', KEYS[k + 2]) end
+  local item = {row, latest, {}}
   if #numbers[s] > 0 then
     item[3] = redis.call('SMISMEMBER', KEYS[k + 3], unpack(numbers[s]))
   end
@@ -177,7 +180,8 @@ class SessionState:
     state: np.ndarray
     partition: int | None = None
     closed: bool = False  # closed for inactivity
-    latest: bytes | None = None  # the latest ScoreEvent JSON
+    latest: bytes | None = None  # the latest ScoreEvent JSON (when read: ``has_latest``)
+    has_latest: bool = True  # False: the read left the latest score out
     outcome: bytes | None = None  # the OutcomeEvent JSON, once known
 
 
@@ -269,16 +273,26 @@ class RedisStore:
         return fn(sid, self.prefix)
 
     async def read(
-        self, session_ids: Sequence[str], hits: Sequence[tuple[str, int]] = ()
+        self,
+        session_ids: Sequence[str],
+        hits: Sequence[tuple[str, int]] = (),
+        *,
+        latest: bool | Collection[str] = True,
     ) -> tuple[dict[str, SessionState], list[bool]]:
         """Read sessions' state, and which (session, hit_number) pairs are applied.
 
-        One call: HMGET, GET and SMISMEMBER of each session, inside Redis.
+        One call: HMGET, GET and SMISMEMBER of each session, inside Redis. ``latest``
+        says whose latest score to read: all, none, or the sessions named; the others'
+        states say ``has_latest=False`` (``latest_scores`` reads them).
         """
-        return await (await self.send_read(session_ids, hits))
+        return await (await self.send_read(session_ids, hits, latest=latest))
 
     async def send_read(
-        self, session_ids: Sequence[str], hits: Sequence[tuple[str, int]] = ()
+        self,
+        session_ids: Sequence[str],
+        hits: Sequence[tuple[str, int]] = (),
+        *,
+        latest: bool | Collection[str] = True,
     ) -> Awaitable[tuple[dict[str, SessionState], list[bool]]]:
         """``read``, returning once the call is sent: await the result for what it read.
 
@@ -298,14 +312,15 @@ class RedisStore:
                 self._k(keys.applied_hits_key, sid),
             )
         ]
+        wanted = [latest if isinstance(latest, bool) else sid in latest for sid in sids]
         packed = msgpack.packb(
-            [READ_FIELDS, [numbers.get(sid, []) for sid in sids]], use_bin_type=False
+            [READ_FIELDS, [numbers.get(sid, []) for sid in sids], wanted], use_bin_type=False
         )
         replied = await self._send("read", self._read, names, [packed])
 
         async def decoded() -> tuple[dict[str, SessionState], list[bool]]:
             results = msgpack.unpackb(await replied, raw=True)
-            return self._decode_read(sids, numbers, hits, results)
+            return self._decode_read(sids, numbers, hits, results, wanted)
 
         return decoded()
 
@@ -315,11 +330,12 @@ class RedisStore:
         numbers: dict[str, list[int]],
         hits: Sequence[tuple[str, int]],
         results: list[Any],
+        wanted: list[bool],
     ) -> tuple[dict[str, SessionState], list[bool]]:
         out = {}
         flags: dict[tuple[str, int], bool] = {}
         empty = _EMPTY_STATE
-        for sid, (h, latest, found) in zip(sids, results, strict=True):
+        for sid, (h, latest, found), has_latest in zip(sids, results, wanted, strict=True):
             start, ready, client_id, vec, part, closed, outcome = (x or None for x in h[:_N_META])
             state = np.array(
                 [float(v) if v else e for v, e in zip(h[_N_META:], empty, strict=True)],
@@ -335,11 +351,25 @@ class RedisStore:
                 partition=None if part is None else int(part),
                 closed=closed is not None,
                 latest=latest or None,
+                has_latest=has_latest,
                 outcome=outcome,
             )
             for n, f in zip(numbers.get(sid, []), found, strict=True):
                 flags[(sid, n)] = bool(f)
         return out, [flags[pair] for pair in hits]
+
+    async def latest_scores(self, session_ids: Sequence[str]) -> list[bytes | None]:
+        """Return the latest score JSON of each session (None where it has none)."""
+        if not session_ids:
+            return []
+
+        async def run() -> list[Any]:
+            pipe = self.r.pipeline(transaction=False)
+            for sid in session_ids:
+                pipe.get(self._k(keys.latest_score_key, sid))
+            return await pipe.execute()
+
+        return await self._retry("latest scores", run)
 
     async def stored_scores(self, items: Sequence[tuple[str, str]]) -> list[bytes | None]:
         """Return the stored score JSON for (session, history field) pairs."""

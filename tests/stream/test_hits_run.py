@@ -17,6 +17,7 @@ import pytest
 
 from artifact import load_model
 from contracts import topics
+from features.target import TARGET_ACTIONS
 from stream.processor import HitsBatch, HitsRun, Processor, Record
 from stream.replay import build_events
 from stream.state import RedisStore
@@ -176,3 +177,71 @@ async def test_a_failed_batch_leaves_the_run_as_it_was(
     pairs = [(h["session_id"], h["hit_number"]) for h in map(orjson.loads, hits[:20])]
     _, applied = await processor.store.read([], pairs)
     assert applied == [True] * 10 + [False] * 10
+
+
+def _retarget(hit: bytes, number: int) -> bytes:
+    """A copy of a hit as a conversion (a target action) with another hit number."""
+    event = orjson.loads(hit)
+    event["event_action"] = sorted(TARGET_ACTIONS)[0]
+    event["hit_number"] = number
+    return orjson.dumps(event)
+
+
+async def test_a_batch_reads_latest_scores_only_for_sessions_with_a_target_hit(
+    started: tuple[Processor, list[bytes]],
+) -> None:
+    processor, hits = started
+    by_session: dict[str, list[bytes]] = defaultdict(list)
+    for h in hits:
+        by_session[orjson.loads(h)["session_id"]].append(h)
+    plain, converting = list(by_session)[:2]
+    values = [
+        *(h for h in by_session[plain][:2] if not _is_target(h)),
+        _retarget(by_session[converting][0], 1000),
+    ]
+    async with processor.hits_run() as run:
+        batch = await processor.hits_read(processor.hits_parse(_records("t.hits", values, 0)), run)
+        assert batch.reading is not None
+        states, _ = await batch.reading
+    assert not states[plain].has_latest and states[plain].latest is None
+    stored = await processor.store.latest_scores([converting, plain])
+    assert states[converting].has_latest and states[converting].latest == stored[0]
+    assert stored[0] is not None and orjson.loads(stored[0])["trigger"] == "session_start"
+
+
+async def test_a_conversion_first_in_its_batch_carries_the_stored_latest_score(
+    started: tuple[Processor, list[bytes]],
+) -> None:
+    processor, hits = started
+    sid = orjson.loads(hits[0])["session_id"]
+    (start_score,) = await processor.store.latest_scores([sid])
+    # A batch of another session's hits first, in a run of its own, then the conversion.
+    other = [h for h in hits if orjson.loads(h)["session_id"] != sid][:3]
+    async with processor.hits_run() as run:
+        await (await processor.hits_write(await _computed(processor, run, other, 0), run))
+    async with processor.hits_run() as run:
+        batch = await _computed(processor, run, [_retarget(hits[0], 1)], 10)
+        await (await processor.hits_write(batch, run))
+    ((who, raw),) = batch.out.outcomes
+    outcome = orjson.loads(raw)
+    assert who == sid and outcome["outcome"] == "converted"
+    assert start_score is not None and outcome["last_score"] == orjson.loads(start_score)
+
+
+async def test_a_conversion_read_without_its_latest_score_reads_it(
+    started: tuple[Processor, list[bytes]],
+) -> None:
+    processor, hits = started
+    sid = orjson.loads(hits[0])["session_id"]
+    (start_score,) = await processor.store.latest_scores([sid])
+    batch = processor.hits_parse(_records("t.hits", [_retarget(hits[0], 1)], 0))
+    batch.states, batch.applied = await processor.store.read([], [(sid, 1)], latest=False)
+    assert not batch.states[sid].has_latest
+    await processor._apply_hits(batch, batch.states, batch.applied)
+    ((_, raw),) = batch.out.outcomes
+    assert start_score is not None
+    assert orjson.loads(raw)["last_score"] == orjson.loads(start_score)
+
+
+def _is_target(hit: bytes) -> bool:
+    return orjson.loads(hit).get("event_action") in TARGET_ACTIONS
