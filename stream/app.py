@@ -42,6 +42,9 @@ EXIT_BUG = 71
 CLOSE_ROUND = 500
 # Largest record batch the producer builds (Kafka's own limit is 1 MB).
 PRODUCER_BATCH_BYTES = 256 * 1024
+# A sessions partition may lead its hits by at least this many hits fetches' event time
+# (``Pipeline.align``): resumed at half of it, the hits fetch in flight stays behind.
+ALIGN_FETCHES = 4
 
 
 class _Batch(Protocol):
@@ -111,6 +114,8 @@ class Pipeline:
         self._spread = 0  # round-robin partition of keyless messages (dead letters)
         self.key_hashes: dict[bytes, int] = {}  # murmur2 of recent keys (session ids)
         self.held: set[Any] = set()  # session partitions paused by ``align``
+        # event time the hits mark of a partition moved in its latest fetch (ms)
+        self.hits_span: dict[int, float] = {}
         self.held_generation = 0  # the consumer group generation they were paused in
         with contextlib.suppress(ArtifactError, OSError, ValueError):
             self.model_sha = read_card(settings.model_path).get("artifact_sha256")
@@ -248,9 +253,15 @@ class Pipeline:
         events_in.labels(self.hits_name).inc(sum(len(run) for run in hits))
         # The close sweep leaves the released sessions open until their parked hits are
         # in. Those hits go first, before the fetch's own.
+        marks = self.processor.watermarks
+        before = {run[0].partition: marks.get(("hits", run[0].partition)) for run in hits}
         with self.processor.releasing_sessions(released):
             batches = [parked[i : i + size] for i in range(0, len(parked), size)]
             await self.run_hits(batches + list(_interleave(hits, size)), pending)
+            for partition, mark in before.items():
+                after = marks.get(("hits", partition))
+                if mark is not None and after is not None:
+                    self.hits_span[partition] = after[0] - mark[0]
             with self._fatal("publishing a fetch's output"):
                 await self.settle(pending)
                 if parked:
@@ -383,9 +394,12 @@ class Pipeline:
         on ga.sessions than on ga.hits, which has nine times the events. Unchecked, every
         session of the backlog would be stored long before its hits arrive: Redis fills
         up and sessions may expire before their hits are applied. So a session partition
-        whose event-time mark is more than ``align_lead_s`` ahead of its hits' mark stops
-        being fetched while those hits have a backlog; it is fetched again once the hits
-        are within half that lead, or have nothing left to read.
+        whose event-time mark is more than its lead ahead of its hits' mark stops being
+        fetched while those hits have a backlog; it is fetched again once the hits are
+        within half that lead, or have nothing left to read. The lead is ``align_lead_s``,
+        or ALIGN_FETCHES times the event time the partition's latest hits fetch spanned
+        if that is more: a hits fetch already on its way when the partition is resumed
+        must not take the hits past the sessions read.
 
         The pause is the Kafka client's own: records it had fetched but not handed out are
         dropped and fetched again on resume, and nothing already handed out is skipped.
@@ -409,15 +423,16 @@ class Pipeline:
         for (topic, partition), tp in assigned.items():
             if topic != self.sessions_name:
                 continue
+            lead = max(lead_ms, ALIGN_FETCHES * self.hits_span.get(partition, 0.0))
             s_mark = marks.get(("sessions", partition))
             h_mark = marks.get(("hits", partition))
             ahead_ms = 0.0
             if s_mark is not None and h_mark is not None and "hits" in await self.behind(partition):
                 ahead_ms = s_mark[0] - h_mark[0]
             if tp in self.held:
-                if ahead_ms <= lead_ms / 2:
+                if ahead_ms <= lead / 2:
                     resume.append(tp)
-            elif ahead_ms > lead_ms:
+            elif ahead_ms > lead:
                 pause.append(tp)
         if pause:
             await self.fetching(pause, False)

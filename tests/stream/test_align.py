@@ -165,3 +165,21 @@ def test_a_partition_not_read_here_yet_counts_from_the_consumers_position() -> N
     consumer.high[sessions] = 100
     consumer.fetch_position[hits] = 1000
     assert asyncio.run(pipe.behind(0)) == set()  # caught up: may count as quiet
+
+
+def test_the_lead_is_at_least_four_hits_fetches_of_event_time() -> None:
+    pipe, consumer, processor = _pipeline(lead_s=300)
+    pipe.hits_span[0] = 10 * MIN  # the latest hits fetch moved the hits mark 10 min
+    _marks(processor, sessions_min=80, hits_min=50)  # 30 min ahead: within 4 x 10 min
+    asyncio.run(pipe.align())
+    assert consumer.paused == set()
+    _marks(processor, sessions_min=100, hits_min=50)  # 50 min ahead
+    asyncio.run(pipe.align())
+    assert consumer.paused == {TP("ga.sessions", 0)}
+    # Resumed at half of that lead, two fetches' worth ahead, not at half of 5 min.
+    _marks(processor, sessions_min=100, hits_min=79)
+    asyncio.run(pipe.align())
+    assert consumer.paused == {TP("ga.sessions", 0)}
+    _marks(processor, sessions_min=100, hits_min=80)
+    asyncio.run(pipe.align())
+    assert consumer.paused == set()
