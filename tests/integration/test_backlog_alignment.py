@@ -40,9 +40,12 @@ def test_a_preloaded_backlog_reads_sessions_in_step_with_their_hits(
     truth = Truth(tmp_path / "data")
     n_sessions = len(truth.sessions)
     n_hits = len(truth.events) - n_sessions
-    # Each session partition needs two fetches (1 MB each); each fetch spans weeks of
-    # event time, far beyond the lead.
-    settings = stream_settings.model_copy(update={"align_lead_s": 6 * 3600.0})
+    # Fetches of 64 KB a partition: a hits fetch spans about a day and a half of this
+    # backlog's 226, so the lead (four hits fetches, more than the 6 h set) is about five
+    # days, and a sessions fetch (about eight days) goes past it.
+    settings = stream_settings.model_copy(
+        update={"align_lead_s": 6 * 3600.0, "kafka_max_fetch_bytes": 64 * 1024}
+    )
     asyncio.run(send_events(settings, truth.events, progress=False))
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     worker.start()
