@@ -28,6 +28,7 @@ from artifact import ConversionModel
 from contracts import keys
 from features.columns import SESSION_COLUMNS
 from features.hits import STATE_NAMES, empty_state
+from stream.logic import score_from_history
 
 HISTORY_LIMIT = 50  # scores shown by GET /sessions/{session_id}
 
@@ -213,7 +214,16 @@ async def session_state(session_id: str, redis: Redis, settings: Settings) -> Se
     state, history, applied, pending = await pipe.execute()
     if not state and not history and not pending:
         raise HTTPException(status_code=404, detail=f"no state for session {session_id}")
-    events = [orjson.loads(raw) for raw in history.values()]
+
+    def text(field: bytes) -> str | None:
+        value = state.get(field)
+        return None if value is None else value.decode()
+
+    client_id, start = text(b"client_id"), text(b"start")
+    events = [
+        orjson.loads(score_from_history(session_id, client_id, start, name.decode(), raw))
+        for name, raw in history.items()
+    ]
     # In session order: the start, the hits by number, the closing score last.
     rank = {"session_start": 0, "hit": 1, "session_end": 2}
     events.sort(key=lambda e: (rank.get(e["trigger"], 1), e["hit_number"] or 0))
@@ -221,18 +231,14 @@ async def session_state(session_id: str, redis: Redis, settings: Settings) -> Se
     for e in events:
         e["age_s"] = round((now - datetime.fromisoformat(e["scored_at"])).total_seconds(), 3)
 
-    def text(field: bytes) -> str | None:
-        value = state.get(field)
-        return None if value is None else value.decode()
-
     counters = {}
     for name, default in zip(STATE_NAMES, empty_state(), strict=True):
         value = state.get(keys.state_field(name).encode())
         counters[name] = float(value) if value is not None else float(default)
     return SessionStateResponse(
         session_id=session_id,
-        client_id=text(b"client_id"),
-        start=text(b"start"),
+        client_id=client_id,
+        start=start,
         ready=b"ready" in state,
         hits_applied=int(applied),
         pending_hits=int(pending),

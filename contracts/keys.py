@@ -34,9 +34,11 @@ def latest_score_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
 
 
 def score_history_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
-    """Return the hash of a session's scores: field ``trigger:hit_number``, ScoreEvent JSON.
+    """Return the hash of a session's scores: field ``trigger:hit_number``.
 
-    A redelivered event finds its score here and publishes the very same copy again.
+    Each value is the score in compact form (``stream.logic.history_entry``), from which
+    its ScoreEvent JSON is made again byte for byte. A redelivered event finds its score
+    here and publishes the very same copy again.
     """
     return f"{prefix}:{{{session_id}}}:history"
 

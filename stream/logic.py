@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import msgpack
 import orjson
 
 from contracts.outcomes import outcome_id
@@ -150,7 +152,67 @@ def score_event(
 
 def now_iso() -> str:
     """Return the time now, UTC, as an ISO timestamp to the millisecond."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    return utc_iso(now_ms())
+
+
+def now_ms() -> int:
+    """Return the time now in whole milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+def utc_iso(ms: int) -> str:
+    """Return whole epoch milliseconds as a UTC ISO timestamp to the millisecond.
+
+    The same text as ``datetime.now(UTC).isoformat(timespec="milliseconds")`` at that
+    millisecond; a score's ``scored_at`` is made and kept this way.
+    """
+    second, milli = divmod(ms, 1000)
+    text = datetime.fromtimestamp(second, UTC).isoformat()
+    return f"{text[:19]}.{milli:03d}{text[19:]}"
+
+
+# A score in a session's history hash is kept as MessagePack of [probability, model
+# version, event time, scored_at in epoch ms]: about 55 bytes where its JSON takes 340,
+# small enough for Redis to keep a session's history as one compact listpack. The event
+# time is its epoch ms (a hit's or a close's, formatted by ``iso_from_ms``), None (no
+# event time), or true: the session's start, as stored in its state hash. The JSON is
+# made again from it, byte for byte, with what the state hash holds.
+def history_entry(
+    probability: float, model_version: str, event: float | bool | None, scored_ms: int
+) -> bytes:
+    """Return a score's compact form for the session's history hash."""
+    return msgpack.packb([float(probability), model_version, event, scored_ms])
+
+
+def score_from_history(
+    session_id: str, client_id: str | None, start: str | None, name: str, entry: bytes
+) -> bytes:
+    """Return the ScoreEvent JSON of a history entry (``name`` is its history field).
+
+    ``client_id`` and ``start`` are the session's, from its state hash. An entry kept as
+    JSON (as histories were before the compact form) comes back as it is.
+    """
+    if entry[:1] == b"{":
+        return entry
+    probability, version, event, scored_ms = msgpack.unpackb(entry)
+    trigger, _, number = name.partition(":")
+    event_time: str | None = None
+    if event is True:
+        event_time = start
+    elif event is not None:
+        event_time = iso_from_ms(event)
+    return orjson.dumps(
+        score_event(
+            session_id=session_id,
+            client_id=client_id,
+            probability=probability,
+            model_version=version,
+            trigger=trigger,
+            hit_number=int(number) if number else None,
+            event_time=event_time,
+            scored_at=utc_iso(scored_ms),
+        )
+    )
 
 
 def history_field(trigger: str, hit_number: int | None) -> str:

@@ -35,15 +35,17 @@ from stream.gate import SessionGate
 from stream.logic import (
     BadEvent,
     epoch_ms,
+    history_entry,
     history_field,
     hit_event_ms,
     iso_from_ms,
-    now_iso,
+    now_ms,
     outcome_event,
     parse_hit,
     parse_session,
     score_event,
     start_time,
+    utc_iso,
 )
 from stream.state import (
     CloseWrite,
@@ -292,7 +294,8 @@ class Processor:
         out, model, vectors, probs = batch.out, batch.model, batch.vectors, batch.probs
         assert model is not None and vectors is not None and probs is not None
         hfield = history_field("session_start", None)
-        stamp = now_iso()
+        stamp_ms = now_ms()
+        stamp = utc_iso(stamp_ms)
         writes: dict[str, SessionWrite] = {}
         sids = [row["session_id"] for _, row in batch.parsed]
         for i, (rec, row) in enumerate(batch.parsed):
@@ -319,6 +322,7 @@ class Processor:
                 vector=vectors[i],
                 score_json=payload,
                 history_field=hfield,
+                history=history_entry(probs[i], model.version, True, stamp_ms),
                 partition=rec.partition,
                 event_ms=epoch_ms(start),
                 probability=float(probs[i]),
@@ -635,7 +639,8 @@ class Processor:
             unread = [sid for sid in converted_at if not states[sid].has_latest]
             latest.update(zip(unread, await self.store.latest_scores(unread), strict=True))
             last: dict[str, list[float]] = {}  # each session's state after its last hit
-            stamp = now_iso()
+            stamp_ms = now_ms()
+            stamp = utc_iso(stamp_ms)
             for k, ((i, sid, state, event_ms), p) in enumerate(zip(to_score, probs, strict=True)):
                 rec, hit = parsed[i]
                 st = states[sid]
@@ -684,6 +689,11 @@ class Processor:
                     w.event_ms = event_ms
                 w.applied.append(hit["hit_number"])
                 w.scores.append((history_field("hit", hit["hit_number"]), payload))
+                w.entries.append(
+                    history_entry(
+                        probability, model.version, event_ms if st.start else None, stamp_ms
+                    )
+                )
                 out.score(sid, payload, "hit")
                 if rec.timestamp_ms is not None:
                     out.event_ts_ms.append(rec.timestamp_ms)
@@ -845,7 +855,8 @@ class Processor:
             model = self.model
             vecs = np.vstack([cast(np.ndarray, states[sid].vector) for sid, _ in fresh])
             probs = model.score_in_session(vecs, np.vstack([states[sid].state for sid, _ in fresh]))
-            stamp = now_iso()
+            stamp_ms = now_ms()
+            stamp = utc_iso(stamp_ms)
             for (sid, last_ms), p in zip(fresh, probs, strict=True):
                 st = states[sid]
                 event_time = iso_from_ms(last_ms)
@@ -875,7 +886,10 @@ class Processor:
                     )
                     out.outcomes.append((sid, outcome))
                 hits_applied = int(st.state[STATE_INDEX["hits"]])
-                closes.append(CloseWrite(sid, payload, end_field, outcome, float(p), hits_applied))
+                entry = history_entry(p, model.version, last_ms, stamp_ms)
+                closes.append(
+                    CloseWrite(sid, payload, end_field, outcome, float(p), hits_applied, entry)
+                )
                 out.score(sid, payload, "session_end")
             await self.store.prepare_close(closes)
 

@@ -5,7 +5,8 @@ Layout (keys from ``contracts.keys``, all with the session TTL):
   float32 bytes) and one field per hit-state counter (``s:<name>``);
 - applied set: hit numbers already applied (a redelivered hit changes nothing);
 - pending list: hits that arrived before their session row (``ParkedHit``, packed);
-- score key: the latest ScoreEvent JSON; history hash: every score by trigger:hit.
+- score key: the latest ScoreEvent JSON; history hash: every score by trigger:hit, in
+  compact form (``stream.logic.history_entry``; the JSON is made again from it).
 
 Each batch reads with one pipeline and writes with one Lua call (atomic in Redis), so
 a crash leaves either all of a batch's writes or none of them.
@@ -31,6 +32,7 @@ from features.hits import STATE_NAMES, empty_state
 from stream import dashboard
 from stream.dashboard import DashScore, DashStart
 from stream.lane import ScriptLane
+from stream.logic import score_from_history
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -195,6 +197,7 @@ class SessionWrite:
     vector: np.ndarray
     score_json: bytes
     history_field: str
+    history: bytes | None = None  # the score's history entry (None: keep the JSON)
     partition: int = 0
     event_ms: float = 0.0
     probability: float = 0.0
@@ -215,6 +218,7 @@ class HitWrite:
     closed: bool = False  # a late hit: the session stays closed
     probability: float = 0.0  # the latest of the batch's scores
     points: list[float] = field(default_factory=list)  # the batch's probabilities, in order
+    entries: list[bytes] = field(default_factory=list)  # history entries of ``scores``, if any
 
 
 @dataclass
@@ -227,6 +231,7 @@ class CloseWrite:
     outcome: bytes | None
     probability: float = 0.0
     hits: int = 0  # hits applied before the close
+    history: bytes | None = None  # the final score's history entry (None: keep the JSON)
 
 
 class RedisStore:
@@ -372,7 +377,11 @@ class RedisStore:
         return await self._retry("latest scores", run)
 
     async def stored_scores(self, items: Sequence[tuple[str, str]]) -> list[bytes | None]:
-        """Return the stored score JSON for (session, history field) pairs."""
+        """Return the stored score JSON for (session, history field) pairs.
+
+        The JSON is made again from the history entry and the session's client id and
+        start, the very bytes published the first time.
+        """
         if not items:
             return []
 
@@ -380,9 +389,19 @@ class RedisStore:
             pipe = self.r.pipeline(transaction=False)
             for sid, name in items:
                 pipe.hget(self._k(keys.score_history_key, sid), name)
+                pipe.hmget(self._k(keys.session_key, sid), "client_id", "start")
             return await pipe.execute()
 
-        return list(await self._retry("stored scores", run))
+        found = await self._retry("stored scores", run)
+        out: list[bytes | None] = []
+        for k, (sid, name) in enumerate(items):
+            entry, (client_id, start) = found[2 * k], found[2 * k + 1]
+            out.append(
+                None
+                if entry is None
+                else score_from_history(sid, _text(client_id), _text(start), name, entry)
+            )
+        return out
 
     async def park(self, hits: Sequence[ParkedHit]) -> list[bool]:
         """Park hits until their session rows arrive, in one call.
@@ -482,7 +501,7 @@ class RedisStore:
                 fields += ["client_id", s.client_id]
             ops.add("HSET", state_key, *fields)
             ops.add("EXPIRE", state_key, ttl)
-            self._score(ops, s.session_id, [(s.history_field, s.score_json)])
+            self._score(ops, s.session_id, [(s.history_field, s.score_json)], _one(s.history))
             ops.add(
                 "ZADD",
                 keys.open_sessions_key(s.partition, self.prefix),
@@ -506,7 +525,7 @@ class RedisStore:
             applied_key = self._k(keys.applied_hits_key, h.session_id)
             ops.add("SADD", applied_key, *h.applied)
             ops.add("EXPIRE", applied_key, ttl)
-            self._score(ops, h.session_id, h.scores)
+            self._score(ops, h.session_id, h.scores, h.entries)
             scores += len(h.scores)
             if h.scores:
                 seen = int(h.state[HITS])
@@ -660,7 +679,7 @@ class RedisStore:
         for c in closes:
             state_key = self._k(keys.session_key, c.session_id)
             ops.add("HSET", state_key, "closed", "1")
-            self._score(ops, c.session_id, [(c.history_field, c.score_json)])
+            self._score(ops, c.session_id, [(c.history_field, c.score_json)], _one(c.history))
             if c.outcome is not None:
                 ops.add("HSET", state_key, "outcome", c.outcome)
             # A state that expired since the sweep read it comes back as these fields
@@ -688,15 +707,28 @@ class RedisStore:
         if ops.keys:
             await self._run_ops("finish close", ops)
 
-    def _score(self, ops: _Ops, sid: str, scores: list[tuple[str, bytes]]) -> None:
+    def _score(
+        self, ops: _Ops, sid: str, scores: list[tuple[str, bytes]], entries: Sequence[bytes]
+    ) -> None:
+        """Keep scores: their history entries (their JSON where none) and the latest JSON."""
         if not scores:
             return
         history = self._k(keys.score_history_key, sid)
         latest = self._k(keys.latest_score_key, sid)
-        flat: list[Any] = [x for pair in scores for x in pair]
+        flat: list[Any]
+        if entries:
+            flat = [
+                x for (name, _), entry in zip(scores, entries, strict=True) for x in (name, entry)
+            ]
+        else:
+            flat = [x for pair in scores for x in pair]
         ops.add("HSET", history, *flat)
         ops.add("EXPIRE", history, self.ttl)
         ops.add("SET", latest, scores[-1][1], "EX", self.ttl)
+
+
+def _one(entry: bytes | None) -> list[bytes]:
+    return [] if entry is None else [entry]
 
 
 def _text(value: bytes | None) -> str | None:

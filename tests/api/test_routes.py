@@ -9,6 +9,8 @@ from api.schemas import EXAMPLE_ROW
 from api.settings import ApiSettings
 from artifact import load_model
 from contracts import keys
+from contracts.scores import score_id
+from stream.logic import history_entry
 
 
 def test_predict_scores_through_the_shared_feature_code(client, model_path) -> None:
@@ -224,6 +226,33 @@ def test_session_history_ends_with_its_closing_score(client, fake_redis) -> None
         ("hit", 2),
         ("session_end", None),
     ]
+
+
+def test_session_history_kept_compact_comes_back_as_the_published_scores(
+    client, fake_redis
+) -> None:
+    sid, start = "s3", "2021-11-24T14:36:32+03:00"
+    fake_redis.hashes[keys.session_key(sid)] = {b"client_id": b"1.2", b"start": start.encode()}
+    scored_ms = 1_764_357_116_645
+    fake_redis.hashes[keys.score_history_key(sid)] = {
+        b"hit:1": history_entry(0.25, "v2", 1_637_753_800_500.0, scored_ms),
+        b"session_start:": history_entry(0.125, "v1", True, scored_ms),
+    }
+    body = client.get(f"/sessions/{sid}").json()
+    first, hit = body["scores"]
+    assert (first["trigger"], first["event_time"], first["probability"]) == (
+        "session_start",
+        start,
+        0.125,
+    )
+    assert first["client_id"] == "1.2" and first["model_version"] == "v1"
+    assert first["score_id"] == score_id(sid, "session_start", None, "v1")
+    assert (hit["hit_number"], hit["event_time"], hit["model_version"]) == (
+        1,
+        "2021-11-24T14:36:40.500+03:00",
+        "v2",
+    )
+    assert hit["scored_at"] == "2025-11-28T19:11:56.645+00:00"
 
 
 def test_session_with_only_parked_hits_is_known_and_not_ready(client, fake_redis) -> None:

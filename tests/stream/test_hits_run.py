@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from artifact import load_model
-from contracts import topics
+from contracts import keys, topics
 from features.target import TARGET_ACTIONS
 from stream.processor import HitsBatch, HitsRun, Processor, Record
 from stream.replay import build_events
@@ -155,6 +155,27 @@ async def test_a_hit_again_in_a_later_batch_of_the_run_is_a_duplicate_with_the_s
     assert len(copies) == 15
     assert all(by_id[orjson.loads(p)["score_id"]] == p for p in copies)
     assert len(b.out.scores) == 20
+
+
+async def test_a_hit_delivered_again_later_gets_its_stored_copy_from_the_compact_history(
+    started: tuple[Processor, list[bytes]],
+) -> None:
+    processor, hits = started
+    async with processor.hits_batch(_records("t.hits", hits, 10)) as out:
+        published = dict(((sid, orjson.loads(p)["hit_number"]), p) for sid, p in out.scores)
+    # A later run (after a restart, say) knows only what Redis has.
+    async with processor.hits_batch(_records("t.hits", hits, 10)) as again:
+        copies = dict(((sid, orjson.loads(p)["hit_number"]), p) for sid, p in again.scores)
+    assert again.duplicates == len(hits)
+    assert copies == published and len(published) == len(hits)
+    # Each session's history is a compact listpack: its entries are small.
+    r = processor.store.r
+    sids = {sid for sid, _ in published}
+    for sid in sids:
+        history = keys.score_history_key(sid, processor.store.prefix)
+        assert await r.object("encoding", history) == b"listpack"
+        entries = await r.hvals(history)
+        assert entries and all(len(e) < 64 for e in entries)
 
 
 async def test_a_failed_batch_leaves_the_run_as_it_was(
