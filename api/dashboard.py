@@ -74,13 +74,19 @@ def _f(value: bytes | None) -> float:
 
 
 def _merge(hashes: list[dict[bytes, bytes]]) -> tuple[dict[str, float], dict[str, dict]]:
-    """Add up bucket hashes: totals and, per dimension and value, n, p and c."""
+    """Add up bucket hashes: totals and, per dimension and value, n, p and c.
+
+    ``pu`` (the probabilities in millionths) counts into p, as do the float sums ``p``
+    of buckets written before.
+    """
     totals = {"n": 0.0, "p": 0.0, "c": 0.0}
     by_dim: dict[str, dict[str, dict[str, float]]] = {d: {} for d in DIMENSIONS}
     for h in hashes:
         for raw_field, raw_value in h.items():
             parts = raw_field.decode().split("|", 2)
             value = float(raw_value)
+            if parts[0] == "pu":
+                parts[0], value = "p", value / 1e6
             if len(parts) == 1:
                 totals[parts[0]] = totals.get(parts[0], 0.0) + value
             elif parts[1] in by_dim:
@@ -127,7 +133,7 @@ async def read_dashboard(
     for k in channel_keys:
         pipe.hgetall(k)
     for k in chart_keys:
-        pipe.hmget(k, "n", "p", "c")
+        pipe.hmget(k, "n", "p", "pu", "c")
     for m in minutes:
         pipe.hmget(f"{prefix}:rate:{m}", "events", "scores")
     pipe.hgetall(workers_key(key_prefix))
@@ -179,10 +185,10 @@ async def read_dashboard(
             {
                 "start_ms": float(k.rsplit(":", 1)[1]) * chart_ms,
                 "sessions": int(_f(n)),
-                "expected": max(0.0, _f(p)),
+                "expected": max(0.0, _f(p) + _f(pu) / 1e6),
                 "observed": int(_f(c)),
             }
-            for k, (n, p, c) in zip(chart_keys, chart_h, strict=True)
+            for k, (n, p, pu, c) in zip(chart_keys, chart_h, strict=True)
         ],
         "chart_bucket_ms": chart_ms,
     }

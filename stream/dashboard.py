@@ -4,9 +4,11 @@ Every session counts once, in the time buckets of its start (event time): 5-minu
 buckets (the last hour), hourly buckets (the last day), daily buckets (the chart) and
 one bucket for all retained time. Per bucket, a hash holds the totals and, per
 utm_medium, utm_source and utm_campaign value, the sessions (``n``), the sum of their
-session-start probabilities (``p``, the expected conversions: that model is calibrated
-per session, so observed / expected near 1 means a channel converts as the model
-expects) and the observed conversions (``c``).
+session-start probabilities (``pu``, in millionths, the expected conversions: that model
+is calibrated per session, so observed / expected near 1 means a channel converts as the
+model expects) and the observed conversions (``c``). All three are integers, so Redis
+adds them with HINCRBY, much cheaper than HINCRBYFLOAT; buckets written before kept the
+probabilities as a float sum ``p``, which the page still adds in.
 
 Updates run inside the worker's batch write (the same Lua call, atomic with the
 session state), and each session's dashboard record (``dash`` hash, under the
@@ -86,7 +88,7 @@ end
 local function flush()
   for _, hash in ipairs(touched) do
     for field, v in pairs(sums[hash]) do
-      redis.call('HINCRBYFLOAT', hash, field, v)
+      redis.call('HINCRBY', hash, field, v)
     end
     redis.call('EXPIRE', hash, ttls[hash])
   end
@@ -116,7 +118,7 @@ local function dstart(key, a, i)
   redis.call('EXPIRE', key, STTL)
   local d = {ms, a[i + 3], a[i + 4], a[i + 5]}
   add(d, 'n', 1)
-  add(d, 'p', p)
+  add(d, 'pu', math.floor(p * 1000000 + 0.5))
   active = active + 1
   if not now_ms or ms > now_ms then now_ms = ms end
   hot(sid, p)

@@ -11,7 +11,7 @@ import pytest
 
 from api.dashboard import Window, read_dashboard
 from features.hits import STATE_INDEX, empty_state
-from stream.dashboard import HOT_MAX, HOUR_MS, channel_values, session_dash_key
+from stream.dashboard import HOT_MAX, HOUR_MS, channel_values, dash_prefix, session_dash_key
 from stream.state import CloseWrite, HitWrite, RedisStore, SessionWrite
 
 pytestmark = pytest.mark.redis
@@ -199,3 +199,21 @@ async def test_a_large_batch_sums_its_channels_and_keeps_the_hottest(store: Redi
     assert d["now"]["event_time_ms"] == T0 + n - 1
     hot = [h["session_id"] for h in d["hot"]]
     assert hot == [f"s{i:03d}" for i in range(n - 1, 9, -1)]
+
+
+async def test_buckets_hold_integer_sums_and_older_float_sums_still_count(
+    store: RedisStore,
+) -> None:
+    await store.write([_start("a", 0.1234567, T0, _row("cpc"))], [])
+    bucket = f"{dash_prefix(store.prefix)}:all"
+    fields = await store.r.hgetall(bucket)
+    assert fields[b"n"] == b"1" and fields[b"pu"] == b"123457"  # millionths, rounded
+    assert all(v.lstrip(b"-").isdigit() for v in fields.values())  # HINCRBY's integers
+    # A bucket written before the millionths kept its probabilities as a float sum.
+    await store.r.hset(bucket, mapping={"p": "0.25", "p|utm_medium|cpc": "0.25", "n": "2"})
+    d = await _data(store)
+    assert d["totals"]["expected"] == pytest.approx(0.373457)
+    assert _medium(d, "cpc")["expected"] == pytest.approx(0.373457)
+    # The next write adds to such a bucket without trouble.
+    await store.write([_start("b", 0.5, T0, _row("cpc"))], [])
+    assert (await _data(store))["totals"]["expected"] == pytest.approx(0.873457)
