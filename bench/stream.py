@@ -162,6 +162,8 @@ def throughput(
     for k in range(workers):
         s = settings if k == 0 else settings.model_copy(update={"metrics_port": free_port()})
         procs.append(WorkerProcess(s, work / f"{settings.app_id}-{k}.log"))
+    store = redis.Redis.from_url(settings.redis_url)
+    redis_before = _redis_use(store)
     try:
         for p in procs:
             p.start()
@@ -169,6 +171,8 @@ def throughput(
         first_ms, _ = _poll_first_consumed(ports, expected, timeout_s=3600)
         parked = sum(_counter(port, "scorer_worker_parked_hits_total{}") for port in ports)
         late = sum(_counter(port, "scorer_worker_late_hits_total{}") for port in ports)
+        worker_cpu = sum(p.cpu_seconds() for p in procs)
+        redis_cpu, redis_bytes = np.subtract(_redis_use(store), redis_before)
     finally:
         for p in procs:
             p.stop()
@@ -187,9 +191,20 @@ def throughput(
         "sustained_events_per_s": round(0.8 * len(event_scores) / ((hi - lo) / 1000.0)),
         "parked_hits": int(parked),
         "late_hits": int(late),  # applied after their session was closed
+        # CPU seconds over the run (the workers' from their start), and what Redis holds
+        # at its end beyond what it held before.
+        "worker_cpu_s": round(worker_cpu, 1),
+        "redis_cpu_s": round(float(redis_cpu), 1),
+        "redis_mb": round(float(redis_bytes) / 1e6, 1),
     }
     drop_run(settings)
     return result
+
+
+def _redis_use(store: redis.Redis) -> tuple[float, float]:
+    """Return Redis's CPU seconds so far (user and system) and its memory in bytes."""
+    cpu, memory = store.info("cpu"), store.info("memory")
+    return cpu["used_cpu_user"] + cpu["used_cpu_sys"], float(memory["used_memory"])
 
 
 def faust_ceiling(
@@ -423,8 +438,9 @@ def render(results: dict[str, Any]) -> str:
             r = results[key]
             lines.append(
                 f"| {label} ({r['events']:,} events) | {r['events_per_s']:,} events/s "
-                f"first consumed → last score, {r['sustained_events_per_s']:,} sustained "
-                f"| {target} |"
+                f"first consumed → last score, {r['sustained_events_per_s']:,} sustained; "
+                f"CPU: workers {r['worker_cpu_s']} s, Redis {r['redis_cpu_s']} s; "
+                f"Redis holds {r['redis_mb']:,} MB more | {target} |"
             )
     if "latency" in results:
         lat = results["latency"]
