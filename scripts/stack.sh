@@ -163,9 +163,11 @@ start_redis() {
 start (a system redis?); stop it or choose another port with SCORER_REDIS_PORT"
   mkdir -p "$STACK_DIR/redis"
   say "starting redis on 127.0.0.1:$REDIS_PORT"
+  # Hash values up to 1 KB keep a session's state hash (its feature vector and outcome
+  # among small counters) in the compact listpack encoding, as docker-compose.yml does.
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$STACK_DIR/redis" \
     --logfile "$LOGS/redis.log" --save "" --appendonly no --daemonize no \
-    --maxmemory-policy noeviction > /dev/null 2>&1 < /dev/null &
+    --maxmemory-policy noeviction --hash-max-listpack-value 1024 > /dev/null 2>&1 < /dev/null &
   echo $! > "$RUN/redis.pid"
   for _ in $(seq 1 50); do
     [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && { say "redis is ready on 127.0.0.1:$REDIS_PORT"; return 0; }

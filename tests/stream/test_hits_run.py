@@ -168,7 +168,8 @@ async def test_a_hit_delivered_again_later_gets_its_stored_copy_from_the_compact
         copies = dict(((sid, orjson.loads(p)["hit_number"]), p) for sid, p in again.scores)
     assert again.duplicates == len(hits)
     assert copies == published and len(published) == len(hits)
-    # Each session's history is a compact listpack: its entries are small.
+    # Each session's history is a compact listpack: its entries are small. So is its
+    # state hash, with the stack's hash-max-listpack-value of 1 KB (scripts/stack.sh).
     r = processor.store.r
     sids = {sid for sid, _ in published}
     for sid in sids:
@@ -176,6 +177,8 @@ async def test_a_hit_delivered_again_later_gets_its_stored_copy_from_the_compact
         assert await r.object("encoding", history) == b"listpack"
         entries = await r.hvals(history)
         assert entries and all(len(e) < 64 for e in entries)
+        state = keys.session_key(sid, processor.store.prefix)
+        assert await r.object("encoding", state) == b"listpack"
 
 
 async def test_a_failed_batch_leaves_the_run_as_it_was(
