@@ -435,20 +435,26 @@ class Pipeline:
             elif ahead_ms > lead:
                 pause.append(tp)
         if pause:
-            await self.fetching(pause, False)
-            self.held.update(pause)
-            self.metrics.pauses.inc(len(pause))
+            paused = await self.fetching(pause, False)
+            self.held.update(paused)
+            self.metrics.pauses.inc(len(paused))
         if resume:
+            # One the client no longer has is resumed by its new assignment anyway.
             await self.fetching(resume, True)
             self.held.difference_update(resume)
         self.metrics.paused.set(len(self.held))
 
-    async def fetching(self, tps: list[Any], on: bool) -> None:
-        """Pause (on=False) or resume fetching partitions, in the consumer's own thread."""
+    async def fetching(self, tps: list[Any], on: bool) -> list[Any]:
+        """Pause (on=False) or resume fetching partitions, in the consumer's own thread.
+
+        Returns the partitions it did: a rebalance under way in that thread may have
+        taken some from the client since the assignment was read here.
+        """
         thread = cast(Any, self.app.consumer)._thread  # Faust runs aiokafka in a thread
         client = thread._ensure_consumer()
         parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
-        await thread.call_thread(client.resume if on else client.pause, *parts)
+        done = await thread.call_thread(set_fetching, client, parts, on)
+        return [tp for tp, part in zip(tps, parts, strict=True) if part in done]
 
     async def behind(self, partition: int) -> set[str]:
         """The input kinds ("sessions", "hits") with records of a partition not read yet.
@@ -656,6 +662,19 @@ async def every(
         await sleep(max(0.0, period_s - (clock() - started)))
         started = clock()
         await job()
+
+
+def set_fetching(client: Any, parts: list[TopicPartition], on: bool) -> set[TopicPartition]:
+    """Pause or resume those of ``parts`` the Kafka client has now; return them.
+
+    Runs in the client's thread, where its rebalances run: the assignment read here is
+    the one the call acts on. (The client raises for a partition it does not have.)
+    """
+    assigned = client.assignment()
+    mine = [tp for tp in parts if tp in assigned]
+    if mine:
+        (client.resume if on else client.pause)(*mine)
+    return set(mine)
 
 
 def _interleave(runs: list[list[Record]], size: int) -> Iterator[list[Record]]:

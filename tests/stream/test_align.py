@@ -3,7 +3,12 @@
 import asyncio
 from typing import Any, NamedTuple
 
-from stream.app import Pipeline
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import IllegalStateError
+from aiokafka.structs import TopicPartition
+
+from stream.app import Pipeline, set_fetching
 from stream.metrics import WorkerMetrics
 from stream.settings import StreamSettings
 
@@ -21,6 +26,7 @@ class FakeConsumer:
         self.high = high
         self.fetch_position: dict[TP, int] = {}  # where the consumer reads next
         self.paused: set[TP] = set()
+        self.client_tps: set[TP] | None = None  # the Kafka client's own, when it differs
 
     def assignment(self) -> set[TP]:
         return set(self.tps)
@@ -43,12 +49,15 @@ class FakeApp:
 class FakePipeline(Pipeline):
     """The real decisions; pausing is recorded on the fake consumer."""
 
-    async def fetching(self, tps: list[Any], on: bool) -> None:
+    async def fetching(self, tps: list[Any], on: bool) -> list[Any]:
         consumer = self.app.consumer
+        has = consumer.assignment() if consumer.client_tps is None else consumer.client_tps
+        mine = [tp for tp in tps if tp in has]
         if on:
-            consumer.paused.difference_update(tps)
+            consumer.paused.difference_update(mine)
         else:
-            consumer.paused.update(tps)
+            consumer.paused.update(mine)
+        return mine
 
 
 class FakeProcessor:
@@ -141,6 +150,34 @@ def test_a_partition_that_moves_away_is_forgotten() -> None:
     consumer.tps = []  # revoked
     asyncio.run(pipe.align())
     assert pipe.held == set()
+
+
+def test_a_partition_the_client_lost_meanwhile_is_not_held() -> None:
+    # A rebalance in the client's thread took the partition after the worker read its
+    # assignment: nothing is paused, and the partition is not counted as held.
+    pipe, consumer, processor = _pipeline(lead_s=300)
+    _marks(processor, sessions_min=60, hits_min=50)
+    consumer.client_tps = set()
+    asyncio.run(pipe.align())
+    assert consumer.paused == set()
+    assert pipe.held == set()
+    assert pipe.metrics.pauses._value.get() == 0
+
+
+def test_pausing_and_resuming_skip_partitions_the_client_does_not_have() -> None:
+    async def check() -> None:
+        client = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+        mine, gone = TopicPartition("ga.sessions", 0), TopicPartition("ga.sessions", 1)
+        client.assign([mine])
+        with pytest.raises(IllegalStateError):
+            client.resume(gone)  # what a resume after a rebalance did before
+        assert set_fetching(client, [mine, gone], False) == {mine}
+        assert client.paused() == {mine}
+        assert set_fetching(client, [gone, mine], True) == {mine}
+        assert client.paused() == set()
+        await client.stop()
+
+    asyncio.run(check())
 
 
 def test_behind_names_the_kinds_with_records_left_to_read() -> None:
