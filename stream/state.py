@@ -117,6 +117,25 @@ end
 return cmsgpack.pack(out)
 """
 
+# Stored scores, for copies published again. KEYS: history and state key of each score,
+# in pairs; ARGV[1]: MessagePack of the history field of each. Returns MessagePack of
+# [entry, client_id, start] per score, or false where none is stored (most due sessions
+# of a close round): the state's fields are read only where the entry exists.
+STORED_SCRIPT = """
+local names = cmsgpack.unpack(ARGV[1])
+local out = {}
+for i = 1, #names do
+  local entry = redis.call('HGET', KEYS[2 * i - 1], names[i])
+  if entry then
+    local meta = redis.call('HMGET', KEYS[2 * i], 'client_id', 'start')
+    out[i] = {entry, meta[1], meta[2]}
+  else
+    out[i] = false
+  end
+end
+return cmsgpack.pack(out)
+"""
+
 # The hash fields a batch reads of each session.
 READ_FIELDS = ["start", "ready", "client_id", "vec", "p", "closed", "outcome", *STATE_FIELDS]
 _N_META = 7
@@ -257,6 +276,7 @@ class RedisStore:
         self._release = client.register_script(RELEASE_SCRIPT)
         self._apply = client.register_script(APPLY_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
+        self._stored = client.register_script(STORED_SCRIPT)
         self.lane = ScriptLane(client)
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -380,26 +400,31 @@ class RedisStore:
         """Return the stored score JSON for (session, history field) pairs.
 
         The JSON is made again from the history entry and the session's client id and
-        start, the very bytes published the first time.
+        start, the very bytes published the first time. One script call on the lane,
+        after the writes sent before it.
         """
         if not items:
             return []
-
-        async def run() -> list[Any]:
-            pipe = self.r.pipeline(transaction=False)
-            for sid, name in items:
-                pipe.hget(self._k(keys.score_history_key, sid), name)
-                pipe.hmget(self._k(keys.session_key, sid), "client_id", "start")
-            return await pipe.execute()
-
-        found = await self._retry("stored scores", run)
+        names = [
+            key
+            for sid, _ in items
+            for key in (
+                self._k(keys.score_history_key, sid),
+                self._k(keys.session_key, sid),
+            )
+        ]
+        packed = msgpack.packb([name for _, name in items], use_bin_type=False)
+        found = msgpack.unpackb(
+            await (await self._send("stored scores", self._stored, names, [packed])), raw=True
+        )
         out: list[bytes | None] = []
-        for k, (sid, name) in enumerate(items):
-            entry, (client_id, start) = found[2 * k], found[2 * k + 1]
+        for (sid, name), row in zip(items, found, strict=True):
+            if not row:
+                out.append(None)
+                continue
+            entry, client_id, start = row
             out.append(
-                None
-                if entry is None
-                else score_from_history(sid, _text(client_id), _text(start), name, entry)
+                score_from_history(sid, _text(client_id or None), _text(start or None), name, entry)
             )
         return out
 
