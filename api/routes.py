@@ -231,10 +231,15 @@ async def session_state(session_id: str, redis: Redis, settings: Settings) -> Se
     for e in events:
         e["age_s"] = round((now - datetime.fromisoformat(e["scored_at"])).total_seconds(), 3)
 
-    counters = {}
-    for name, default in zip(STATE_NAMES, empty_state(), strict=True):
-        value = state.get(keys.state_field(name).encode())
-        counters[name] = float(value) if value is not None else float(default)
+    empty = empty_state().tolist()
+    packed = state.get(keys.HIT_STATE_FIELD.encode())
+    if packed is not None:
+        counters = dict(zip(STATE_NAMES, keys.unpack_hit_state(packed, empty), strict=True))
+    else:  # a state written before the packed counters: one field each
+        counters = {}
+        for name, default in zip(STATE_NAMES, empty, strict=True):
+            value = state.get(keys.state_field(name).encode())
+            counters[name] = float(value) if value is not None else float(default)
     return SessionStateResponse(
         session_id=session_id,
         client_id=client_id,

@@ -4,13 +4,37 @@ Every key of a session carries the session id in a hash tag (``{...}``), so all 
 session's keys land on one Redis Cluster slot and a Lua script may touch them together.
 """
 
+import struct
+from collections.abc import Sequence
+
 KEY_PREFIX = "scorer"
-STATE_FIELD_PREFIX = "s:"  # hit-state counters in the state hash: ``s:<counter name>``
+# The hit-state counters in the state hash: one field, the counters packed as float64
+# (little-endian) in the order of ``features.hits.STATE_NAMES``. A counter added later
+# goes at the end, so a shorter vector stored before reads with the new counter empty.
+HIT_STATE_FIELD = "hs"
+# States written before the packed field kept each counter in a field of its own,
+# ``s:<counter name>``; they are still read where ``hs`` is absent.
+STATE_FIELD_PREFIX = "s:"
 
 
 def state_field(name: str) -> str:
-    """Return the state-hash field of one hit-state counter."""
+    """Return the state-hash field of one hit-state counter, as states were written before."""
     return f"{STATE_FIELD_PREFIX}{name}"
+
+
+def pack_hit_state(values: Sequence[float]) -> bytes:
+    """Return the ``hs`` field's value for a session's hit-state counters."""
+    return struct.pack(f"<{len(values)}d", *values)
+
+
+def unpack_hit_state(raw: bytes, empty: Sequence[float]) -> list[float]:
+    """Return the counters of an ``hs`` field; ``empty`` gives the count and the defaults.
+
+    Counters missing from a shorter vector take their empty values; extra ones are
+    dropped.
+    """
+    n = min(len(raw) // 8, len(empty))
+    return [*struct.unpack_from(f"<{n}d", raw), *empty[n:]]
 
 
 def session_key(session_id: str, prefix: str = KEY_PREFIX) -> str:

@@ -2,7 +2,8 @@
 
 Layout (keys from ``contracts.keys``, all with the session TTL):
 - state hash: ``client_id``, ``start`` (ISO start time), ``vec`` (session features as
-  float32 bytes) and one field per hit-state counter (``s:<name>``);
+  float32 bytes) and ``hs``, the hit-state counters as float64 bytes (states written
+  before it kept one field per counter, ``s:<name>``, still read where it is absent);
 - applied set: hit numbers already applied (a redelivered hit changes nothing);
 - pending list: hits that arrived before their session row (``ParkedHit``, packed);
 - score key: the latest ScoreEvent JSON; history hash: every score by trigger:hit, in
@@ -37,7 +38,8 @@ from stream.logic import score_from_history
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-STATE_FIELDS = [keys.state_field(name) for name in STATE_NAMES]
+# The counters' fields as states were written before the packed ``hs`` field.
+LEGACY_STATE_FIELDS = [keys.state_field(name) for name in STATE_NAMES]
 HITS = STATE_NAMES.index("hits")
 
 # Park hits only while their session is not released yet, atomically with that check.
@@ -97,20 +99,26 @@ return 1
 
 # A batch's reads in one call. KEYS: state, latest-score and applied key of each
 # session; ARGV[1]: MessagePack of [fields to read, hit numbers to look up per session,
-# whether to read its latest score per session]. Returns MessagePack of [fields, latest,
-# applied flags] per session; false is missing (or the latest score not asked for).
+# whether to read its latest score per session, the counters' fields of the layout
+# before the packed one]. Returns MessagePack of [fields, latest, applied flags, counters
+# of the earlier layout] per session; false is missing (or the latest score not asked
+# for). The last field read is the packed counters: a state stored without it (it has
+# a start) was written before them, and only then are the older fields read.
 READ_SCRIPT = """
 local args = cmsgpack.unpack(ARGV[1])
-local fields, numbers, with_latest = args[1], args[2], args[3]
+local fields, numbers, with_latest, legacy = args[1], args[2], args[3], args[4]
 local out = {}
 for s = 1, #numbers do
   local k = (s - 1) * 3
   local row = redis.call('HMGET', KEYS[k + 1], unpack(fields))
   local latest = false
   if with_latest[s] then latest = redis.call('GET', KEYS[k + 2]) end
-  local item = {row, latest, {}}
+  local item = {row, latest, {}, false}
   if #numbers[s] > 0 then
     item[3] = redis.call('SMISMEMBER', KEYS[k + 3], unpack(numbers[s]))
+  end
+  if row[1] and not row[#fields] then
+    item[4] = redis.call('HMGET', KEYS[k + 1], unpack(legacy))
   end
   out[s] = item
 end
@@ -136,10 +144,11 @@ end
 return cmsgpack.pack(out)
 """
 
-# The hash fields a batch reads of each session.
-READ_FIELDS = ["start", "ready", "client_id", "vec", "p", "closed", "outcome", *STATE_FIELDS]
+# The hash fields a batch reads of each session; the packed counters come last.
+READ_FIELDS = ["start", "ready", "client_id", "vec", "p", "closed", "outcome", keys.HIT_STATE_FIELD]
 _N_META = 7
 _EMPTY_STATE: list[float] = empty_state().tolist()  # what a counter is before any hit
+_PACKED_EMPTY = keys.pack_hit_state(_EMPTY_STATE)
 
 
 @dataclass
@@ -339,7 +348,8 @@ class RedisStore:
         ]
         wanted = [latest if isinstance(latest, bool) else sid in latest for sid in sids]
         packed = msgpack.packb(
-            [READ_FIELDS, [numbers.get(sid, []) for sid in sids], wanted], use_bin_type=False
+            [READ_FIELDS, [numbers.get(sid, []) for sid in sids], wanted, LEGACY_STATE_FIELDS],
+            use_bin_type=False,
         )
         replied = await self._send("read", self._read, names, [packed])
 
@@ -360,12 +370,18 @@ class RedisStore:
         out = {}
         flags: dict[tuple[str, int], bool] = {}
         empty = _EMPTY_STATE
-        for sid, (h, latest, found), has_latest in zip(sids, results, wanted, strict=True):
+        for sid, (h, latest, found, legacy), has_latest in zip(sids, results, wanted, strict=True):
             start, ready, client_id, vec, part, closed, outcome = (x or None for x in h[:_N_META])
-            state = np.array(
-                [float(v) if v else e for v, e in zip(h[_N_META:], empty, strict=True)],
-                dtype=np.float64,
-            )
+            packed = h[_N_META]
+            if packed:
+                state = np.array(keys.unpack_hit_state(packed, empty), dtype=np.float64)
+            elif legacy:
+                state = np.array(
+                    [float(v) if v else e for v, e in zip(legacy, empty, strict=True)],
+                    dtype=np.float64,
+                )
+            else:
+                state = np.array(empty, dtype=np.float64)
             out[sid] = SessionState(
                 known=start is not None,
                 ready=ready is not None,
@@ -521,6 +537,8 @@ class RedisStore:
                 s.vector.astype(np.float32).tobytes(),
                 "p",
                 s.partition,
+                keys.HIT_STATE_FIELD,
+                _PACKED_EMPTY,
             ]
             if s.client_id is not None:
                 fields += ["client_id", s.client_id]
@@ -540,9 +558,7 @@ class RedisStore:
             scores += 1
         for h in hits:
             state_key = self._k(keys.session_key, h.session_id)
-            mapping: list[Any] = []
-            for f, v in zip(STATE_FIELDS, h.state.tolist(), strict=True):
-                mapping += [f, repr(v)]
+            mapping: list[Any] = [keys.HIT_STATE_FIELD, keys.pack_hit_state(h.state.tolist())]
             if h.outcome is not None:
                 mapping += ["outcome", h.outcome]
             ops.add("HSET", state_key, *mapping)

@@ -210,6 +210,26 @@ def test_session_state_shows_counters_and_bounded_history(client, fake_redis) ->
     assert [s["hit_number"] for s in body["scores"]] == list(range(11, 61))
 
 
+def test_session_state_reads_the_packed_counters(client, fake_redis) -> None:
+    from features.hits import STATE_INDEX, empty_state
+
+    state = empty_state()
+    state[STATE_INDEX["hits"]] = 4.0
+    state[STATE_INDEX["photo_views"]] = 2.0
+    sid = "packed"
+    fake_redis.hashes[keys.session_key(sid)] = {
+        b"start": b"2021-11-24T14:36:32+03:00",
+        keys.HIT_STATE_FIELD.encode(): keys.pack_hit_state(state.tolist()),
+        keys.state_field("hits").encode(): b"1.0",  # stale: the packed field wins
+    }
+    fake_redis.hashes[keys.score_history_key(sid)] = {
+        b"session_start:": _score(sid, "session_start", None, 0.02)
+    }
+    body = client.get(f"/sessions/{sid}").json()
+    assert body["state"]["hits"] == 4.0 and body["state"]["photo_views"] == 2.0
+    assert body["state"]["max_hit_time_ms"] == -1.0
+
+
 def test_session_history_ends_with_its_closing_score(client, fake_redis) -> None:
     sid = "s2"
     fake_redis.hashes[keys.session_key(sid)] = {b"client_id": b"1.2", b"ready": b"1"}

@@ -12,7 +12,7 @@ import orjson
 import redis
 
 from contracts import keys, topics
-from features.hits import STATE_NAMES, combine, empty_state, hit_increments
+from features.hits import combine, empty_state, hit_increments
 from features.target import TARGET_ACTIONS
 from stream.replay import build_events
 from stream.settings import StreamSettings
@@ -68,10 +68,9 @@ def stored_state(r: redis.Redis, sid: str, prefix: str) -> tuple[np.ndarray, set
     """Read a session's hit state and applied hit numbers from Redis."""
     h = r.hgetall(keys.session_key(sid, prefix))
     state = empty_state()
-    for i, name in enumerate(STATE_NAMES):
-        value = h.get(keys.state_field(name).encode())
-        if value is not None:
-            state[i] = float(value)
+    packed = h.get(keys.HIT_STATE_FIELD.encode())
+    if packed is not None:
+        state = np.array(keys.unpack_hit_state(packed, state.tolist()), dtype=np.float64)
     applied = {int(x) for x in r.smembers(keys.applied_hits_key(sid, prefix))}
     return state, applied
 
