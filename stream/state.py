@@ -149,6 +149,7 @@ READ_FIELDS = ["start", "ready", "client_id", "vec", "p", "closed", "outcome", k
 _N_META = 7
 _EMPTY_STATE: list[float] = empty_state().tolist()  # what a counter is before any hit
 _PACKED_EMPTY = keys.pack_hit_state(_EMPTY_STATE)
+_STATE_BYTES = len(_PACKED_EMPTY)
 
 
 @dataclass
@@ -373,7 +374,9 @@ class RedisStore:
         for sid, (h, latest, found, legacy), has_latest in zip(sids, results, wanted, strict=True):
             start, ready, client_id, vec, part, closed, outcome = (x or None for x in h[:_N_META])
             packed = h[_N_META]
-            if packed:
+            if packed and len(packed) == _STATE_BYTES:
+                state = np.frombuffer(packed, dtype="<f8")  # read-only: states are replaced
+            elif packed:
                 state = np.array(keys.unpack_hit_state(packed, empty), dtype=np.float64)
             elif legacy:
                 state = np.array(
@@ -387,7 +390,7 @@ class RedisStore:
                 ready=ready is not None,
                 client_id=_text(client_id),
                 start=_text(start),
-                vector=None if vec is None else np.frombuffer(vec, dtype=np.float32).copy(),
+                vector=None if vec is None else np.frombuffer(vec, dtype=np.float32),
                 state=state,
                 partition=None if part is None else int(part),
                 closed=closed is not None,
