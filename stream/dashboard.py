@@ -52,8 +52,10 @@ WORKER_TTL_S = 60
 # trajectory length, TTL of 5-minute, hourly and longer buckets].
 LUA = """
 local cfg = cmsgpack.unpack(ARGV[2])
-local P, STTL, HOT_MAX, TRAJ = cfg[1], cfg[2], cfg[3], cfg[4]
-local TTL = {cfg[5], cfg[6], cfg[7], cfg[7]}
+-- Numbers handed to redis.call go as text: Redis formats a Lua number with snprintf.
+local P, STTL, HOT_MAX, TRAJ = cfg[1], tostring(cfg[2]), cfg[3], cfg[4]
+local TTL = {tostring(cfg[5]), tostring(cfg[6]), tostring(cfg[7]), tostring(cfg[7])}
+local fmt = string.format
 local DIMS = {'utm_medium', 'utm_source', 'utm_campaign'}
 -- A call's aggregate increments, summed per hash and field, and the open-count and
 -- stream-time changes: written once, by flush(), at the end of the call.
@@ -70,8 +72,9 @@ local function bump(hash, ttl, field, v)
 end
 local function add(d, stat, v)
   local ms = d[1]
-  local b = {P .. ':m5:' .. math.floor(ms / 300000), P .. ':h:' .. math.floor(ms / 3600000),
-             P .. ':d:' .. math.floor(ms / 86400000), P .. ':all'}
+  local b = {fmt('%s:m5:%d', P, math.floor(ms / 300000)),
+             fmt('%s:h:%d', P, math.floor(ms / 3600000)),
+             fmt('%s:d:%d', P, math.floor(ms / 86400000)), P .. ':all'}
   for j = 1, 4 do
     bump(b[j], TTL[j], stat, v)
     if j ~= 3 then
@@ -88,13 +91,13 @@ end
 local function flush()
   for _, hash in ipairs(touched) do
     for field, v in pairs(sums[hash]) do
-      redis.call('HINCRBY', hash, field, v)
+      redis.call('HINCRBY', hash, field, fmt('%d', v))
     end
     redis.call('EXPIRE', hash, ttls[hash])
   end
   local meta = P .. ':meta'
   if active ~= 0 then
-    redis.call('HINCRBY', meta, 'active', active)
+    redis.call('HINCRBY', meta, 'active', fmt('%d', active))
   end
   if now_ms then
     local now = tonumber(redis.call('HGET', meta, 'now_ms') or '0')
@@ -111,19 +114,21 @@ local function flush()
 end
 local function dstart(key, a, i)
   if redis.call('EXISTS', key) == 1 then return end
-  local sid, p, ms = a[i], a[i + 1], a[i + 2]
-  redis.call('HSET', key, 'seq', 0, 'p', p, 'ms', ms, 'm', a[i + 3], 's', a[i + 4],
-    'c', a[i + 5], 'dev', a[i + 6], 'city', a[i + 7], 'open', 1, 'hits', 0,
-    'traj', string.format('%.4f', p))
+  local sid, p, ms = a[i], a[i + 1], a[i + 2]  -- probability and start ms as text
+  local pn, msn = tonumber(p), tonumber(ms)
+  redis.call('HSET', key, 'seq', '0', 'p', p, 'ms', ms, 'm', a[i + 3], 's', a[i + 4],
+    'c', a[i + 5], 'dev', a[i + 6], 'city', a[i + 7], 'open', '1', 'hits', '0',
+    'traj', fmt('%.4f', pn))
   redis.call('EXPIRE', key, STTL)
-  local d = {ms, a[i + 3], a[i + 4], a[i + 5]}
+  local d = {msn, a[i + 3], a[i + 4], a[i + 5]}
   add(d, 'n', 1)
-  add(d, 'pu', math.floor(p * 1000000 + 0.5))
+  add(d, 'pu', math.floor(pn * 1000000 + 0.5))
   active = active + 1
-  if not now_ms or ms > now_ms then now_ms = ms end
+  if not now_ms or msn > now_ms then now_ms = msn end
   hot(sid, p)
 end
 local function dscore(key, a, i)
+  -- seq, p and hits as text; conv and closed as numbers
   local sid, seq, p, conv, closed, hits = a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4], a[i + 5]
   local points = a[i + 6]
   local h = redis.call('HMGET', key, 'seq', 'p', 'ms', 'm', 's', 'c', 'conv', 'open', 'traj')
@@ -132,11 +137,11 @@ local function dscore(key, a, i)
   local converted, open = h[7], h[8]
   if conv == 1 and not converted then
     converted = '1'
-    redis.call('HSET', key, 'conv', 1)
+    redis.call('HSET', key, 'conv', '1')
     add(d, 'c', 1)
     redis.call('ZREM', P .. ':hot', sid)
   end
-  if seq > tonumber(h[1]) then
+  if tonumber(seq) > tonumber(h[1]) then
     local traj = h[9] .. ',' .. points
     local _, commas = string.gsub(traj, ',', ',')
     while commas >= TRAJ do
@@ -207,21 +212,27 @@ class DashScore:
 
 
 def start_args(d: DashStart) -> list[Any]:
-    """Arguments of one DSTART command."""
-    return [d.session_id, float(d.probability), float(d.start_ms), *d.values]
+    """Arguments of one DSTART command (numbers the script stores go as text)."""
+    return [d.session_id, repr(float(d.probability)), _text(d.start_ms), *d.values]
 
 
 def score_args(d: DashScore) -> list[Any]:
-    """Arguments of one DSCORE command."""
+    """Arguments of one DSCORE command (numbers the script stores go as text)."""
     return [
         d.session_id,
-        float(d.seq),
-        float(d.probability),
+        _text(d.seq),
+        repr(float(d.probability)),
         int(d.converted),
         int(d.closed),
-        int(d.hits),
+        str(int(d.hits)),
         ",".join(f"{p:.4f}" for p in (d.points or [d.probability])[-TRAJECTORY:]),
     ]
+
+
+def _text(x: float) -> str:
+    """A number as text: a whole one without its fraction (cheaper than ``repr``)."""
+    x = float(x)
+    return str(int(x)) if x.is_integer() else repr(x)
 
 
 def minute_key(prefix: str, wall_s: float | None = None) -> str:

@@ -150,6 +150,7 @@ _N_META = 7
 _EMPTY_STATE: list[float] = empty_state().tolist()  # what a counter is before any hit
 _PACKED_EMPTY = keys.pack_hit_state(_EMPTY_STATE)
 _STATE_BYTES = len(_PACKED_EMPTY)
+_RATE_TTL = str(dashboard.RATE_TTL_S)
 
 
 @dataclass
@@ -278,6 +279,9 @@ class RedisStore:
         self.r = client
         self.prefix = prefix
         self.ttl = ttl_s
+        # Numbers the scripts hand straight to Redis go as text: a Lua number given to
+        # redis.call is formatted with snprintf first, a tenth of Redis's time in a probe.
+        self._ttl = str(ttl_s)
         self.retries = retries
         self._dash_cfg = msgpack.packb(
             dashboard.config(prefix, ttl_s, dashboard_retention_s), use_bin_type=False
@@ -530,7 +534,7 @@ class RedisStore:
 
         ops = _Ops()
         scores = 0
-        ttl = self.ttl
+        ttl = self._ttl
         for s in sessions:
             state_key = self._k(keys.session_key, s.session_id)
             fields: list[Any] = [
@@ -539,7 +543,7 @@ class RedisStore:
                 "vec",
                 s.vector.astype(np.float32).tobytes(),
                 "p",
-                s.partition,
+                str(s.partition),
                 keys.HIT_STATE_FIELD,
                 _PACKED_EMPTY,
             ]
@@ -567,7 +571,7 @@ class RedisStore:
             ops.add("HSET", state_key, *mapping)
             ops.add("EXPIRE", state_key, ttl)
             applied_key = self._k(keys.applied_hits_key, h.session_id)
-            ops.add("SADD", applied_key, *h.applied)
+            ops.add("SADD", applied_key, *map(str, h.applied))
             ops.add("EXPIRE", applied_key, ttl)
             self._score(ops, h.session_id, h.scores, h.entries)
             scores += len(h.scores)
@@ -601,9 +605,9 @@ class RedisStore:
             )
         if events or scores:
             rate = dashboard.minute_key(self.prefix)
-            ops.add("HINCRBY", rate, "events", events)
-            ops.add("HINCRBY", rate, "scores", scores)
-            ops.add("EXPIRE", rate, dashboard.RATE_TTL_S)
+            ops.add("HINCRBY", rate, "events", str(events))
+            ops.add("HINCRBY", rate, "scores", str(scores))
+            ops.add("EXPIRE", rate, _RATE_TTL)
         return await self._send_ops("write", ops)
 
     async def _run_ops(self, what: str, ops: _Ops) -> None:
@@ -728,15 +732,15 @@ class RedisStore:
                 ops.add("HSET", state_key, "outcome", c.outcome)
             # A state that expired since the sweep read it comes back as these fields
             # alone: give it the TTL too (NX leaves a live state's TTL as it is).
-            ops.add("EXPIRE", state_key, self.ttl, "NX")
+            ops.add("EXPIRE", state_key, self._ttl, "NX")
             # Its final score and its close, in one dashboard update.
             final = DashScore(
                 c.session_id, seq=c.hits + 0.5, probability=c.probability, hits=c.hits, closed=True
             )
             self._dash(ops, "DSCORE", c.session_id, dashboard.score_args(final))
         rate = dashboard.minute_key(self.prefix)
-        ops.add("HINCRBY", rate, "scores", len(closes))
-        ops.add("EXPIRE", rate, dashboard.RATE_TTL_S)
+        ops.add("HINCRBY", rate, "scores", str(len(closes)))
+        ops.add("EXPIRE", rate, _RATE_TTL)
         await self._run_ops("prepare close", ops)
 
     async def finish_close(self, closed: Mapping[int, Sequence[str]]) -> None:
@@ -767,8 +771,8 @@ class RedisStore:
         else:
             flat = [x for pair in scores for x in pair]
         ops.add("HSET", history, *flat)
-        ops.add("EXPIRE", history, self.ttl)
-        ops.add("SET", latest, scores[-1][1], "EX", self.ttl)
+        ops.add("EXPIRE", history, self._ttl)
+        ops.add("SET", latest, scores[-1][1], "EX", self._ttl)
 
 
 def _one(entry: bytes | None) -> list[bytes]:
