@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
 
 from contracts import keys
-from stream.dashboard import (
+from contracts.dashboard import (
     DAY_MS,
     DIMENSIONS,
     HOUR_MS,

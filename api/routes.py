@@ -26,9 +26,9 @@ from api.schemas import (
 from api.settings import ApiSettings
 from artifact import ConversionModel
 from contracts import keys
+from contracts.history import score_from_history
 from features.columns import SESSION_COLUMNS
 from features.hits import STATE_NAMES, empty_state
-from stream.logic import score_from_history
 
 HISTORY_LIMIT = 50  # scores shown by GET /sessions/{session_id}
 

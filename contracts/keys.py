@@ -60,7 +60,7 @@ def latest_score_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
 def score_history_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
     """Return the hash of a session's scores: field ``trigger:hit_number``.
 
-    Each value is the score in compact form (``stream.logic.history_entry``), from which
+    Each value is the score in compact form (``contracts.history.history_entry``), from which
     its ScoreEvent JSON is made again byte for byte. A redelivered event finds its score
     here and publishes the very same copy again.
     """

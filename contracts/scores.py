@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
+
+from contracts.times import now_iso
 
 Trigger = Literal["session_start", "hit", "session_end"]
 
@@ -26,6 +28,34 @@ def score_id(session_id: str, trigger: str, hit_number: int | None, model_versio
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     x = digest.hex()
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+def score_event(
+    *,
+    session_id: str,
+    client_id: str | None,
+    probability: float,
+    model_version: str,
+    trigger: str,
+    hit_number: int | None,
+    event_time: str | None,
+    scored_at: str | None = None,
+) -> dict[str, Any]:
+    """Build the score event published on conversion.scores.
+
+    ``scored_at`` defaults to now; a batch passes one for all its scores.
+    """
+    return {
+        "score_id": score_id(session_id, trigger, hit_number, model_version),
+        "session_id": session_id,
+        "client_id": client_id,
+        "probability": round(float(probability), 6),
+        "model_version": model_version,
+        "trigger": trigger,
+        "hit_number": hit_number,
+        "event_time": event_time,
+        "scored_at": scored_at or now_iso(),
+    }
 
 
 class ScoreEvent(BaseModel):

@@ -24,7 +24,8 @@ from aiokafka.structs import TopicPartition
 
 from artifact import ArtifactError, load_model, read_card
 from contracts import topics
-from stream import dashboard
+from contracts.dashboard import WORKER_TTL_S, workers_key
+from stream.dashboard import worker_name
 from stream.intake import BatchApp, Fetch
 from stream.kafka import LeanMonitor, faust_broker, faust_credentials
 from stream.metrics import WorkerMetrics
@@ -557,11 +558,11 @@ class Pipeline:
                 "at_ms": time.time() * 1000.0,
             }
         )
-        key = dashboard.workers_key(self.settings.redis_key_prefix)
+        key = workers_key(self.settings.redis_key_prefix)
         try:
             r = self.processor.store.r
-            await r.hset(key, dashboard.worker_name(), status)
-            await r.expire(key, dashboard.WORKER_TTL_S)
+            await r.hset(key, worker_name(), status)
+            await r.expire(key, WORKER_TTL_S)
         except Exception as exc:  # noqa: BLE001 - the status is best effort
             log.debug("status not reported: %s", exc)
 

@@ -25,24 +25,12 @@ and scores per wall-clock minute, and each worker's lag and model version.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from contracts import keys
-
-DIMENSIONS = ("utm_medium", "utm_source", "utm_campaign")
-NONE_VALUE = "(none)"
-M5_MS = 5 * 60 * 1000
-HOUR_MS = 3600 * 1000
-DAY_MS = 24 * HOUR_MS
-HOT_MAX = 500  # the hot set keeps this many sessions
-TRAJECTORY = 30  # probabilities kept per session for its sparkline
-RATE_TTL_S = 2 * 3600
-WORKER_TTL_S = 60
+from contracts.dashboard import DIMENSIONS, HOT_MAX, NONE_VALUE, TRAJECTORY, dash_prefix
 
 # Lua, run at the start of APPLY_SCRIPT: functions for the DSTART and DSCORE commands,
 # and flush(), which APPLY_SCRIPT calls last: a batch's hundreds of sessions mostly
@@ -161,11 +149,6 @@ end
 """
 
 
-def dash_prefix(prefix: str) -> str:
-    """Return the prefix of the dashboard's keys (one hash tag: one Cluster slot)."""
-    return f"{prefix}:{{dash}}"
-
-
 def config(prefix: str, session_ttl_s: int, retention_s: int) -> list[Any]:
     """Return the dashboard part of APPLY_SCRIPT's arguments."""
     return [
@@ -235,22 +218,6 @@ def _text(x: float) -> str:
     return str(int(x)) if x.is_integer() else repr(x)
 
 
-def minute_key(prefix: str, wall_s: float | None = None) -> str:
-    """Return the hash of events and scores in one wall-clock minute."""
-    minute = math.floor((time.time() if wall_s is None else wall_s) / 60)
-    return f"{dash_prefix(prefix)}:rate:{minute}"
-
-
-def workers_key(prefix: str) -> str:
-    """Return the hash of the workers' status: lag, model version, when."""
-    return f"{dash_prefix(prefix)}:workers"
-
-
 def worker_name() -> str:
     """Return this worker process's name in the status hash."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def session_dash_key(session_id: str, prefix: str) -> str:
-    """Return a session's dashboard record (under its own hash tag)."""
-    return keys.dashboard_session_key(session_id, prefix)

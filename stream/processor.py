@@ -26,6 +26,9 @@ import numpy as np
 import orjson
 
 from artifact import ConversionModel
+from contracts.history import history_entry, history_field
+from contracts.scores import score_event
+from contracts.times import iso_from_ms, now_ms, utc_iso
 from features.columns import SESSION_COLUMNS
 from features.hits import STATE_INDEX, combine_values, empty_state, hit_increments
 from features.session import rows_to_columns
@@ -35,17 +38,11 @@ from stream.gate import SessionGate
 from stream.logic import (
     BadEvent,
     epoch_ms,
-    history_entry,
-    history_field,
     hit_event_ms,
-    iso_from_ms,
-    now_ms,
     outcome_event,
     parse_hit,
     parse_session,
-    score_event,
     start_time,
-    utc_iso,
 )
 from stream.state import (
     CloseWrite,

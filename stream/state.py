@@ -7,7 +7,7 @@ Layout (keys from ``contracts.keys``, all with the session TTL):
 - applied set: hit numbers already applied (a redelivered hit changes nothing);
 - pending list: hits that arrived before their session row (``ParkedHit``, packed);
 - score key: the latest ScoreEvent JSON; history hash: every score by trigger:hit, in
-  compact form (``stream.logic.history_entry``; the JSON is made again from it).
+  compact form (``contracts.history.history_entry``; the JSON is made again from it).
 
 Each batch reads with one pipeline and writes with one Lua call (atomic in Redis), so
 a crash leaves either all of a batch's writes or none of them.
@@ -29,11 +29,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contracts import keys
+from contracts.dashboard import RATE_TTL_S, minute_key, session_dash_key
+from contracts.history import score_from_history
 from features.hits import STATE_NAMES, empty_state
 from stream import dashboard
 from stream.dashboard import DashScore, DashStart
 from stream.lane import ScriptLane
-from stream.logic import score_from_history
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -150,7 +151,7 @@ _N_META = 7
 _EMPTY_STATE: list[float] = empty_state().tolist()  # what a counter is before any hit
 _PACKED_EMPTY = keys.pack_hit_state(_EMPTY_STATE)
 _STATE_BYTES = len(_PACKED_EMPTY)
-_RATE_TTL = str(dashboard.RATE_TTL_S)
+_RATE_TTL = str(RATE_TTL_S)
 
 
 @dataclass
@@ -604,7 +605,7 @@ class RedisStore:
                 repr(wall_ms),
             )
         if events or scores:
-            rate = dashboard.minute_key(self.prefix)
+            rate = minute_key(self.prefix)
             ops.add("HINCRBY", rate, "events", str(events))
             ops.add("HINCRBY", rate, "scores", str(scores))
             ops.add("EXPIRE", rate, _RATE_TTL)
@@ -647,7 +648,7 @@ class RedisStore:
         return replied()
 
     def _dash(self, ops: _Ops, command: str, sid: str, args: list[Any]) -> None:
-        ops.add(command, dashboard.session_dash_key(sid, self.prefix), *args)
+        ops.add(command, session_dash_key(sid, self.prefix), *args)
 
     async def watermarks(
         self, partitions: Sequence[int]
@@ -738,7 +739,7 @@ class RedisStore:
                 c.session_id, seq=c.hits + 0.5, probability=c.probability, hits=c.hits, closed=True
             )
             self._dash(ops, "DSCORE", c.session_id, dashboard.score_args(final))
-        rate = dashboard.minute_key(self.prefix)
+        rate = minute_key(self.prefix)
         ops.add("HINCRBY", rate, "scores", str(len(closes)))
         ops.add("EXPIRE", rate, _RATE_TTL)
         await self._run_ops("prepare close", ops)

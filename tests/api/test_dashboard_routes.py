@@ -3,7 +3,7 @@
 import orjson
 import pytest
 
-from stream.dashboard import dash_prefix, workers_key
+from contracts.dashboard import dash_prefix, workers_key
 
 P = dash_prefix("scorer")
 NOW = 1_640_000_000_000.0

@@ -9,8 +9,8 @@ from api.schemas import EXAMPLE_ROW
 from api.settings import ApiSettings
 from artifact import load_model
 from contracts import keys
+from contracts.history import history_entry
 from contracts.scores import score_id
-from stream.logic import history_entry
 
 
 def test_predict_scores_through_the_shared_feature_code(client, model_path) -> None:

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from api.dashboard import Window, read_dashboard
+from contracts.dashboard import HOT_MAX, HOUR_MS, dash_prefix, session_dash_key
 from features.hits import STATE_INDEX, empty_state
-from stream.dashboard import HOT_MAX, HOUR_MS, channel_values, dash_prefix, session_dash_key
+from stream.dashboard import channel_values
 from stream.state import CloseWrite, HitWrite, RedisStore, SessionWrite
 
 pytestmark = pytest.mark.redis

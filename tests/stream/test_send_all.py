@@ -9,8 +9,8 @@ import orjson
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
+from contracts.scores import score_event
 from stream.app import Pipeline, create_app
-from stream.logic import score_event
 from stream.metrics import WorkerMetrics
 from stream.settings import StreamSettings
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from artifact import load_model
-from stream.logic import history_field
+from contracts.history import history_field
 from stream.processor import Processor, SessionsRun
 from stream.state import RedisStore
 from tests.stream.test_hits_run import _records, rows_and_hits  # noqa: F401

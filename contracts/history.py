@@ -1,0 +1,62 @@
+"""A session's score history in Redis: each score in compact form, keyed by trigger.
+
+The JSON of a score is made again from its entry, byte for byte, so a redelivered event
+publishes the very same copy, and the API shows the same scores.
+"""
+
+from __future__ import annotations
+
+import msgpack
+import orjson
+
+from contracts.scores import score_event
+from contracts.times import iso_from_ms, utc_iso
+
+
+# A score in a session's history hash is kept as MessagePack of [probability, model
+# version, event time, scored_at in epoch ms]: about 55 bytes where its JSON takes 340,
+# small enough for Redis to keep a session's history as one compact listpack. The event
+# time is its epoch ms (a hit's or a close's, formatted by ``iso_from_ms``), None (no
+# event time), or true: the session's start, as stored in its state hash. The JSON is
+# made again from it, byte for byte, with what the state hash holds.
+def history_entry(
+    probability: float, model_version: str, event: float | bool | None, scored_ms: int
+) -> bytes:
+    """Return a score's compact form for the session's history hash."""
+    return msgpack.packb([float(probability), model_version, event, scored_ms])
+
+
+def score_from_history(
+    session_id: str, client_id: str | None, start: str | None, name: str, entry: bytes
+) -> bytes:
+    """Return the ScoreEvent JSON of a history entry (``name`` is its history field).
+
+    ``client_id`` and ``start`` are the session's, from its state hash. An entry kept as
+    JSON (as histories were before the compact form) comes back as it is.
+    """
+    if entry[:1] == b"{":
+        return entry
+    probability, version, event, scored_ms = msgpack.unpackb(entry)
+    trigger, _, number = name.partition(":")
+    event_time: str | None = None
+    if event is True:
+        event_time = start
+    elif event is not None:
+        event_time = iso_from_ms(event)
+    return orjson.dumps(
+        score_event(
+            session_id=session_id,
+            client_id=client_id,
+            probability=probability,
+            model_version=version,
+            trigger=trigger,
+            hit_number=int(number) if number else None,
+            event_time=event_time,
+            scored_at=utc_iso(scored_ms),
+        )
+    )
+
+
+def history_field(trigger: str, hit_number: int | None) -> str:
+    """Name a score's field in the session's score history."""
+    return f"{trigger}:{'' if hit_number is None else hit_number}"

@@ -1,0 +1,61 @@
+"""A session's score history: each entry gives back its published JSON."""
+
+import orjson
+import pytest
+
+from contracts.history import history_entry, history_field, score_from_history
+from contracts.scores import score_event
+from contracts.times import iso_from_ms, utc_iso
+
+SESSION = {
+    "session_id": "9055434745589932991.1637753792.1637753792",
+    "client_id": "2108382700.1637753791",
+}
+
+
+def _published(trigger: str, hit_number: int | None, event_time: str | None) -> dict:
+    return score_event(
+        session_id=SESSION["session_id"],
+        client_id=SESSION["client_id"],
+        probability=0.031422123456,
+        model_version="20261128T191146Z-a7e59150",
+        trigger=trigger,
+        hit_number=hit_number,
+        event_time=event_time,
+        scored_at=utc_iso(1_764_357_116_645),
+    )
+
+
+START = "2021-11-24T14:36:32+03:00"
+
+
+@pytest.mark.parametrize(
+    ("trigger", "hit_number", "event", "event_time"),
+    [
+        ("session_start", None, True, START),
+        ("hit", 7, 1_637_753_792_123.4, iso_from_ms(1_637_753_792_123.4)),
+        ("hit", 8, None, None),
+        ("session_end", None, 1_637_755_000_999.9, iso_from_ms(1_637_755_000_999.9)),
+    ],
+)
+def test_a_history_entry_gives_back_the_published_json_byte_for_byte(
+    trigger: str, hit_number: int | None, event: float | bool | None, event_time: str | None
+) -> None:
+    published = orjson.dumps(_published(trigger, hit_number, event_time))
+    entry = history_entry(0.031422123456, "20261128T191146Z-a7e59150", event, 1_764_357_116_645)
+    assert len(entry) < 64  # Redis keeps a hash of such values as a listpack
+    name = history_field(trigger, hit_number)
+    again = score_from_history(SESSION["session_id"], SESSION["client_id"], START, name, entry)
+    assert again == published
+
+
+def test_a_history_entry_kept_as_json_comes_back_as_it_is() -> None:
+    published = orjson.dumps(_published("hit", 3, START))
+    assert score_from_history(SESSION["session_id"], None, None, "hit:3", published) == published
+
+
+def test_a_session_without_client_id_gets_null_back() -> None:
+    entry = history_entry(0.5, "v1", None, 0)
+    event = orjson.loads(score_from_history("s1", None, None, "hit:2", entry))
+    assert event["client_id"] is None and event["hit_number"] == 2
+    assert event["scored_at"] == "1970-01-01T00:00:00.000+00:00"
