@@ -26,9 +26,11 @@ from contracts.dashboard import (
     DIMENSIONS,
     HOUR_MS,
     M5_MS,
+    TRAJECTORY,
     dash_prefix,
     workers_key,
 )
+from contracts.history import trajectory
 
 PAGE = Path(__file__).with_name("static") / "dashboard.html"
 WORKER_FRESH_MS = 30_000.0  # a worker status older than this is not counted
@@ -197,16 +199,19 @@ async def read_dashboard(
 async def _hot(redis: Any, key_prefix: str, entries: list[tuple[bytes, float]]) -> list[dict]:
     if not entries:
         return []
-    fields = ("m", "s", "c", "dev", "city", "hits", "traj", "ms")
+    fields = ("m", "s", "c", "dev", "city", "hits", "ms")
     pipe = redis.pipeline(transaction=False)
     for sid, _ in entries:
-        pipe.hmget(keys.dashboard_session_key(sid.decode(), key_prefix), *fields)
-    records = await pipe.execute()
+        session = sid.decode()
+        pipe.hmget(keys.dashboard_session_key(session, key_prefix), *fields)
+        pipe.hgetall(keys.score_history_key(session, key_prefix))  # its trajectory
+    replies = await pipe.execute()
     out = []
-    for (sid, p), rec in zip(entries, records, strict=True):
+    for k, (sid, p) in enumerate(entries):
+        rec, history = replies[2 * k], replies[2 * k + 1]
         if rec[0] is None:
             continue  # its record expired; the hot set forgets it at its next update
-        m, s, c, dev, city, hits, traj, ms = (None if x is None else x.decode() for x in rec)
+        m, s, c, dev, city, hits, ms = (None if x is None else x.decode() for x in rec)
         out.append(
             {
                 "session_id": sid.decode(),
@@ -218,7 +223,7 @@ async def _hot(redis: Any, key_prefix: str, entries: list[tuple[bytes, float]]) 
                 "geo_city": city,
                 "hits": int(float(hits or 0)),
                 "started_ms": float(ms or 0),
-                "trajectory": [float(x) for x in (traj or "").split(",") if x],
+                "trajectory": [round(x, 4) for x in trajectory(history, TRAJECTORY)],
             }
         )
     return out

@@ -6,6 +6,8 @@ publishes the very same copy, and the API shows the same scores.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import msgpack
 import orjson
 
@@ -60,3 +62,28 @@ def score_from_history(
 def history_field(trigger: str, hit_number: int | None) -> str:
     """Name a score's field in the session's score history."""
     return f"{trigger}:{'' if hit_number is None else hit_number}"
+
+
+_TRIGGER_ORDER = {"session_start": 0, "hit": 1, "session_end": 2}
+
+
+def trajectory(history: Mapping[bytes, bytes], limit: int) -> list[float]:
+    """Return the probabilities of a session's scores in session order, the last ``limit``.
+
+    ``history`` is its history hash as Redis returns it (field and entry as bytes): the
+    start, the hits by number, the close. An entry kept as JSON gives its probability too.
+    """
+    points: list[tuple[int, int, float]] = []
+    for name, entry in history.items():
+        trigger, _, number = name.decode().partition(":")
+        try:
+            if entry[:1] == b"{":
+                probability = float(orjson.loads(entry)["probability"])
+            else:
+                probability = float(msgpack.unpackb(entry)[0])
+            order = (_TRIGGER_ORDER.get(trigger, 1), int(number or 0))
+        except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException):
+            continue  # not a score this code can read: the sparkline goes without it
+        points.append((*order, probability))
+    points.sort()
+    return [p for _, _, p in points[-limit:]] if limit > 0 else []

@@ -18,9 +18,10 @@ whether its conversion is counted and whether it is still open. A redelivered ba
 therefore changes nothing.
 
 Besides: a sorted set of the open, not yet converted sessions by current probability
-(the in-session model's, after every hit; bounded: the hot list) with each session's
-trajectory of scores, the count of open sessions, the stream's event time, events
-and scores per wall-clock minute, and each worker's lag and model version.
+(the in-session model's, after every hit; bounded: the hot list), the count of open
+sessions, the stream's event time, events and scores per wall-clock minute, and each
+worker's lag and model version. A hot session's trajectory is not kept here: the page
+reads it from the session's score history, which has every score anyway.
 """
 
 from __future__ import annotations
@@ -30,19 +31,19 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.dashboard import DIMENSIONS, HOT_MAX, NONE_VALUE, TRAJECTORY, dash_prefix
+from contracts.dashboard import DIMENSIONS, HOT_MAX, NONE_VALUE, dash_prefix
 
 # Lua, run at the start of APPLY_SCRIPT: functions for the DSTART and DSCORE commands,
 # and flush(), which APPLY_SCRIPT calls last: a batch's hundreds of sessions mostly
 # share their time buckets and channels, so their increments are summed first and
 # each hash field is written once per call.
-# ARGV[2] is MessagePack of [dashboard key prefix, session TTL, hot-set size,
-# trajectory length, TTL of 5-minute, hourly and longer buckets].
+# ARGV[2] is MessagePack of [dashboard key prefix, session TTL, hot-set size, TTL of
+# 5-minute, hourly and longer buckets].
 LUA = """
 local cfg = cmsgpack.unpack(ARGV[2])
 -- Numbers handed to redis.call go as text: Redis formats a Lua number with snprintf.
-local P, STTL, HOT_MAX, TRAJ = cfg[1], tostring(cfg[2]), cfg[3], cfg[4]
-local TTL = {tostring(cfg[5]), tostring(cfg[6]), tostring(cfg[7]), tostring(cfg[7])}
+local P, STTL, HOT_MAX = cfg[1], tostring(cfg[2]), cfg[3]
+local TTL = {tostring(cfg[4]), tostring(cfg[5]), tostring(cfg[6]), tostring(cfg[6])}
 local fmt = string.format
 local DIMS = {'utm_medium', 'utm_source', 'utm_campaign'}
 -- A call's aggregate increments, summed per hash and field, and the open-count and
@@ -105,8 +106,7 @@ local function dstart(key, a, i)
   local sid, p, ms = a[i], a[i + 1], a[i + 2]  -- probability and start ms as text
   local pn, msn = tonumber(p), tonumber(ms)
   redis.call('HSET', key, 'seq', '0', 'p', p, 'ms', ms, 'm', a[i + 3], 's', a[i + 4],
-    'c', a[i + 5], 'dev', a[i + 6], 'city', a[i + 7], 'open', '1', 'hits', '0',
-    'traj', fmt('%.4f', pn))
+    'c', a[i + 5], 'dev', a[i + 6], 'city', a[i + 7], 'open', '1', 'hits', '0')
   redis.call('EXPIRE', key, STTL)
   local d = {msn, a[i + 3], a[i + 4], a[i + 5]}
   add(d, 'n', 1)
@@ -118,11 +118,10 @@ end
 local function dscore(key, a, i)
   -- seq, p and hits as text; conv and closed as numbers
   local sid, seq, p, conv, closed, hits = a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4], a[i + 5]
-  local points = a[i + 6]
-  local h = redis.call('HMGET', key, 'seq', 'p', 'ms', 'm', 's', 'c', 'conv', 'open', 'traj')
+  local h = redis.call('HMGET', key, 'seq', 'ms', 'm', 's', 'c', 'conv', 'open')
   if not h[1] then return end
-  local d = {tonumber(h[3]), h[4], h[5], h[6]}
-  local converted, open = h[7], h[8]
+  local d = {tonumber(h[2]), h[3], h[4], h[5]}
+  local converted, open = h[6], h[7]
   if conv == 1 and not converted then
     converted = '1'
     redis.call('HSET', key, 'conv', '1')
@@ -130,13 +129,7 @@ local function dscore(key, a, i)
     redis.call('ZREM', P .. ':hot', sid)
   end
   if tonumber(seq) > tonumber(h[1]) then
-    local traj = h[9] .. ',' .. points
-    local _, commas = string.gsub(traj, ',', ',')
-    while commas >= TRAJ do
-      traj = string.sub(traj, string.find(traj, ',') + 1)
-      commas = commas - 1
-    end
-    redis.call('HSET', key, 'seq', seq, 'p', p, 'traj', traj, 'hits', hits)
+    redis.call('HSET', key, 'seq', seq, 'p', p, 'hits', hits)
     if open and not converted and closed == 0 then hot(sid, p) end
   end
   if closed == 1 and open then
@@ -155,7 +148,6 @@ def config(prefix: str, session_ttl_s: int, retention_s: int) -> list[Any]:
         dash_prefix(prefix),
         session_ttl_s,
         HOT_MAX,
-        TRAJECTORY,
         2 * 3600,
         2 * 86400,
         retention_s,
@@ -191,7 +183,6 @@ class DashScore:
     converted: bool = False
     closed: bool = False
     hits: int = 0
-    points: list[float] | None = None  # every new probability, for the sparkline
 
 
 def start_args(d: DashStart) -> list[Any]:
@@ -208,7 +199,6 @@ def score_args(d: DashScore) -> list[Any]:
         int(d.converted),
         int(d.closed),
         str(int(d.hits)),
-        ",".join(f"{p:.4f}" for p in (d.points or [d.probability])[-TRAJECTORY:]),
     ]
 
 

@@ -681,7 +681,6 @@ class Processor:
                 latest[sid] = payload
                 last[sid] = state
                 w.probability = probability
-                w.points.append(probability)
                 if event_ms > w.event_ms:
                     w.event_ms = event_ms
                 w.applied.append(hit["hit_number"])

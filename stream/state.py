@@ -248,7 +248,6 @@ class HitWrite:
     outcome: bytes | None = None  # OutcomeEvent JSON when a hit of the batch converted
     closed: bool = False  # a late hit: the session stays closed
     probability: float = 0.0  # the latest of the batch's scores
-    points: list[float] = field(default_factory=list)  # the batch's probabilities, in order
     entries: list[bytes] = field(default_factory=list)  # history entries of ``scores``, if any
 
 
@@ -584,7 +583,6 @@ class RedisStore:
                     probability=h.probability,
                     converted=h.outcome is not None,
                     hits=seen,
-                    points=h.points,
                 )
                 self._dash(ops, "DSCORE", h.session_id, dashboard.score_args(update))
             if not h.closed:

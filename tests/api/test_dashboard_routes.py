@@ -3,7 +3,9 @@
 import orjson
 import pytest
 
+from contracts import keys
 from contracts.dashboard import dash_prefix, workers_key
+from contracts.history import history_entry
 
 P = dash_prefix("scorer")
 NOW = 1_640_000_000_000.0
@@ -28,8 +30,14 @@ def _fill(fake_redis) -> None:
         b"dev": b"mobile",
         b"city": b"Moscow",
         b"hits": b"3",
-        b"traj": b"0.1000,0.2000,0.4000",
         b"ms": str(NOW).encode(),
+    }
+    # Its trajectory comes from its score history, in session order (hit 10 after hit 2;
+    # an entry kept as JSON counts too).
+    fake_redis.hashes[keys.score_history_key("s1")] = {
+        b"hit:10": history_entry(0.4, "v1", None, 0),
+        b"session_start:": history_entry(0.1, "v1", True, 0),
+        b"hit:2": b'{"probability":0.2,"trigger":"hit"}',
     }
     status = {"lag": 7, "model_version": "v1", "partitions": [0], "at_ms": 1e16}
     fake_redis.hashes[workers_key("scorer")] = {b"host:1": orjson.dumps(status)}

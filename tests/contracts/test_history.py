@@ -3,7 +3,7 @@
 import orjson
 import pytest
 
-from contracts.history import history_entry, history_field, score_from_history
+from contracts.history import history_entry, history_field, score_from_history, trajectory
 from contracts.scores import score_event
 from contracts.times import iso_from_ms, utc_iso
 
@@ -59,3 +59,17 @@ def test_a_session_without_client_id_gets_null_back() -> None:
     event = orjson.loads(score_from_history("s1", None, None, "hit:2", entry))
     assert event["client_id"] is None and event["hit_number"] == 2
     assert event["scored_at"] == "1970-01-01T00:00:00.000+00:00"
+
+
+def test_a_trajectory_is_in_session_order_and_skips_what_it_cannot_read() -> None:
+    history = {
+        b"session_end:": history_entry(0.05, "v1", 1_000.0, 0),
+        b"hit:10": history_entry(0.4, "v1", None, 0),
+        b"hit:2": orjson.dumps({"probability": 0.2}),  # kept as JSON, as before
+        b"session_start:": history_entry(0.1, "v1", True, 0),
+        b"hit:3": b"{}",
+        b"hit:x": history_entry(0.9, "v1", None, 0),
+    }
+    assert trajectory(history, 30) == [0.1, 0.2, 0.4, 0.05]
+    assert trajectory(history, 2) == [0.4, 0.05]
+    assert trajectory({}, 30) == []

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from api.dashboard import Window, read_dashboard
-from contracts.dashboard import HOT_MAX, HOUR_MS, dash_prefix, session_dash_key
+from contracts import keys
+from contracts.dashboard import HOT_MAX, HOUR_MS, dash_prefix
+from contracts.history import history_entry, trajectory
 from features.hits import STATE_INDEX, empty_state
 from stream.dashboard import channel_values
 from stream.state import CloseWrite, HitWrite, RedisStore, SessionWrite
@@ -38,6 +40,7 @@ def _start(sid: str, p: float, start_ms: float, row: dict) -> SessionWrite:
         vector=np.zeros(3, dtype=np.float32),
         score_json=b"{}",
         history_field="session_start:",
+        history=history_entry(p, "v1", True, 0),
         event_ms=start_ms,
         probability=p,
         channel=channel_values(row),
@@ -45,17 +48,19 @@ def _start(sid: str, p: float, start_ms: float, row: dict) -> SessionWrite:
 
 
 def _hits(sid: str, applied: list[int], points: list[float], converted: bool = False) -> HitWrite:
+    """The batch's hits ``applied`` scored ``points`` (the last ones, if fewer)."""
     state = empty_state()
     state[STATE_INDEX["hits"]] = len(applied)
+    scored = applied[-len(points) :]
     return HitWrite(
         session_id=sid,
         state=state,
         applied=applied,
-        scores=[(f"hit:{n}", b"{}") for n in applied],
+        scores=[(f"hit:{n}", b"{}") for n in scored],
         event_ms=T0,
         outcome=b'{"outcome":"converted"}' if converted else None,
         probability=points[-1],
-        points=points,
+        entries=[history_entry(p, "v1", None, 0) for p in points],
     )
 
 
@@ -134,15 +139,15 @@ async def test_an_old_score_redelivered_does_not_roll_the_session_back(
 
 async def test_closing_takes_a_session_out_once(store: RedisStore) -> None:
     await store.write([_start("a", 0.10, T0, _row("cpc")), _start("b", 0.02, T0, _row("cpc"))], [])
-    close = CloseWrite("a", b"{}", "session_end:", None, 0.07, 0)
+    close = CloseWrite("a", b"{}", "session_end:", None, 0.07, 0, history_entry(0.07, "v1", 0, 0))
     await store.prepare_close([close])
     await store.prepare_close([close])  # after a crash, closed again
     d = await _data(store)
     assert [h["session_id"] for h in d["hot"]] == ["b"]
     assert d["now"]["active_sessions"] == 1
     # The final score is the last point of its trajectory.
-    traj = await store.r.hget(session_dash_key("a", store.prefix), "traj")
-    assert [float(x) for x in traj.decode().split(",")] == pytest.approx([0.10, 0.07])
+    history = await store.r.hgetall(keys.score_history_key("a", store.prefix))
+    assert trajectory(history, 30) == pytest.approx([0.10, 0.07])
     await store.finish_close({0: ["a"]})
     d = await _data(store)
     assert [h["session_id"] for h in d["hot"]] == ["b"]
