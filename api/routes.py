@@ -209,9 +209,9 @@ async def session_state(session_id: str, redis: Redis, settings: Settings) -> Se
     pipe = redis.pipeline(transaction=False)
     pipe.hgetall(keys.session_key(session_id, prefix))
     pipe.hgetall(keys.score_history_key(session_id, prefix))
-    pipe.scard(keys.applied_hits_key(session_id, prefix))
     pipe.llen(keys.pending_hits_key(session_id, prefix))
-    state, history, applied, pending = await pipe.execute()
+    state, history, pending = await pipe.execute()
+    applied = sum(1 for name in history if name.startswith(b"hit:"))  # one score each
     if not state and not history and not pending:
         raise HTTPException(status_code=404, detail=f"no state for session {session_id}")
 

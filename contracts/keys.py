@@ -42,11 +42,6 @@ def session_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
     return f"{prefix}:{{{session_id}}}:state"
 
 
-def applied_hits_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
-    """Return the set of hit numbers already applied to a session (idempotency)."""
-    return f"{prefix}:{{{session_id}}}:applied"
-
-
 def pending_hits_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
     """Return the list of hits that arrived before their session's row."""
     return f"{prefix}:{{{session_id}}}:pending"

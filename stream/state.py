@@ -4,10 +4,11 @@ Layout (keys from ``contracts.keys``, all with the session TTL):
 - state hash: ``client_id``, ``start`` (ISO start time), ``vec`` (session features as
   float32 bytes) and ``hs``, the hit-state counters as float64 bytes (states written
   before it kept one field per counter, ``s:<name>``, still read where it is absent);
-- applied set: hit numbers already applied (a redelivered hit changes nothing);
 - pending list: hits that arrived before their session row (``ParkedHit``, packed);
 - score key: the latest ScoreEvent JSON; history hash: every score by trigger:hit, in
   compact form (``contracts.history.history_entry``; the JSON is made again from it).
+  A hit is applied exactly when its score is in the history (one atomic write stores
+  both), so the history also tells which hits a redelivery must not apply again.
 
 Each batch reads with one pipeline and writes with one Lua call (atomic in Redis), so
 a crash leaves either all of a batch's writes or none of them.
@@ -30,7 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contracts import keys
 from contracts.dashboard import RATE_TTL_S, minute_key, session_dash_key
-from contracts.history import score_from_history
+from contracts.history import history_field, score_from_history
 from features.hits import STATE_NAMES, empty_state
 from stream import dashboard
 from stream.dashboard import DashScore, DashStart
@@ -98,13 +99,15 @@ return 1
 """
 )
 
-# A batch's reads in one call. KEYS: state, latest-score and applied key of each
-# session; ARGV[1]: MessagePack of [fields to read, hit numbers to look up per session,
-# whether to read its latest score per session, the counters' fields of the layout
-# before the packed one]. Returns MessagePack of [fields, latest, applied flags, counters
-# of the earlier layout] per session; false is missing (or the latest score not asked
-# for). The last field read is the packed counters: a state stored without it (it has
-# a start) was written before them, and only then are the older fields read.
+# A batch's reads in one call. KEYS: state, latest-score and history key of each
+# session; ARGV[1]: MessagePack of [fields to read, history fields of the hits to look
+# up per session, whether to read its latest score per session, the counters' fields of
+# the layout before the packed one]. Returns MessagePack of [fields, latest, the hits'
+# history entries, counters of the earlier layout] per session; false is missing (or
+# the latest score not asked for). A hit is applied exactly when its score is in the
+# history: both are written in one atomic call. The last field read is the packed
+# counters: a state stored without it (it has a start) was written before them, and
+# only then are the older fields read.
 READ_SCRIPT = """
 local args = cmsgpack.unpack(ARGV[1])
 local fields, numbers, with_latest, legacy = args[1], args[2], args[3], args[4]
@@ -116,7 +119,7 @@ for s = 1, #numbers do
   if with_latest[s] then latest = redis.call('GET', KEYS[k + 2]) end
   local item = {row, latest, {}, false}
   if #numbers[s] > 0 then
-    item[3] = redis.call('SMISMEMBER', KEYS[k + 3], unpack(numbers[s]))
+    item[3] = redis.call('HMGET', KEYS[k + 3], unpack(numbers[s]))
   end
   if row[1] and not row[#fields] then
     item[4] = redis.call('HMGET', KEYS[k + 1], unpack(legacy))
@@ -320,7 +323,7 @@ class RedisStore:
     ) -> tuple[dict[str, SessionState], list[bool]]:
         """Read sessions' state, and which (session, hit_number) pairs are applied.
 
-        One call: HMGET, GET and SMISMEMBER of each session, inside Redis. ``latest``
+        One call: HMGET of its state and history, and GET, of each session. ``latest``
         says whose latest score to read: all, none, or the sessions named; the others'
         states say ``has_latest=False`` (``latest_scores`` reads them).
         """
@@ -348,12 +351,17 @@ class RedisStore:
             for key in (
                 self._k(keys.session_key, sid),
                 self._k(keys.latest_score_key, sid),
-                self._k(keys.applied_hits_key, sid),
+                self._k(keys.score_history_key, sid),
             )
         ]
         wanted = [latest if isinstance(latest, bool) else sid in latest for sid in sids]
         packed = msgpack.packb(
-            [READ_FIELDS, [numbers.get(sid, []) for sid in sids], wanted, LEGACY_STATE_FIELDS],
+            [
+                READ_FIELDS,
+                [[history_field("hit", n) for n in numbers.get(sid, ())] for sid in sids],
+                wanted,
+                LEGACY_STATE_FIELDS,
+            ],
             use_bin_type=False,
         )
         replied = await self._send("read", self._read, names, [packed])
@@ -403,7 +411,7 @@ class RedisStore:
                 outcome=outcome,
             )
             for n, f in zip(numbers.get(sid, []), found, strict=True):
-                flags[(sid, n)] = bool(f)
+                flags[(sid, n)] = f is not False  # its score is in the history
         return out, [flags[pair] for pair in hits]
 
     async def latest_scores(self, session_ids: Sequence[str]) -> list[bytes | None]:
@@ -570,9 +578,6 @@ class RedisStore:
                 mapping += ["outcome", h.outcome]
             ops.add("HSET", state_key, *mapping)
             ops.add("EXPIRE", state_key, ttl)
-            applied_key = self._k(keys.applied_hits_key, h.session_id)
-            ops.add("SADD", applied_key, *map(str, h.applied))
-            ops.add("EXPIRE", applied_key, ttl)
             self._score(ops, h.session_id, h.scores, h.entries)
             scores += len(h.scores)
             if h.scores:

@@ -197,7 +197,6 @@ def test_session_state_shows_counters_and_bounded_history(client, fake_redis) ->
     for k in range(1, 61):
         history[f"hit:{k}".encode()] = _score(sid, "hit", k, k / 100)
     fake_redis.hashes[keys.score_history_key(sid)] = history
-    fake_redis.sets[keys.applied_hits_key(sid)] = {str(k).encode() for k in range(1, 61)}
     r = client.get(f"/sessions/{sid}")
     assert r.status_code == 200, r.text
     body = r.json()

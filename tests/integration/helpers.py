@@ -65,13 +65,14 @@ class Truth:
 
 
 def stored_state(r: redis.Redis, sid: str, prefix: str) -> tuple[np.ndarray, set[int]]:
-    """Read a session's hit state and applied hit numbers from Redis."""
+    """Read a session's hit state and applied hit numbers (its hit scores) from Redis."""
     h = r.hgetall(keys.session_key(sid, prefix))
     state = empty_state()
     packed = h.get(keys.HIT_STATE_FIELD.encode())
     if packed is not None:
         state = np.array(keys.unpack_hit_state(packed, state.tolist()), dtype=np.float64)
-    applied = {int(x) for x in r.smembers(keys.applied_hits_key(sid, prefix))}
+    history = r.hgetall(keys.score_history_key(sid, prefix))
+    applied = {int(name[4:]) for name in history if name.startswith(b"hit:")}
     return state, applied
 
 

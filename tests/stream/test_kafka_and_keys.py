@@ -54,7 +54,6 @@ def test_a_sessions_keys_share_one_hash_slot() -> None:
     sid = "9055434745589932991.1637753792.1637753792"
     per_session = [
         keys.session_key(sid, "scorer"),
-        keys.applied_hits_key(sid, "scorer"),
         keys.pending_hits_key(sid, "scorer"),
         keys.latest_score_key(sid, "scorer"),
         keys.score_history_key(sid, "scorer"),

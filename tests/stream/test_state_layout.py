@@ -51,7 +51,17 @@ async def test_a_sessions_counters_are_one_packed_field(store: RedisStore) -> No
     assert not [f for f in stored if f.startswith(keys.STATE_FIELD_PREFIX.encode())]
     (states, applied) = await store.read(["a"], [("a", 2), ("a", 4)])
     assert states["a"].state.tolist() == state.tolist()
+    # A hit is applied exactly when its score is in the history: no set of its own.
     assert applied == [True, False]
+    session_keys = await store.r.keys(f"{store.prefix}:{{a}}:*")
+    assert sorted(session_keys) == sorted(
+        k.encode()
+        for k in (
+            keys.session_key("a", store.prefix),
+            keys.score_history_key("a", store.prefix),
+            keys.latest_score_key("a", store.prefix),
+        )
+    )
 
 
 async def test_a_state_written_one_field_per_counter_still_reads(store: RedisStore) -> None:
