@@ -45,7 +45,10 @@ bench-api: install ## Benchmark: /predict and a 10,000-row batch on one uvicorn 
 bench-stream: stack-up ## Benchmark: worker throughput (1 and 2 processes) and latency on the local stack
 	$(PY) -m bench.stream
 
+bench-cost: stack-up ## Benchmark: instructions per event of the worker's processing and of Redis (callgrind)
+	$(PY) -m bench.cost
+
 clean: ## Remove generated data, models and test output (not the venv or the stack)
 	rm -rf data models test-artifacts .pytest_cache
 
-.PHONY: help install stack-up stack-down stack-status test lint demo bench-train bench-api bench-stream clean
+.PHONY: help install stack-up stack-down stack-status test lint demo bench-train bench-api bench-stream bench-cost clean
