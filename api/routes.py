@@ -234,12 +234,11 @@ async def session_state(session_id: str, redis: Redis, settings: Settings) -> Se
     empty = empty_state().tolist()
     packed = state.get(keys.HIT_STATE_FIELD.encode())
     if packed is not None:
-        counters = dict(zip(STATE_NAMES, keys.unpack_hit_state(packed, empty), strict=True))
+        values = keys.unpack_hit_state(packed, empty)
     else:  # a state written before the packed counters: one field each
-        counters = {}
-        for name, default in zip(STATE_NAMES, empty, strict=True):
-            value = state.get(keys.state_field(name).encode())
-            counters[name] = float(value) if value is not None else float(default)
+        fields = [state.get(keys.state_field(name).encode()) for name in STATE_NAMES]
+        values = keys.legacy_hit_state(fields, empty)
+    counters = dict(zip(STATE_NAMES, values, strict=True))
     return SessionStateResponse(
         session_id=session_id,
         client_id=client_id,

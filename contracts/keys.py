@@ -37,6 +37,14 @@ def unpack_hit_state(raw: bytes, empty: Sequence[float]) -> list[float]:
     return [*struct.unpack_from(f"<{n}d", raw), *empty[n:]]
 
 
+def legacy_hit_state(values: Sequence[bytes | None], empty: Sequence[float]) -> list[float]:
+    """Return the counters of a state kept one field per counter (``state_field``).
+
+    ``values`` are those fields in the order of ``empty``; a missing one is empty.
+    """
+    return [float(v) if v else e for v, e in zip(values, empty, strict=True)]
+
+
 def session_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
     """Return the hash holding a session's row fields and in-session state."""
     return f"{prefix}:{{{session_id}}}:state"

@@ -391,10 +391,7 @@ class RedisStore:
             elif packed:
                 state = np.array(keys.unpack_hit_state(packed, empty), dtype=np.float64)
             elif legacy:
-                state = np.array(
-                    [float(v) if v else e for v, e in zip(legacy, empty, strict=True)],
-                    dtype=np.float64,
-                )
+                state = np.array(keys.legacy_hit_state(legacy, empty), dtype=np.float64)
             else:
                 state = np.array(empty, dtype=np.float64)
             out[sid] = SessionState(
