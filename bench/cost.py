@@ -240,11 +240,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench.cost needs {tool} (Debian: apt-get install valgrind redis-server)")
             return 2
     from bench.api import _prepare
+    from bench.stream import ensure_data
 
-    if not (args.data / "ga_sessions.csv").is_file():
-        from training.generate import generate
-
-        generate(args.data, 100_000, seed=11, progress=False)  # bench.stream's data
+    ensure_data(args.data)  # bench.stream's data set
     model = _prepare(args.data, args.model).resolve()
     with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
         result = measure(args.data.resolve(), model, args.sessions, Path(tmp))

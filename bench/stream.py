@@ -332,15 +332,23 @@ def percentiles(latencies: list[float]) -> dict[str, float | None]:
     }
 
 
+SESSIONS = 100_000  # the benchmark's data set: generated sessions, seed 11
+
+
+def ensure_data(data: Path, sessions: int = SESSIONS) -> None:
+    """Generate the benchmark's data set into ``data`` unless it is there already."""
+    if not (data / "ga_sessions.csv").is_file():
+        from training.generate import generate
+
+        generate(data, sessions, seed=11, progress=False)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run every phase; return the figures."""
     base = StreamSettings()
     work = args.data / "work"
     work.mkdir(parents=True, exist_ok=True)
-    if not (args.data / "ga_sessions.csv").is_file():
-        from training.generate import generate
-
-        generate(args.data, args.sessions, seed=11, progress=False)
+    ensure_data(args.data, args.sessions)
     model = _prepare(args.data, args.model)
     events = build_events(args.data, args.limit)
     results: dict[str, Any] = {"data": str(args.data)}
@@ -528,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.stream", description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("data/bench-stream"))
     parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--sessions", type=int, default=100_000)
+    parser.add_argument("--sessions", type=int, default=SESSIONS)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument(
