@@ -5,15 +5,13 @@ a hash of totals and per-channel figures, ``:m5:<n>`` (5 minutes), ``:h:<n>`` (h
 ``:d:<n>`` (days) and ``:all``; ``:hot``, the open, unconverted sessions by current
 probability; ``:meta`` (open sessions, stream time); ``:rate:<minute>``, events and
 scores per wall-clock minute; ``:workers``, each worker's status. A session's own
-record is under its hash tag (``session_dash_key``).
+record is under its hash tag (``contracts.keys.dashboard_session_key``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-
-from contracts import keys
 
 DIMENSIONS = ("utm_medium", "utm_source", "utm_campaign")
 NONE_VALUE = "(none)"
@@ -40,8 +38,3 @@ def minute_key(prefix: str, wall_s: float | None = None) -> str:
 def workers_key(prefix: str) -> str:
     """Return the hash of the workers' status: lag, model version, when."""
     return f"{dash_prefix(prefix)}:workers"
-
-
-def session_dash_key(session_id: str, prefix: str) -> str:
-    """Return a session's dashboard record (under its own hash tag)."""
-    return keys.dashboard_session_key(session_id, prefix)

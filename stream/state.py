@@ -30,7 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contracts import keys
-from contracts.dashboard import RATE_TTL_S, minute_key, session_dash_key
+from contracts.dashboard import RATE_TTL_S, minute_key
 from contracts.history import history_field, score_from_history
 from features.hits import STATE_NAMES, empty_state
 from stream import dashboard
@@ -648,7 +648,7 @@ class RedisStore:
         return replied()
 
     def _dash(self, ops: _Ops, command: str, sid: str, args: list[Any]) -> None:
-        ops.add(command, session_dash_key(sid, self.prefix), *args)
+        ops.add(command, keys.dashboard_session_key(sid, self.prefix), *args)
 
     async def watermarks(
         self, partitions: Sequence[int]
