@@ -71,6 +71,9 @@ async def _require_key(
 router = APIRouter(dependencies=[Depends(_require_key)], tags=["dashboard"])
 
 
+STATS = ("n", "p", "pu", "c")  # a bucket's figures; other fields are bookkeeping
+
+
 def _f(value: bytes | None) -> float:
     return float(value) if value else 0.0
 
@@ -86,12 +89,14 @@ def _merge(hashes: list[dict[bytes, bytes]]) -> tuple[dict[str, float], dict[str
     for h in hashes:
         for raw_field, raw_value in h.items():
             parts = raw_field.decode().split("|", 2)
+            if parts[0] not in STATS:
+                continue  # the bucket's own bookkeeping (its count of named values)
             value = float(raw_value)
             if parts[0] == "pu":
                 parts[0], value = "p", value / 1e6
             if len(parts) == 1:
                 totals[parts[0]] = totals.get(parts[0], 0.0) + value
-            elif parts[1] in by_dim:
+            elif len(parts) == 3 and parts[1] in by_dim:
                 row = by_dim[parts[1]].setdefault(parts[2], {"n": 0.0, "p": 0.0, "c": 0.0})
                 row[parts[0]] += value
     return totals, by_dim

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, Security
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, Security
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,10 +27,13 @@ from api.settings import ApiSettings
 from artifact import ConversionModel
 from contracts import keys
 from contracts.history import score_from_history
+from contracts.limits import ID_MAX_CHARS, ID_PATTERN
 from features.columns import SESSION_COLUMNS
 from features.hits import STATE_NAMES, empty_state
 
 HISTORY_LIMIT = 50  # scores shown by GET /sessions/{session_id}
+# A session id as the worker accepts it (contracts.limits): anything else is a 422.
+SessionId = Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
@@ -187,7 +190,7 @@ async def predict_batch(body: BatchRequest, request: Request) -> Response:
 
 
 @protected.get("/sessions/{session_id}/score", response_model=ScoreResponse)
-async def latest_score(session_id: str, redis: Redis, settings: Settings) -> ScoreResponse:
+async def latest_score(session_id: SessionId, redis: Redis, settings: Settings) -> ScoreResponse:
     """Return the latest score the stream published for a session."""
     raw = await redis.get(keys.latest_score_key(session_id, settings.redis_key_prefix))
     if raw is None:
@@ -203,7 +206,9 @@ async def latest_score(session_id: str, redis: Redis, settings: Settings) -> Sco
     response_model=SessionStateResponse,
     responses={404: {"description": "the stream has no state for this session"}},
 )
-async def session_state(session_id: str, redis: Redis, settings: Settings) -> SessionStateResponse:
+async def session_state(
+    session_id: SessionId, redis: Redis, settings: Settings
+) -> SessionStateResponse:
     """Return the stream's state of a session and its latest scores (at most 50)."""
     prefix = settings.redis_key_prefix
     pipe = redis.pipeline(transaction=False)

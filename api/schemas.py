@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NotRequired, Required
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict
 
+from contracts.limits import ID_MAX_CHARS, ID_PATTERN
+
 RESOLUTION = re.compile(r"^\d{1,5}x\d{1,5}$")
 
 EXAMPLE_ROW: dict[str, Any] = {
@@ -82,8 +84,8 @@ class SessionRow(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_ROW]})
 
-    session_id: str = Field(min_length=1, max_length=200)
-    client_id: str | None = Field(default=None, max_length=200)
+    session_id: str = Field(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)
+    client_id: str | None = Field(default=None, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)
     visit_date: Annotated[str, AfterValidator(_check_date)]
     visit_time: Annotated[str, AfterValidator(_check_time)]
     visit_number: int = Field(ge=1, le=100_000)

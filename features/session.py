@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache, partial
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -126,6 +126,19 @@ def is_null(value: object) -> bool:
 
 def _text(value: object) -> str | None:
     return None if is_null(value) else str(value)
+
+
+# The parsers' caches keep texts of at most this many characters (no valid date, time
+# or resolution is longer), so they are bounded in bytes as well as in entries.
+CACHED_TEXT_MAX = 32
+T = TypeVar("T")
+
+
+def _cached(parse: Callable[[str], T], text: str) -> T:
+    """Parse through the cache, or around it for a text too long to be valid."""
+    if len(text) <= CACHED_TEXT_MAX:
+        return parse(text)
+    return cast(Callable[[str], T], parse.__wrapped__)(text)  # type: ignore[attr-defined]
 
 
 @lru_cache(maxsize=4096)
@@ -346,17 +359,19 @@ def session_matrix(cols: Mapping[str, Sequence[Any]], encoding: SessionEncoding)
     )
 
     nan3 = (math.nan, math.nan, math.nan)
-    times = [nan3 if is_null(t) else _parse_time(str(t)) for t in cols["visit_time"]]
+    times = [nan3 if is_null(t) else _cached(_parse_time, str(t)) for t in cols["visit_time"]]
     for i in range(3):
         put([t[i] for t in times])
     nan4 = (math.nan,) * 4
-    dates = distinct("visit_date").map(lambda d: nan4 if is_null(d) else _parse_date(str(d)))
+    dates = distinct("visit_date").map(
+        lambda d: nan4 if is_null(d) else _cached(_parse_date, str(d))
+    )
     for i in range(4):
         put(dates[:, i])
 
     unknown_screen = (math.nan, math.nan, math.nan, math.nan, 1.0)
     screens = distinct("device_screen_resolution").map(
-        lambda r: unknown_screen if is_null(r) else _parse_resolution(str(r))
+        lambda r: unknown_screen if is_null(r) else _cached(_parse_resolution, str(r))
     )
     for i in range(5):
         put(screens[:, i])

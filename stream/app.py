@@ -19,17 +19,18 @@ from typing import Any, Protocol, TypeVar, cast
 
 import faust
 import orjson
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
 from artifact import ArtifactError, load_model, read_card
-from contracts import topics
+from contracts import limits, topics
 from contracts.dashboard import WORKER_TTL_S, workers_key
 from stream.dashboard import worker_name
 from stream.intake import BatchApp, Fetch
 from stream.kafka import LeanMonitor, faust_broker, faust_credentials
-from stream.metrics import WorkerMetrics
-from stream.processor import Output, Processor, Record, SessionsRun
+from stream.metrics import ExitLog, WorkerMetrics
+from stream.processor import Output, Processor, Record, SessionsRun, dead_letter
 from stream.settings import StreamSettings
 from stream.state import InfrastructureError
 
@@ -43,6 +44,10 @@ EXIT_BUG = 71
 CLOSE_ROUND = 500
 # Largest record batch the producer builds (Kafka's own limit is 1 MB).
 PRODUCER_BATCH_BYTES = 256 * 1024
+# The murmur2 hashes of recent message keys are kept up to this many bytes (an entry
+# costs its key and about KEY_ENTRY_BYTES of dict and object overhead).
+KEY_CACHE_BYTES = 32 * 1024 * 1024
+KEY_ENTRY_BYTES = 120
 # A sessions partition may lead its hits by at least this many hits fetches' event time
 # (``Pipeline.align``): resumed at half of it, the hits fetch in flight stays behind.
 ALIGN_FETCHES = 4
@@ -114,6 +119,8 @@ class Pipeline:
         self.partition_counts: dict[str, tuple[int, float]] = {}  # topic -> (count, when)
         self._spread = 0  # round-robin partition of keyless messages (dead letters)
         self.key_hashes: dict[bytes, int] = {}  # murmur2 of recent keys (session ids)
+        self.key_bytes = 0  # what key_hashes holds, roughly, in bytes
+        self.exits = ExitLog(settings.data_dir / "exits.json")
         self.held: set[Any] = set()  # session partitions paused by ``align``
         # event time the hits mark of a partition moved in its latest fetch (ms)
         self.hits_span: dict[int, float] = {}
@@ -135,7 +142,7 @@ class Pipeline:
             return []
         producer = cast(Any, self.app.producer)._ensure_producer()  # Faust's aiokafka producer
         runs: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
-        for topic, key, value in messages:
+        for topic, key, value in self._fitting(messages):
             n = await self._partitions(producer, topic)
             if key is None:
                 p = self._spread % n
@@ -143,9 +150,11 @@ class Pipeline:
             else:
                 h = self.key_hashes.get(key)
                 if h is None:
-                    if len(self.key_hashes) > 200_000:
+                    if self.key_bytes > KEY_CACHE_BYTES:
                         self.key_hashes.clear()
+                        self.key_bytes = 0
                     h = self.key_hashes[key] = murmur2(key) & 0x7FFFFFFF
+                    self.key_bytes += len(key) + KEY_ENTRY_BYTES
                 p = h % n
             runs.setdefault((topic, p), []).append((key, value))
         # A batch built here is complete: closing it tells the producer not to hold it
@@ -164,6 +173,25 @@ class Pipeline:
             await asyncio.gather(*futures)
             return []
         return futures
+
+    def _fitting(
+        self, messages: Sequence[tuple[str, bytes | None, bytes]]
+    ) -> Iterator[tuple[str, bytes | None, bytes]]:
+        """The messages, each one too large for Kafka replaced by a dead letter about it.
+
+        The processor bounds what it makes, so this is the last guard: a batch must
+        never be refused by the broker for one of its messages.
+        """
+        for topic, key, value in messages:
+            if len(value) + len(key or b"") <= limits.OUTPUT_MAX_BYTES:
+                yield topic, key, value
+                continue
+            error = f"{len(value)}-byte event for {topic} is over {limits.OUTPUT_MAX_BYTES}"
+            log.error("not published: %s", error)
+            record = Record(value, topic, -1, -1, key)
+            self.metrics.refused.labels("publish", "too_large").inc()
+            self.metrics.dead_letters.labels("publish").inc()
+            yield self.dead_name, None, dead_letter(record, "publish", error, "too_large")
 
     async def _partitions(self, producer: Any, topic: str) -> int:
         """Return a topic's partition count, looked up again after a minute."""
@@ -216,6 +244,8 @@ class Pipeline:
             ).inc()
         for stage, _ in out.dead_letters:
             m.dead_letters.labels(stage).inc()
+        for (stage, kind), n in out.refusals.items():
+            m.refused.labels(stage, kind).inc(n)
         if out.parked:
             m.parked.inc(out.parked)
         if out.out_of_order:
@@ -377,15 +407,19 @@ class Pipeline:
         Nothing of a fetch in hand is committed, so it is delivered again; a close in
         hand stays open in Redis and the next sweep takes it up. That happens after a
         restart if Redis or Kafka stayed away, or once the bug is fixed. Bad data never
-        gets here.
+        gets here: every failure of one record is a dead letter. The reason is recorded
+        (``ExitLog``) for the next start to count.
         """
         try:
             yield
-        except InfrastructureError as exc:
-            log.critical("giving up on %s: %s; exiting so it is delivered again", what, exc)
+        except (InfrastructureError, KafkaError) as exc:
+            reason = "redis" if isinstance(exc, InfrastructureError) else "kafka"
+            log.critical("giving up on %s: %r; exiting so it is delivered again", what, exc)
+            self.exits.record(reason, f"{what}: {exc!r}")
             os._exit(EXIT_INFRASTRUCTURE)
-        except Exception:
+        except Exception as exc:
             log.critical("unexpected failure on %s; exiting uncommitted", what, exc_info=True)
+            self.exits.record("bug", f"{what}: {exc!r}")
             os._exit(EXIT_BUG)
 
     async def align(self) -> None:
@@ -608,6 +642,7 @@ def attach_pipeline(
     """Subscribe the app to the input topics, hand it the pipeline and set its timers."""
     pipe = Pipeline(app, settings, processor, metrics)
     metrics.use_model(processor.model.version)
+    metrics.restarted(pipe.exits)
     for name in (pipe.sessions_name, pipe.hits_name):
         app.topics.add(app.topic(name))  # subscribed; the fetches go to the pipeline
     app.batch_handler = pipe.on_fetch

@@ -3,7 +3,9 @@
 Every session counts once, in the time buckets of its start (event time): 5-minute
 buckets (the last hour), hourly buckets (the last day), daily buckets (the chart) and
 one bucket for all retained time. Per bucket, a hash holds the totals and, per
-utm_medium, utm_source and utm_campaign value, the sessions (``n``), the sum of their
+utm_medium, utm_source and utm_campaign value (the first CHANNEL_VALUES_MAX values of
+each dimension in the bucket; later ones count together as "(other)", so no stream of
+made-up values can grow a bucket without bound), the sessions (``n``), the sum of their
 session-start probabilities (``pu``, in millionths, the expected conversions: that model
 is calibrated per session, so observed / expected near 1 means a channel converts as the
 model expects) and the observed conversions (``c``). All three are integers, so Redis
@@ -32,18 +34,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from contracts.dashboard import DIMENSIONS, HOT_MAX, NONE_VALUE, dash_prefix
+from contracts.limits import CHANNEL_VALUES_MAX, OTHER_VALUE
 
 # Lua, run at the start of APPLY_SCRIPT: functions for the DSTART and DSCORE commands,
 # and flush(), which APPLY_SCRIPT calls last: a batch's hundreds of sessions mostly
 # share their time buckets and channels, so their increments are summed first and
 # each hash field is written once per call.
 # ARGV[2] is MessagePack of [dashboard key prefix, session TTL, hot-set size, TTL of
-# 5-minute, hourly and longer buckets].
+# 5-minute, hourly and longer buckets, values named per dimension and bucket, the name
+# of the rest].
 LUA = """
 local cfg = cmsgpack.unpack(ARGV[2])
 -- Numbers handed to redis.call go as text: Redis formats a Lua number with snprintf.
 local P, STTL, HOT_MAX = cfg[1], tostring(cfg[2]), cfg[3]
 local TTL = {tostring(cfg[4]), tostring(cfg[5]), tostring(cfg[6]), tostring(cfg[6])}
+local CAP, OTHER = cfg[7], cfg[8]
 local fmt = string.format
 local DIMS = {'utm_medium', 'utm_source', 'utm_campaign'}
 -- A call's aggregate increments, summed per hash and field, and the open-count and
@@ -59,7 +64,38 @@ local function bump(hash, ttl, field, v)
   end
   h[field] = (h[field] or 0) + v
 end
-local function add(d, stat, v)
+-- The name a channel value counts under in a bucket: its own while the bucket names
+-- fewer than CAP values of that dimension (or names this one already), else OTHER. A
+-- bucket keeps its count of named values in the field '#|<dimension>'. Conversions
+-- (create false) count where the session's start counted.
+local names, named = {}, {}
+local function label(hash, ttl, k, value, create)
+  local key = hash .. '|' .. k .. '|' .. value
+  local m = names[key]
+  if m then return m end
+  local dim = DIMS[k]
+  if value == OTHER then
+    m = OTHER
+  elseif redis.call('HEXISTS', hash, 'n|' .. dim .. '|' .. value) == 1 then
+    m = value
+  elseif create then
+    local ck = hash .. '|' .. k
+    local c = named[ck] or tonumber(redis.call('HGET', hash, '#|' .. dim) or '0')
+    if c < CAP then
+      c = c + 1
+      bump(hash, ttl, '#|' .. dim, 1)
+      m = value
+    else
+      m = OTHER
+    end
+    named[ck] = c
+  else
+    m = OTHER
+  end
+  names[key] = m
+  return m
+end
+local function add(d, stat, v, create)
   local ms = d[1]
   local b = {fmt('%s:m5:%d', P, math.floor(ms / 300000)),
              fmt('%s:h:%d', P, math.floor(ms / 3600000)),
@@ -68,7 +104,8 @@ local function add(d, stat, v)
     bump(b[j], TTL[j], stat, v)
     if j ~= 3 then
       for k = 1, 3 do
-        bump(b[j], TTL[j], stat .. '|' .. DIMS[k] .. '|' .. d[k + 1], v)
+        local name = label(b[j], TTL[j], k, d[k + 1], create)
+        bump(b[j], TTL[j], stat .. '|' .. DIMS[k] .. '|' .. name, v)
       end
     end
   end
@@ -109,8 +146,8 @@ local function dstart(key, a, i)
     'c', a[i + 5], 'dev', a[i + 6], 'city', a[i + 7], 'open', '1', 'hits', '0')
   redis.call('EXPIRE', key, STTL)
   local d = {msn, a[i + 3], a[i + 4], a[i + 5]}
-  add(d, 'n', 1)
-  add(d, 'pu', math.floor(pn * 1000000 + 0.5))
+  add(d, 'n', 1, true)
+  add(d, 'pu', math.floor(pn * 1000000 + 0.5), true)
   active = active + 1
   if not now_ms or msn > now_ms then now_ms = msn end
   hot(sid, p)
@@ -125,7 +162,7 @@ local function dscore(key, a, i)
   if conv == 1 and not converted then
     converted = '1'
     redis.call('HSET', key, 'conv', '1')
-    add(d, 'c', 1)
+    add(d, 'c', 1, false)
     redis.call('ZREM', P .. ':hot', sid)
   end
   if tonumber(seq) > tonumber(h[1]) then
@@ -151,6 +188,8 @@ def config(prefix: str, session_ttl_s: int, retention_s: int) -> list[Any]:
         2 * 3600,
         2 * 86400,
         retention_s,
+        CHANNEL_VALUES_MAX,
+        OTHER_VALUE,
     ]
 
 

@@ -3,6 +3,7 @@
     python -m stream dead-letters list   [--stage S] [--source-topic T]
     python -m stream dead-letters replay [--stage S] [--source-topic T] [--dry-run]
 
+A letter whose original was cut (``original_truncated``) is counted, never sent back.
 `replay` reads `ga.dead-letters` as the consumer group ``<app id>.dead-letter-replay``
 and commits its position once the original events are on their source topics, so a
 second run sends only dead letters that arrived since. `list` reads the whole topic
@@ -33,6 +34,7 @@ class DeadLetterRun:
     matched: int = 0
     sent: int = 0
     unreadable: int = 0
+    truncated: int = 0  # matched, but only the head of the original was kept
     by_stage: Counter[str] = field(default_factory=Counter)
     by_source: Counter[str] = field(default_factory=Counter)
 
@@ -96,6 +98,10 @@ async def run_dead_letters(
             if not _matches(letter, stage, source_topic):
                 continue
             run.matched += 1
+            if letter.get("original_truncated"):
+                # Only its head was kept: sending that back would be a new bad event.
+                run.truncated += 1
+                continue
             run.by_stage[str(letter.get("stage"))] += 1
             run.by_source[target] += 1
             if producer is not None:
@@ -120,6 +126,8 @@ async def run_dead_letters(
 def report(run: DeadLetterRun, replay: bool, dry_run: bool) -> str:
     """Say what a pass found, in a few lines."""
     lines = [f"{run.read} dead letters read, {run.matched} matched, {run.unreadable} unreadable"]
+    if run.truncated:
+        lines.append(f"  {run.truncated} kept only the head of their original: not replayable")
     for stage, n in sorted(run.by_stage.items()):
         lines.append(f"  stage {stage}: {n}")
     for source, n in sorted(run.by_source.items()):

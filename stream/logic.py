@@ -3,74 +3,146 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
+from contracts import limits
+from contracts.limits import shown
 from contracts.outcomes import outcome_id
 from contracts.times import MSK
-from features.columns import SESSION_COLUMNS
+from features.columns import HIT_COLUMNS, SESSION_COLUMNS
 
 
 class BadEvent(ValueError):
-    """An event that cannot be processed; its message says why."""
+    """An event that cannot be processed; its message says why, ``kind`` in a word.
+
+    The kinds (the label of the refusals metric): empty, too_large, not_json,
+    not_object, missing, wrong_type, too_long, bad_id, out_of_bounds, bad_date.
+    """
+
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        super().__init__(message[: limits.ERROR_MAX_CHARS])
+        self.kind = kind
 
 
 def _decode(raw: bytes | None) -> dict[str, Any]:
-    if raw is None:
-        raise BadEvent("empty message value")
+    if not raw:
+        raise BadEvent("empty message value", "empty")
+    if len(raw) > limits.RECORD_MAX_BYTES:
+        raise BadEvent(
+            f"record is {len(raw)} bytes, more than {limits.RECORD_MAX_BYTES}", "too_large"
+        )
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise BadEvent(f"value is not JSON: {exc}") from None
+        raise BadEvent(f"value is not JSON: {exc}", "not_json") from None
     if not isinstance(value, dict):
-        raise BadEvent(f"value is a JSON {type(value).__name__}, not an object")
+        raise BadEvent(f"value is a JSON {type(value).__name__}, not an object", "not_object")
     return value
 
 
-def _int(event: Mapping[str, Any], field: str) -> int:
+def _int(event: Mapping[str, Any], field: str, high: int) -> int:
+    """Return a whole number in 1..high (a CSV may send it as text or as 3.0)."""
     value = event.get(field)
     if isinstance(value, bool) or value is None:
-        raise BadEvent(f"{field} is missing")
+        raise BadEvent(f"{field} is missing", "missing")
+    if isinstance(value, str) and len(value) > 32:
+        raise BadEvent(f"{field} is not a number: {shown(value)}", "wrong_type")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise BadEvent(f"{field} is not a number: {value!r}") from None
+        raise BadEvent(f"{field} is not a number: {shown(value)}", "wrong_type") from None
     if not math.isfinite(number) or number != int(number):
-        raise BadEvent(f"{field} is not a whole number: {value!r}")
+        raise BadEvent(f"{field} is not a whole number: {shown(value)}", "wrong_type")
+    if not 1 <= number <= high:
+        kind = "out_of_bounds"
+        if number < 1:
+            raise BadEvent(f"{field} must be at least 1, got {shown(value)}", kind)
+        raise BadEvent(f"{field} must be at most {high}, got {shown(value)}", kind)
     return int(number)
+
+
+def _text_fields(event: Mapping[str, Any], columns: tuple[str, ...], max_chars: int) -> None:
+    """Check that every string of the event is short enough and the columns are scalars."""
+    for name, value in event.items():
+        if isinstance(value, str):
+            if len(value) > max_chars:
+                raise BadEvent(
+                    f"{shown(name, 40)} is {len(value)} characters, more than {max_chars}",
+                    "too_long",
+                )
+        elif isinstance(value, list | dict) and name in columns:
+            raise BadEvent(f"{name} must be a string or null, got {shown(value)}", "wrong_type")
 
 
 # The hit fields the worker reads: its session, its place and time in it, its action.
 HIT_FIELDS: tuple[str, ...] = ("session_id", "hit_number", "hit_time", "event_action")
 
 
+def _identifier(event: Mapping[str, Any], field: str, required: bool) -> str | None:
+    value = event.get(field)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise BadEvent(f"{field} is missing or not a string", "missing")
+    if len(value) > limits.ID_MAX_CHARS:
+        raise BadEvent(
+            f"{field} is {len(value)} characters, more than {limits.ID_MAX_CHARS}", "bad_id"
+        )
+    if not limits.ID_RE.match(value):
+        raise BadEvent(
+            f"{field} {shown(value)} has characters other than letters, digits and . _ : -",
+            "bad_id",
+        )
+    return value
+
+
 def _session_id(event: Mapping[str, Any]) -> str:
-    sid = event.get("session_id")
-    if not isinstance(sid, str) or not sid:
-        raise BadEvent("session_id is missing or not a string")
-    return sid
+    return cast(str, _identifier(event, "session_id", required=True))
+
+
+def _visit_date_time(row: Mapping[str, Any]) -> None:
+    for field in ("visit_date", "visit_time"):
+        if not isinstance(row[field], str):
+            raise BadEvent(f"{field} is missing or not a string", "missing")
+    day, clock = row["visit_date"], row["visit_time"]
+    if len(day) != 10 or day[4] != "-" or day[7] != "-" or len(clock) != 8 or clock[2] != ":":
+        raise BadEvent(
+            f"visit_date/visit_time {shown(day, 20)} {shown(clock, 20)} "
+            "are not a date and a time (YYYY-MM-DD HH:MM:SS)",
+            "bad_date",
+        )
+    start = start_time(row).timestamp()  # raises on a malformed date or time
+    if day < limits.VISIT_DATE_MIN:
+        raise BadEvent(f"visit_date {day} is before {limits.VISIT_DATE_MIN}", "out_of_bounds")
+    ahead = start - time.time()
+    if ahead > limits.FUTURE_SLACK_S:
+        raise BadEvent(
+            f"visit {day} {clock} starts {ahead / 3600:.1f} h after the worker's clock "
+            f"(at most {limits.FUTURE_SLACK_S / 3600:.0f} h ahead)",
+            "out_of_bounds",
+        )
 
 
 def parse_session(raw: bytes | None) -> dict[str, Any]:
     """Validate a ga.sessions event and return its 18 fields (None for empty)."""
     event = _decode(raw)
     _session_id(event)
+    _identifier(event, "client_id", required=False)
+    _text_fields(event, SESSION_COLUMNS, limits.SESSION_FIELD_MAX_CHARS)
     row = {c: event.get(c) for c in SESSION_COLUMNS}
-    visit_number = _int(event, "visit_number")
-    if visit_number < 1:
-        raise BadEvent(f"visit_number must be at least 1, got {visit_number}")
-    row["visit_number"] = visit_number
-    for field in ("visit_date", "visit_time"):
-        if not isinstance(row[field], str):
-            raise BadEvent(f"{field} is missing or not a string")
-    start_time(row)  # raises on a malformed date or time
+    row["visit_number"] = _int(event, "visit_number", limits.VISIT_NUMBER_MAX)
+    _visit_date_time(row)
     for c in SESSION_COLUMNS:
         value = row[c]
         if value is not None and c != "visit_number" and not isinstance(value, str):
-            raise BadEvent(f"{c} must be a string or null, got {type(value).__name__}")
+            raise BadEvent(
+                f"{c} must be a string or null, got {type(value).__name__}", "wrong_type"
+            )
     return row
 
 
@@ -78,22 +150,31 @@ def parse_hit(raw: bytes | None) -> dict[str, Any]:
     """Validate a ga.hits event; return the fields the worker uses (HIT_FIELDS).
 
     The other columns of a hit (HIT_COLUMNS) feed no feature; they travel on in the
-    record's original bytes (a parked hit, a dead letter).
+    record's original bytes (a parked hit, a dead letter), so only their size and kind
+    are checked.
     """
     event = _decode(raw)
     sid = _session_id(event)
-    hit_number = _int(event, "hit_number")
-    if hit_number < 1:
-        raise BadEvent(f"hit_number must be at least 1, got {hit_number}")
+    _text_fields(event, HIT_COLUMNS, limits.HIT_FIELD_MAX_CHARS)
+    hit_number = _int(event, "hit_number", limits.HIT_NUMBER_MAX)
     t = event.get("hit_time")
     if t is not None:
+        if isinstance(t, bool) or (isinstance(t, str) and len(t) > 32):
+            raise BadEvent(f"hit_time is not a number: {shown(t)}", "wrong_type")
         try:
             t = float(t)
         except (TypeError, ValueError):
-            raise BadEvent(f"hit_time is not a number: {t!r}") from None
+            raise BadEvent(f"hit_time is not a number: {shown(t)}", "wrong_type") from None
+        if math.isnan(t):
+            t = None  # a CSV's empty cell, as pandas reads it
+        elif not 0.0 <= t <= limits.HIT_TIME_MAX_MS:
+            raise BadEvent(
+                f"hit_time must be 0..{limits.HIT_TIME_MAX_MS:.0f} ms, got {shown(t)}",
+                "out_of_bounds",
+            )
     action = event.get("event_action")
     if action is not None and not isinstance(action, str):
-        raise BadEvent("event_action must be a string or null")
+        raise BadEvent("event_action must be a string or null", "wrong_type")
     return {"session_id": sid, "hit_number": hit_number, "hit_time": t, "event_action": action}
 
 
@@ -105,8 +186,9 @@ def start_time(row: Mapping[str, Any]) -> datetime:
         )
     except (TypeError, ValueError):
         raise BadEvent(
-            f"visit_date/visit_time {row.get('visit_date')!r} {row.get('visit_time')!r} "
-            "are not a date and a time"
+            f"visit_date/visit_time {shown(row.get('visit_date'), 20)} "
+            f"{shown(row.get('visit_time'), 20)} are not a date and a time",
+            "bad_date",
         ) from None
 
 

@@ -7,7 +7,14 @@ duplicates.
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -39,6 +46,23 @@ class WorkerMetrics:
             "scorer_worker_dead_letters_total",
             "Events sent to the dead-letter topic, by the stage that failed",
             ["stage"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "scorer_worker_refused_total",
+            "Events refused (sent to the dead-letter topic), by stage and kind of refusal",
+            ["stage", "kind"],
+            registry=r,
+        )
+        self.exits = Counter(
+            "scorer_worker_exits_total",
+            "Earlier exits of the worker on this data dir, by reason (redis, kafka, bug)",
+            ["reason"],
+            registry=r,
+        )
+        self.started = Gauge(
+            "scorer_worker_started_seconds",
+            "When this worker process started (Unix time)",
             registry=r,
         )
         self.duplicates = Counter(
@@ -121,6 +145,12 @@ class WorkerMetrics:
             registry=r,
         )
 
+    def restarted(self, exits: ExitLog) -> None:
+        """Count the exits recorded before this start, and mark the start."""
+        for reason, n in exits.counts().items():
+            self.exits.labels(reason).inc(n)
+        self.started.set(time.time())
+
     def serve(self, port: int) -> None:
         """Serve the metrics over HTTP on 127.0.0.1 or all interfaces (port 0: nowhere)."""
         if port:
@@ -130,3 +160,39 @@ class WorkerMetrics:
         """Mark the model version in use."""
         self.model_info.clear()
         self.model_info.labels(version=version).set(1)
+
+
+class ExitLog:
+    """The reasons the worker exited, kept in a small JSON file in its data dir.
+
+    A process that exits cannot report its own exit: the next start reads the file and
+    counts them (``scorer_worker_exits_total``), so a crash loop shows as a counter that
+    climbs by one with every restart.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def counts(self) -> dict[str, int]:
+        """Return the exits recorded so far, by reason (none if the file is unreadable)."""
+        try:
+            data = json.loads(self.path.read_text())
+            return {str(k): int(v) for k, v in data.get("exits", {}).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return {}
+
+    def record(self, reason: str, detail: str) -> None:
+        """Add one exit; best effort, since the process is about to end."""
+        counts = self.counts()
+        counts[reason] = counts.get(reason, 0) + 1
+        body = {
+            "exits": counts,
+            "last": {"reason": reason, "detail": detail[:500], "at": time.time()},
+        }
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(body))
+            tmp.replace(self.path)
+        except OSError as exc:
+            log.warning("exit reason not recorded in %s: %s", self.path, exc)

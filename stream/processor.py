@@ -15,7 +15,9 @@ import base64
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ import numpy as np
 import orjson
 
 from artifact import ConversionModel
+from contracts import limits
 from contracts.history import history_entry, history_field
 from contracts.scores import score_event
 from contracts.times import iso_from_ms, now_ms, utc_iso
@@ -79,6 +82,9 @@ class Output:
     outcomes: list[tuple[str, bytes]] = field(default_factory=list)  # (session_id, JSON)
     released: list[str] = field(default_factory=list)  # sessions to release after publishing
     dead_letters: list[tuple[str, bytes]] = field(default_factory=list)  # (stage, JSON)
+    refusals: collections.Counter[tuple[str, str]] = field(
+        default_factory=collections.Counter
+    )  # dead letters by (stage, kind)
     duplicates: int = 0
     parked: int = 0
     out_of_order: int = 0
@@ -98,19 +104,100 @@ def _converted(outcome: bytes | None) -> bool:
     return outcome is not None and b'"outcome":"converted"' in outcome
 
 
-def dead_letter(record: Record, stage: str, error: str) -> bytes:
-    """Describe a record that could not be processed, with its original bytes."""
+def _failure(exc: BaseException) -> str:
+    """An exception as a dead letter's error: its type and a bounded message."""
+    return f"{type(exc).__name__}: {str(exc)[: limits.ERROR_MAX_CHARS - 60]}"
+
+
+class OutputTooLarge(ValueError):
+    """An event the worker made is larger than any event it publishes may be."""
+
+
+def _bounded(payload: bytes) -> bytes:
+    """Return an event to publish, or raise when it is over ``OUTPUT_MAX_BYTES``."""
+    if len(payload) > limits.OUTPUT_MAX_BYTES:
+        raise OutputTooLarge(f"event of {len(payload)} bytes, more than {limits.OUTPUT_MAX_BYTES}")
+    return payload
+
+
+@dataclass
+class _HitsWalk:
+    """A batch's hits walked in order over their sessions' states (``_walk_hits``)."""
+
+    to_score: list[tuple[int, str, list[float], float]]  # (index, sid, state, event ms)
+    converted_at: dict[str, int]  # session -> index in to_score of its first target hit
+    duplicates: list[tuple[str, int]]
+    out_of_order: int = 0
+    late: int = 0
+
+
+def _walk_hits(
+    parsed: list[tuple[Record, dict[str, Any]]],
+    states: Mapping[str, SessionState],
+    applied: list[bool],
+    rows: list[Any],
+    skip: Collection[int],
+) -> _HitsWalk:
+    """Combine each hit's increment into its session's state, in order; skip duplicates.
+
+    ``skip`` holds the indexes of hits parked or refused. The hot loop works on plain
+    floats: numpy's per-element access costs more.
+    """
+    walk = _HitsWalk([], {}, [])
+    seen: dict[str, set[int]] = {}
+    starts: dict[str, float] = {}
+    current = {sid: st.state.tolist() for sid, st in states.items()}
+    for i, (_, hit) in enumerate(parsed):
+        if i in skip:
+            continue
+        sid, number = hit["session_id"], hit["hit_number"]
+        st = states[sid]
+        mine = seen.setdefault(sid, set())
+        if applied[i] or number in mine:
+            walk.duplicates.append((sid, number))
+            continue
+        mine.add(number)
+        state = current[sid]
+        if number < state[MAX_HIT]:
+            walk.out_of_order += 1
+        if st.closed:
+            walk.late += 1
+        before = state[TARGETS]
+        state = current[sid] = combine_values(state, rows[i])
+        # A conversion after an inactivity close supersedes its not-converted outcome.
+        if before == 0 and state[TARGETS] > 0 and not _converted(st.outcome):
+            walk.converted_at[sid] = len(walk.to_score)
+        if sid not in starts:
+            starts[sid] = epoch_ms(st.start) if st.start else 0.0
+        walk.to_score.append((i, sid, state, hit_event_ms(starts[sid], hit["hit_time"])))
+    return walk
+
+
+def dead_letter(record: Record, stage: str, error: str, kind: str = "invalid") -> bytes:
+    """Describe a record that could not be processed, with its original bytes.
+
+    The letter always fits its topic: it keeps at most
+    ``DEAD_LETTER_ORIGINAL_MAX_BYTES`` of the original (``original_truncated`` says when
+    it was cut; ``original_bytes`` and ``original_sha256`` are the whole record's), a
+    key of at most ``ID_MAX_CHARS`` and an error of at most ``ERROR_MAX_CHARS``.
+    """
     raw = record.value or b""
+    kept = raw[: limits.DEAD_LETTER_ORIGINAL_MAX_BYTES]
+    key = None if record.key is None else record.key[: limits.ID_MAX_CHARS]
     return orjson.dumps(
         {
             "source_topic": record.topic,
             "partition": record.partition,
             "offset": record.offset,
-            "key": None if record.key is None else record.key.decode("utf-8", "replace"),
+            "key": None if key is None else key.decode("utf-8", "replace"),
             "stage": stage,
-            "error": error,
-            "original_base64": base64.b64encode(raw).decode(),
-            "original_text": raw.decode("utf-8", "replace"),
+            "kind": kind,
+            "error": error[: limits.ERROR_MAX_CHARS],
+            "original_base64": base64.b64encode(kept).decode(),
+            "original_text": kept.decode("utf-8", "replace"),
+            "original_bytes": len(raw),
+            "original_sha256": hashlib.sha256(raw).hexdigest(),
+            "original_truncated": len(kept) < len(raw),
             "failed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
     )
@@ -227,7 +314,9 @@ class Processor:
                 if self.releasing[sid] <= 0:
                     del self.releasing[sid]
 
-    def _dead(self, out: Output, record: Record, stage: str, error: str) -> None:
+    def _dead(
+        self, out: Output, record: Record, stage: str, error: str, kind: str = "invalid"
+    ) -> None:
         log.warning(
             "dead letter from %s[%d]@%d at %s: %s",
             record.topic,
@@ -236,7 +325,8 @@ class Processor:
             stage,
             error,
         )
-        out.dead_letters.append((stage, dead_letter(record, stage, error)))
+        out.dead_letters.append((stage, dead_letter(record, stage, error, kind)))
+        out.refusals[(stage, kind)] += 1
 
     async def sessions(self, records: list[Record]) -> Output:
         """Process session-start records: one batch, read, computed and written."""
@@ -256,7 +346,7 @@ class Processor:
             try:
                 parsed.append((rec, parse_session(rec.value)))
             except BadEvent as exc:
-                self._dead(batch.out, rec, "parse", str(exc))
+                self._dead(batch.out, rec, "parse", str(exc), exc.kind)
         if not parsed:
             return batch
         model = batch.model = self.model
@@ -265,11 +355,34 @@ class Processor:
                 rows_to_columns([row for _, row in parsed], SESSION_COLUMNS)
             )
             batch.probs = model.score_session_vectors(batch.vectors)
-        except Exception as exc:  # noqa: BLE001 - a feature or model failure is per batch data
-            for rec, _ in parsed:
-                self._dead(batch.out, rec, "score", f"{type(exc).__name__}: {exc}")
-            batch.parsed = []
+            if np.isfinite(batch.probs).all():
+                return batch
+        except Exception:  # noqa: BLE001 - found below, row by row
+            pass
+        self._score_rows_alone(batch)
         return batch
+
+    def _score_rows_alone(self, batch: SessionsBatch) -> None:
+        """Score a batch's rows one at a time; the rows that fail become dead letters."""
+        model = self.model
+        kept, vectors, probs = [], [], []
+        for rec, row in batch.parsed:
+            stage = "features"
+            try:
+                vector = model.session_vectors(rows_to_columns([row], SESSION_COLUMNS))
+                stage = "score"
+                p = model.score_session_vectors(vector)
+                if not np.isfinite(p).all():
+                    raise ValueError("the model's probability is not a finite number")
+            except Exception as exc:  # noqa: BLE001 - one row's feature or model failure
+                self._dead(batch.out, rec, stage, _failure(exc), "failed")
+                continue
+            kept.append((rec, row))
+            vectors.append(vector[0])
+            probs.append(p[0])
+        batch.parsed = kept
+        if kept:
+            batch.vectors, batch.probs = np.vstack(vectors), np.asarray(probs)
 
     async def sessions_read(self, batch: SessionsBatch) -> SessionsBatch:
         """Send the read of a parsed batch's sessions; ``sessions_compute`` awaits it."""
@@ -388,15 +501,25 @@ class Processor:
         await self.store.forget_pending(sids)
 
     async def _park(
-        self, parsed: list[tuple[Record, dict[str, Any]]], states: dict[str, Any]
+        self,
+        parsed: list[tuple[Record, dict[str, Any]]],
+        states: dict[str, Any],
+        refused: set[int],
+        out: Output,
     ) -> set[int]:
         """Park the hits whose session is not ready; return their indexes in ``parsed``.
 
         A session whose row this worker is publishing right now is waited for (at most
         START_WAIT_S) instead. Parking is one Redis call for the whole batch; a session
-        that turns out to be ready by then is read again and its hits are applied.
+        that turns out to be ready by then is read again and its hits are applied. A hit
+        whose session has PARKED_HITS_MAX waiting already is a dead letter, added to
+        ``refused``. The hits in ``refused`` are not parked.
         """
-        waiting = {h["session_id"] for _, h in parsed if not states[h["session_id"]].ready}
+        waiting = {
+            h["session_id"]
+            for i, (_, h) in enumerate(parsed)
+            if not states[h["session_id"]].ready and i not in refused
+        }
         if not waiting:
             return set()
         starting = [self.starting[sid].wait() for sid in waiting if sid in self.starting]
@@ -412,18 +535,23 @@ class Processor:
                 ),
             )
             for i, (rec, h) in enumerate(parsed)
-            if not states[h["session_id"]].ready
+            if not states[h["session_id"]].ready and i not in refused
         ]
         if not candidates:
             return set()
         flags = await self.store.park([hit for _, hit in candidates])
         ready = sorted(
-            {hit.session_id for (_, hit), f in zip(candidates, flags, strict=True) if not f}
+            {hit.session_id for (_, hit), f in zip(candidates, flags, strict=True) if f is False}
         )
         if ready:
             # Their rows arrived while this batch ran: read them and apply the hits.
             states.update((await self.store.read(ready))[0])
-        return {i for (i, _), f in zip(candidates, flags, strict=True) if f}
+        for (i, _), f in zip(candidates, flags, strict=True):
+            if f is None:
+                error = f"session already has {limits.PARKED_HITS_MAX} hits waiting for its row"
+                self._dead(out, parsed[i][0], "park", error, "parked_full")
+                refused.add(i)
+        return {i for (i, _), f in zip(candidates, flags, strict=True) if f is True}
 
     async def hits(self, records: list[Record]) -> Output:
         """Process hit records (see ``hits_batch``)."""
@@ -462,7 +590,7 @@ class Processor:
             try:
                 batch.parsed.append((rec, parse_hit(rec.value)))
             except BadEvent as exc:
-                self._dead(batch.out, rec, "parse", str(exc))
+                self._dead(batch.out, rec, "parse", str(exc), exc.kind)
         return batch
 
     async def hits_read(self, batch: HitsBatch, run: HitsRun) -> HitsBatch:
@@ -563,152 +691,201 @@ class Processor:
             if outcome is not None and orjson.loads(outcome).get("hit_number") == number:
                 out.outcomes.append((sid, outcome))
 
+    def _increments(self, out: Output, parsed: list[tuple[Record, dict[str, Any]]]) -> list[Any]:
+        """Each hit's state increment as a list of floats, None where its features failed.
+
+        The batch is computed at once; if that fails, each hit alone, so only the hits
+        that fail by themselves become dead letters.
+        """
+
+        def columns(hits: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+            return {c: [h.get(c) for h in hits] for c in ("hit_number", "hit_time", "event_action")}
+
+        try:
+            rows: list[Any] = hit_increments(columns([h for _, h in parsed])).tolist()
+            if all(math.isfinite(x) for row in rows for x in row):
+                return rows
+        except Exception:  # noqa: BLE001 - found below, hit by hit
+            pass
+        rows = []
+        for rec, hit in parsed:
+            try:
+                row = hit_increments(columns([hit])).tolist()[0]
+                if not all(math.isfinite(x) for x in row):
+                    raise ValueError("a feature is not a finite number")
+                rows.append(row)
+            except Exception as exc:  # noqa: BLE001 - one hit's feature failure
+                self._dead(out, rec, "features", _failure(exc), "failed")
+                rows.append(None)
+        return rows
+
     async def _apply_hits(
         self, batch: HitsBatch, states: dict[str, SessionState], applied: list[bool]
     ) -> None:
+        """Apply and score a read batch's hits; hits that fail alone become dead letters.
+
+        A hit whose features, score or events fail is left out and the batch is walked
+        again without it: the later hits of its session are combined without it too.
+        """
         out, parsed = batch.out, batch.parsed
-        try:
-            increments = hit_increments(
-                {
-                    c: [h.get(c) for _, h in parsed]
-                    for c in ("hit_number", "hit_time", "event_action")
-                }
-            )
-        except Exception as exc:  # noqa: BLE001 - a feature failure is per batch data
-            for rec, _ in parsed:
-                self._dead(out, rec, "features", f"{type(exc).__name__}: {exc}")
-            batch.failed = True
-            return
-
-        seen: dict[str, set[int]] = {}
-        to_score: list[tuple[int, str, list[float], float]] = []  # (index, sid, state, event ms)
-        duplicates: list[tuple[str, int]] = []
-        starts: dict[str, float] = {}
-        converted_at: dict[str, int] = {}  # session -> index in to_score of its first target
-        parked = await self._park(parsed, states)
+        rows = self._increments(out, parsed)
+        refused = {i for i, row in enumerate(rows) if row is None}
+        parked = await self._park(parsed, states, refused, out)
         out.parked = len(parked)
-        # The hot loop works on plain floats: numpy's per-element access costs more.
-        current = {sid: st.state.tolist() for sid, st in states.items()}
-        rows = increments.tolist()
-        for i, (_, hit) in enumerate(parsed):
-            if i in parked:
-                continue
-            sid, number = hit["session_id"], hit["hit_number"]
-            st = states[sid]
-            mine = seen.setdefault(sid, set())
-            if applied[i] or number in mine:
-                out.duplicates += 1
-                duplicates.append((sid, number))
-                continue
-            mine.add(number)
-            state = current[sid]
-            if number < state[MAX_HIT]:
-                out.out_of_order += 1
-            if st.closed:
-                out.late += 1
-            before = state[TARGETS]
-            state = current[sid] = combine_values(state, rows[i])
-            # A conversion after an inactivity close supersedes its not-converted outcome.
-            if before == 0 and state[TARGETS] > 0 and not _converted(st.outcome):
-                converted_at[sid] = len(to_score)
-            if sid not in starts:
-                starts[sid] = epoch_ms(st.start) if st.start else 0.0
-            to_score.append((i, sid, state, hit_event_ms(starts[sid], hit["hit_time"])))
-        batch.duplicates = duplicates
         batch.events = batch.n_records - out.parked  # a parked hit counts once applied
+        while True:
+            walk = _walk_hits(parsed, states, applied, rows, parked | refused)
+            failed = await self._score_hits(batch, states, walk)
+            if not failed:
+                break
+            for i, stage, error in failed:
+                self._dead(out, parsed[i][0], stage, error, "failed")
+                refused.add(i)
+        out.duplicates += len(walk.duplicates)
+        out.out_of_order += walk.out_of_order
+        out.late += walk.late
+        batch.duplicates = walk.duplicates
+        batch.failed = bool(refused) and not batch.updates and not walk.duplicates
+        batch.marks = self._raise_marks("hits", batch.updates)
 
+    async def _score_hits(
+        self, batch: HitsBatch, states: dict[str, SessionState], walk: _HitsWalk
+    ) -> list[tuple[int, str, str]]:
+        """Score a walk's hits and make their events and writes (into ``batch``).
+
+        Returns the hits that failed, as (index in ``parsed``, stage, error); then
+        nothing is added to the batch, and the caller walks it again without them.
+        """
+        to_score, converted_at = walk.to_score, walk.converted_at
+        parsed = batch.parsed
+        batch.updates = []
+        if not to_score:
+            return []
+        model = self.model
+        vecs = np.vstack([cast(np.ndarray, states[sid].vector) for _, sid, _, _ in to_score])
+        hit_states = np.array([s for _, _, s, _ in to_score], dtype=np.float64)
+        try:
+            probs = model.score_in_session(vecs, hit_states)
+            ok = bool(np.isfinite(probs).all())
+        except Exception:  # noqa: BLE001 - found below, hit by hit
+            ok = False
+        if not ok:
+            failed = []
+            for k, (i, _, _, _) in enumerate(to_score):
+                try:
+                    p = model.score_in_session(vecs[k : k + 1], hit_states[k : k + 1])
+                    if not np.isfinite(p).all():
+                        raise ValueError("the model's probability is not a finite number")
+                except Exception as exc:  # noqa: BLE001 - one hit's model failure
+                    failed.append((i, "score", _failure(exc)))
+            if failed:
+                return failed
+            probs = model.score_in_session(vecs, hit_states)  # a failure of the batch alone
+        latest = {sid: states[sid].latest for _, sid, _, _ in to_score}
+        # A conversion's outcome carries the score before it; the read brought it
+        # for every session with a target hit, this reads any other.
+        unread = [sid for sid in converted_at if not states[sid].has_latest]
+        latest.update(zip(unread, await self.store.latest_scores(unread), strict=True))
+        last: dict[str, list[float]] = {}  # each session's state after its last hit
         writes: dict[str, HitWrite] = {}
-        if to_score:
-            model = self.model
-            vecs = np.vstack([cast(np.ndarray, states[sid].vector) for _, sid, _, _ in to_score])
+        events = Output()
+        failed = []
+        stamp_ms = now_ms()
+        stamp = utc_iso(stamp_ms)
+        for k, ((i, sid, state, event_ms), p) in enumerate(zip(to_score, probs, strict=True)):
+            rec, hit = parsed[i]
+            st = states[sid]
+            event_time = iso_from_ms(event_ms) if st.start else None
             try:
-                probs = model.score_in_session(
-                    vecs, np.array([s for _, _, s, _ in to_score], dtype=np.float64)
-                )
-            except Exception as exc:  # noqa: BLE001 - a model failure is per batch data
-                for i, _, _, _ in to_score:
-                    self._dead(out, parsed[i][0], "score", f"{type(exc).__name__}: {exc}")
-                batch.failed = True
-                return
-            latest = {sid: states[sid].latest for _, sid, _, _ in to_score}
-            # A conversion's outcome carries the score before it; the read brought it
-            # for every session with a target hit, this reads any other.
-            unread = [sid for sid in converted_at if not states[sid].has_latest]
-            latest.update(zip(unread, await self.store.latest_scores(unread), strict=True))
-            last: dict[str, list[float]] = {}  # each session's state after its last hit
-            stamp_ms = now_ms()
-            stamp = utc_iso(stamp_ms)
-            for k, ((i, sid, state, event_ms), p) in enumerate(zip(to_score, probs, strict=True)):
-                rec, hit = parsed[i]
-                st = states[sid]
-                event_time = iso_from_ms(event_ms) if st.start else None
-                w = writes.get(sid)
-                if w is None:
-                    w = writes[sid] = HitWrite(
-                        session_id=sid,
-                        state=empty_state(),
-                        applied=[],
-                        scores=[],
-                        partition=st.partition if st.partition is not None else rec.partition,
-                        event_ms=event_ms,
-                        closed=st.closed,
-                    )
+                outcome = None
                 if converted_at.get(sid) == k:
-                    outcome = orjson.dumps(
-                        outcome_event(
-                            session_id=sid,
-                            client_id=st.client_id,
-                            outcome="converted",
-                            hit_number=hit["hit_number"],
-                            event_time=event_time,
-                            last_score=latest[sid],
+                    outcome = _bounded(
+                        orjson.dumps(
+                            outcome_event(
+                                session_id=sid,
+                                client_id=st.client_id,
+                                outcome="converted",
+                                hit_number=hit["hit_number"],
+                                event_time=event_time,
+                                last_score=latest[sid],
+                            )
                         )
                     )
-                    w.outcome = outcome
-                    out.outcomes.append((sid, outcome))
                 probability = float(p)
-                event = score_event(
-                    session_id=sid,
-                    client_id=st.client_id,
-                    probability=probability,
-                    model_version=model.version,
-                    trigger="hit",
-                    hit_number=hit["hit_number"],
-                    event_time=event_time,
-                    scored_at=stamp,
-                )
-                payload = orjson.dumps(event)
-                latest[sid] = payload
-                last[sid] = state
-                w.probability = probability
-                if event_ms > w.event_ms:
-                    w.event_ms = event_ms
-                w.applied.append(hit["hit_number"])
-                w.scores.append((history_field("hit", hit["hit_number"]), payload))
-                w.entries.append(
-                    history_entry(
-                        probability, model.version, event_ms if st.start else None, stamp_ms
+                payload = _bounded(
+                    orjson.dumps(
+                        score_event(
+                            session_id=sid,
+                            client_id=st.client_id,
+                            probability=probability,
+                            model_version=model.version,
+                            trigger="hit",
+                            hit_number=hit["hit_number"],
+                            event_time=event_time,
+                            scored_at=stamp,
+                        )
                     )
                 )
-                out.score(sid, payload, "hit")
-                if rec.timestamp_ms is not None:
-                    out.event_ts_ms.append(rec.timestamp_ms)
-            for sid, w in writes.items():
-                w.state = np.asarray(last[sid], dtype=np.float64)
+            except Exception as exc:  # noqa: BLE001 - one hit's events cannot be made
+                failed.append((i, "serialise", _failure(exc)))
+                continue
+            w = writes.get(sid)
+            if w is None:
+                w = writes[sid] = HitWrite(
+                    session_id=sid,
+                    state=empty_state(),
+                    applied=[],
+                    scores=[],
+                    partition=st.partition if st.partition is not None else rec.partition,
+                    event_ms=event_ms,
+                    closed=st.closed,
+                )
+            if outcome is not None:
+                w.outcome = outcome
+                events.outcomes.append((sid, outcome))
+            latest[sid] = payload
+            last[sid] = state
+            w.probability = probability
+            if event_ms > w.event_ms:
+                w.event_ms = event_ms
+            w.applied.append(hit["hit_number"])
+            w.scores.append((history_field("hit", hit["hit_number"]), payload))
+            w.entries.append(
+                history_entry(probability, model.version, event_ms if st.start else None, stamp_ms)
+            )
+            events.score(sid, payload, "hit")
+            if rec.timestamp_ms is not None:
+                events.event_ts_ms.append(rec.timestamp_ms)
+        if failed:
+            return failed
+        for sid, w in writes.items():
+            w.state = np.asarray(last[sid], dtype=np.float64)
+        out = batch.out
+        out.outcomes += events.outcomes
+        out.scores += events.scores
+        for trigger, n in events.triggers.items():
+            out.triggers[trigger] = out.triggers.get(trigger, 0) + n
+        out.event_ts_ms += events.event_ts_ms
         batch.updates = list(writes.values())
-        batch.marks = self._raise_marks("hits", batch.updates)
+        return []
 
     def _raise_marks(
         self, kind: str, writes: list[SessionWrite] | list[HitWrite]
     ) -> dict[tuple[str, int], tuple[float, float]]:
-        """Raise each partition's event-time high-water mark of one input topic."""
+        """Raise each partition's event-time high-water mark of one input topic.
+
+        A mark never passes the wall clock by more than ``FUTURE_SLACK_S``: one hit with a
+        start and a hit_time far ahead must not close every open session early.
+        """
         wall = time.time() * 1000.0
+        ceiling = wall + limits.FUTURE_SLACK_S * 1000.0
         changed: dict[tuple[str, int], tuple[float, float]] = {}
         for w in writes:
             key = (kind, w.partition)
             current = self.watermarks.get(key)
-            if current is None or w.event_ms > current[0]:
-                self.watermarks[key] = changed[key] = (w.event_ms, wall)
+            event_ms = min(w.event_ms, ceiling)
+            if current is None or event_ms > current[0]:
+                self.watermarks[key] = changed[key] = (event_ms, wall)
         return changed
 
     async def event_time(

@@ -29,7 +29,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from contracts import keys
+from contracts import keys, limits
 from contracts.dashboard import RATE_TTL_S, minute_key
 from contracts.history import history_field, score_from_history
 from features.hits import STATE_NAMES, empty_state
@@ -45,15 +45,19 @@ LEGACY_STATE_FIELDS = [keys.state_field(name) for name in STATE_NAMES]
 HITS = STATE_NAMES.index("hits")
 
 # Park hits only while their session is not released yet, atomically with that check.
-# KEYS: state and pending key of each hit's session, in pairs; ARGV: the TTL, then one
-# packed hit per pair. Returns 1 for each hit parked, 0 where its session is ready.
+# KEYS: state and pending key of each hit's session, in pairs; ARGV: the TTL, the most
+# hits one session may have parked, then one packed hit per pair. Returns 1 for each
+# hit parked, 0 where its session is ready, 2 where its session has the most parked.
 PARK_SCRIPT = """
 local out = {}
+local most = tonumber(ARGV[2])
 for i = 1, #KEYS, 2 do
   if redis.call('HEXISTS', KEYS[i], 'ready') == 1 then
     out[#out + 1] = 0
+  elseif redis.call('LLEN', KEYS[i + 1]) >= most then
+    out[#out + 1] = 2
   else
-    redis.call('RPUSH', KEYS[i + 1], ARGV[(i + 1) / 2 + 1])
+    redis.call('RPUSH', KEYS[i + 1], ARGV[(i + 1) / 2 + 2])
     redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
     out[#out + 1] = 1
   end
@@ -456,11 +460,12 @@ class RedisStore:
             )
         return out
 
-    async def park(self, hits: Sequence[ParkedHit]) -> list[bool]:
+    async def park(self, hits: Sequence[ParkedHit]) -> list[bool | None]:
         """Park hits until their session rows arrive, in one call.
 
         Returns, for each hit, whether it was parked: False when its session is ready
-        by now (its row arrived while the batch ran) and the hit must be applied.
+        by now (its row arrived while the batch ran) and the hit must be applied, None
+        when its session has ``PARKED_HITS_MAX`` hits parked already (it is refused).
         """
         if not hits:
             return []
@@ -472,12 +477,13 @@ class RedisStore:
                 self._k(keys.pending_hits_key, h.session_id),
             )
         ]
-        args: list[bytes | int] = [self.ttl, *(h.pack() for h in hits)]
+        args: list[bytes | int] = [self.ttl, limits.PARKED_HITS_MAX, *(h.pack() for h in hits)]
 
         async def run() -> Any:
             return await self._park(keys=names, args=args)
 
-        return [bool(flag) for flag in await self._retry("park", run)]
+        flags = {0: False, 1: True, 2: None}
+        return [flags[int(flag)] for flag in await self._retry("park", run)]
 
     async def release(self, sids: Sequence[str]) -> list[ParkedHit]:
         """Mark sessions ready for their hits; return the hits parked for them."""

@@ -88,6 +88,9 @@ def test_real_quirks_are_accepted(client, quirk) -> None:
         ({"device_screen_resolution": "abc"}, "device_screen_resolution"),
         ({"utm_medium": 5}, "utm_medium"),
         ({"unexpected_field": "x"}, "unexpected_field"),
+        ({"session_id": "a}b{c"}, "session_id"),
+        ({"session_id": "1" * 201}, "session_id"),
+        ({"client_id": "has space"}, "client_id"),
     ],
 )
 def test_invalid_rows_get_a_422_naming_the_field(client, change, field) -> None:
@@ -101,6 +104,14 @@ def test_a_missing_session_id_is_named(client) -> None:
     r = client.post("/predict", json=row)
     assert r.status_code == 422
     assert "session_id" in json.dumps(r.json()["detail"])
+
+
+@pytest.mark.parametrize("sid", ["a}b", "x" * 201, "with space"])
+def test_a_session_id_the_worker_would_refuse_is_a_422_on_lookups(client, sid) -> None:
+    for path in (f"/sessions/{sid}/score", f"/sessions/{sid}"):
+        r = client.get(path)
+        assert r.status_code == 422, path
+        assert "session_id" in json.dumps(r.json()["detail"])
 
 
 def test_a_body_that_is_not_json_is_a_422(client) -> None:

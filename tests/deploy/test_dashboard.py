@@ -63,6 +63,8 @@ def test_the_dashboard_shows_what_operators_watch(dashboard: dict) -> None:
         "scorer_worker_consumer_lag",
         "scorer_worker_event_to_score_seconds_bucket",
         "scorer_worker_dead_letters_total",
+        "scorer_worker_refused_total",  # hostile input, by kind
+        "scorer_worker_exits_total",  # a crash loop
         "scorer_api_request_seconds_bucket",
         "scorer_quality_roc_auc",
         "scorer_quality_predicted",

@@ -64,6 +64,25 @@ class Truth:
         return state
 
 
+def check_exactly_once(truth: Truth, settings: StreamSettings, scores: list[dict]) -> None:
+    """Every expected score exists, copies are identical, each hit applied once."""
+    by_id: dict[str, list[dict]] = defaultdict(list)
+    for e in scores:
+        by_id[e["score_id"]].append(e)
+    for copies in by_id.values():
+        assert all(c == copies[0] for c in copies), copies
+    got = {(e["session_id"], e["trigger"], e["hit_number"]) for e in scores}
+    for sid, hits in truth.hits.items():
+        assert (sid, "session_start", None) in got, sid
+        for h in hits:
+            assert (sid, "hit", h["hit_number"]) in got, (sid, h["hit_number"])
+    r = redis.Redis.from_url(settings.redis_url)
+    for sid in truth.sessions:
+        state, applied = stored_state(r, sid, settings.redis_key_prefix)
+        assert applied == {h["hit_number"] for h in truth.hits[sid]}, sid
+        np.testing.assert_allclose(state, truth.state(sid), err_msg=sid)
+
+
 def stored_state(r: redis.Redis, sid: str, prefix: str) -> tuple[np.ndarray, set[int]]:
     """Read a session's hit state and applied hit numbers (its hit scores) from Redis."""
     h = r.hgetall(keys.session_key(sid, prefix))

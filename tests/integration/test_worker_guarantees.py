@@ -10,14 +10,11 @@ import signal
 import threading
 import time
 import urllib.request
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import orjson
 import pytest
-import redis
-from helpers import Truth, read_all, read_scores, stored_state, topic_size
+from helpers import Truth, check_exactly_once, read_all, read_scores, topic_size
 
 from artifact import load_model, read_card, save_model
 from bench.procs import WorkerProcess, free_port, metrics, total
@@ -36,25 +33,6 @@ def truth(tmp_path_factory: pytest.TempPathFactory) -> Truth:
     out = tmp_path_factory.mktemp("guarantees")
     generate(out, 400, seed=31, progress=False)
     return Truth(out)
-
-
-def _check_exactly_once(truth: Truth, settings: StreamSettings, scores: list[dict]) -> None:
-    """Every expected score exists, copies are identical, each hit applied once."""
-    by_id: dict[str, list[dict]] = defaultdict(list)
-    for e in scores:
-        by_id[e["score_id"]].append(e)
-    for copies in by_id.values():
-        assert all(c == copies[0] for c in copies), copies
-    got = {(e["session_id"], e["trigger"], e["hit_number"]) for e in scores}
-    for sid, hits in truth.hits.items():
-        assert (sid, "session_start", None) in got, sid
-        for h in hits:
-            assert (sid, "hit", h["hit_number"]) in got, (sid, h["hit_number"])
-    r = redis.Redis.from_url(settings.redis_url)
-    for sid in truth.sessions:
-        state, applied = stored_state(r, sid, settings.redis_key_prefix)
-        assert applied == {h["hit_number"] for h in truth.hits[sid]}, sid
-        np.testing.assert_allclose(state, truth.state(sid), err_msg=sid)
 
 
 def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
@@ -86,7 +64,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
     finally:
         worker.stop()
     assert kills >= 3
-    _check_exactly_once(truth, settings, scores)
+    check_exactly_once(truth, settings, scores)
 
 
 def test_duplicates_and_reordered_hits_change_nothing(
@@ -109,7 +87,7 @@ def test_duplicates_and_reordered_hits_change_nothing(
         time.sleep(0.2)
     asyncio.run(send_events(stream_settings, events[len(early) :], progress=False))
     scores = read_scores(stream_settings, truth.expected_scores)
-    _check_exactly_once(truth, stream_settings, scores)
+    check_exactly_once(truth, stream_settings, scores)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         m = metrics(stream_settings.metrics_port)
@@ -255,7 +233,7 @@ def test_malformed_events_all_become_dead_letters_and_valid_ones_are_scored(
         events.insert(rng.randrange(len(events)), e)
     asyncio.run(send_events(stream_settings, events, progress=False))
     scores = read_scores(stream_settings, truth.expected_scores)
-    _check_exactly_once(truth, stream_settings, scores)
+    check_exactly_once(truth, stream_settings, scores)
     dead = asyncio.run(
         read_topic(
             stream_settings.kafka_bootstrap,

@@ -223,3 +223,43 @@ async def test_buckets_hold_integer_sums_and_older_float_sums_still_count(
     # The next write adds to such a bucket without trouble.
     await store.write([_start("b", 0.5, T0, _row("cpc"))], [])
     assert (await _data(store))["totals"]["expected"] == pytest.approx(0.873457)
+
+
+async def test_made_up_channel_values_beyond_the_cap_count_as_other(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stream import dashboard
+
+    monkeypatch.setattr(dashboard, "CHANNEL_VALUES_MAX", 5)
+    capped = RedisStore(store.r, prefix=store.prefix, ttl_s=600, retries=2)
+    sources = [f"src{i}" for i in range(8)]
+    await capped.write(
+        [_start(f"s{i}", 0.01, T0, _row("cpc", source=s)) for i, s in enumerate(sources)], []
+    )
+    # A later batch: a named value stays named, a new one is "other" too.
+    await capped.write(
+        [
+            _start("again", 0.01, T0, _row("cpc", source="src1")),
+            _start("new", 0.01, T0, _row("cpc", source="zzz")),
+        ],
+        [],
+    )
+    # Conversions count where their session's start counted.
+    await capped.write(
+        [], [_hits("s1", [1], [0.5], converted=True), _hits("s7", [1], [0.5], converted=True)]
+    )
+    d = await _data(store)
+    rows = {r["value"]: r for r in d["channels"]["utm_source"]}
+    assert set(rows) == {*sources[:5], "(other)"}
+    assert rows["(other)"]["sessions"] == 4  # src5, src6, src7, zzz
+    assert rows["src1"]["sessions"] == 2
+    assert rows["src1"]["observed"] == 1 and rows["(other)"]["observed"] == 1
+    assert d["totals"]["sessions"] == 10
+    # Every bucket hash holds at most the cap's values of a dimension (plus other).
+    r = store.r
+    for key in [k async for k in r.scan_iter(match=f"{dash_prefix(store.prefix)}:*")]:
+        if await r.type(key) != b"hash":
+            continue
+        fields = [f.decode() for f in await r.hkeys(key)]
+        named = {f.split("|", 2)[2] for f in fields if f.startswith("n|utm_source|")}
+        assert len(named - {"(other)"}) <= 5, key

@@ -106,3 +106,53 @@ def test_a_full_batch_of_scores_takes_one_record_batch_per_partition() -> None:
     messages = [("scores", f"session-{i}".encode(), score) for i in range(settings.batch_max)]
     asyncio.run(_pipeline(producer).send_all(messages))
     assert sorted(p for _, p, _, _ in producer.sent) == list(range(6))
+
+
+def test_a_message_too_large_for_kafka_goes_out_as_a_small_dead_letter_instead() -> None:
+    from contracts import limits
+
+    producer = FakeProducer(partitions=3, batch_size=4 * limits.OUTPUT_MAX_BYTES)
+    appended: list[tuple[bytes | None, bytes]] = []
+    make = producer.create_batch
+
+    def recording() -> BatchBuilder:
+        batch = make()
+        append = batch.append
+
+        def add(*, key: bytes | None, value: bytes, timestamp: None) -> Any:
+            appended.append((key, value))
+            return append(key=key, value=value, timestamp=timestamp)
+
+        batch.append = add  # type: ignore[method-assign]
+        return batch
+
+    producer.create_batch = recording  # type: ignore[method-assign]
+    pipe = _pipeline(producer)
+    huge = b"x" * (limits.OUTPUT_MAX_BYTES + 1)
+    asyncio.run(pipe.send_all([("scores", b"s1", b"{}"), ("scores", b"s2", huge)]))
+    topics = [t for t, _, _, _ in producer.sent]
+    assert sorted(topics) == sorted(["scores", pipe.dead_name])
+    assert (b"s1", b"{}") in appended and all(v != huge for _, v in appended)
+    (letter,) = [orjson.loads(v) for k, v in appended if k is None]
+    assert (letter["stage"], letter["kind"], letter["original_bytes"]) == (
+        "publish",
+        "too_large",
+        len(huge),
+    )
+    assert pipe.metrics.refused.labels("publish", "too_large")._value.get() == 1
+
+
+def test_exit_reasons_survive_the_process_and_count_at_the_next_start(tmp_path) -> None:
+    from stream.metrics import ExitLog
+
+    log = ExitLog(tmp_path / "exits.json")
+    assert log.counts() == {}
+    log.record("redis", "a sessions batch: InfrastructureError")
+    log.record("redis", "again")
+    log.record("bug", "a hits batch: KeyError")
+    metrics = WorkerMetrics()
+    metrics.restarted(ExitLog(tmp_path / "exits.json"))
+    assert metrics.exits.labels("redis")._value.get() == 2
+    assert metrics.exits.labels("bug")._value.get() == 1
+    (tmp_path / "exits.json").write_text("{broken")
+    assert ExitLog(tmp_path / "exits.json").counts() == {}
