@@ -73,16 +73,17 @@ def settings_env(settings: StreamSettings) -> dict[str, str]:
 class WorkerProcess:
     """A `python -m stream worker` subprocess with its log file."""
 
-    def __init__(self, settings: StreamSettings, log_path: Path) -> None:
+    def __init__(self, settings: StreamSettings, log_path: Path, root: Path = ROOT) -> None:
         self.settings = settings
         self.log_path = log_path
+        self.root = root  # the checkout whose packages the worker runs (its working dir)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stream", "worker"],
-            cwd=ROOT,
+            cwd=self.root,
             env=settings_env(self.settings),
             stdout=log,
             stderr=subprocess.STDOUT,

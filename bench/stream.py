@@ -171,16 +171,24 @@ def expected_scores(events: Iterable[Event]) -> int:
 
 
 def throughput(
-    base: StreamSettings, model: Path, events: list[Event], workers: int, work: Path
+    base: StreamSettings,
+    model: Path,
+    events: list[Event],
+    workers: int,
+    work: Path,
+    root: Path = ROOT,
 ) -> dict[str, Any]:
-    """Pre-load the input, start the workers, time first consumed → last score."""
+    """Pre-load the input, start the workers, time first consumed → last score.
+
+    ``root`` is the checkout whose worker runs (another version's, for ``--baseline``).
+    """
     settings = _settings(base, model, work)
     expected = expected_scores(events)
     asyncio.run(send_events(settings, events, progress=False))
     procs = []
     for k in range(workers):
         s = settings if k == 0 else settings.model_copy(update={"metrics_port": free_port()})
-        procs.append(WorkerProcess(s, work / f"{settings.app_id}-{k}.log"))
+        procs.append(WorkerProcess(s, work / f"{settings.app_id}-{k}.log", root))
     store = redis.Redis.from_url(settings.redis_url)
     redis_before = _redis_use(store)
     try:
@@ -218,6 +226,21 @@ def throughput(
     }
     drop_run(settings)
     return result
+
+
+def checkout(ref: str, work: Path) -> Path:
+    """Return a worktree of the repository at ``ref`` (made once, under ``work``)."""
+    sha = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    tree = (work / f"baseline-{sha[:12]}").resolve()
+    if not (tree / "stream").is_dir():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), sha], cwd=ROOT, check=True)
+    return tree
 
 
 def _redis_use(store: redis.Redis) -> tuple[float, float]:
@@ -367,6 +390,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "one" in phases:
         results["one_worker"] = throughput(base, model, events, 1, work)
         print(results["one_worker"], flush=True)
+    if args.baseline:
+        # Another version's worker on the same input, alternating with this one's, so
+        # that a difference is the code's and not the machine's mood.
+        root = checkout(args.baseline, work)
+        results["baseline"] = {"ref": args.baseline, "runs": [], "this_version_runs": []}
+        for _ in range(args.baseline_runs):
+            for key, at in (("runs", root), ("this_version_runs", ROOT)):
+                r = throughput(base, model, events, 1, work, at)
+                results["baseline"][key].append(r["events_per_s"])
+                print(key, r, flush=True)
     if "two" in phases:
         results["two_workers"] = throughput(base, model, events, 2, work)
         print(results["two_workers"], flush=True)
@@ -520,6 +553,13 @@ def render(results: dict[str, Any]) -> str:
             f"(the first {lat['warmup_s']:g} s, on fresh topics: p99 {warm['p99_ms']} ms, "
             f"max {warm['max_ms']} ms) | p99 ≤ 25 ms |"
         )
+    if "baseline" in results:
+        b = results["baseline"]
+        lines.append(
+            f"| one worker: this version against `{b['ref']}`, alternating runs | "
+            f"{', '.join(f'{x:,}' for x in b['this_version_runs'])} against "
+            f"{', '.join(f'{x:,}' for x in b['runs'])} events/s | — |"
+        )
     if "full_replay" in results:
         f = results["full_replay"]
         lines.append(
@@ -549,6 +589,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-workers", type=int, default=2)
     parser.add_argument("--only", default="", help="comma-separated phases: bare,one,two,latency")
     parser.add_argument("--limit", type=int, default=None, help="use only this many sessions")
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="a git ref: also time its worker on the same input, alternating with this one",
+    )
+    parser.add_argument("--baseline-runs", type=int, default=3)
     args = parser.parse_args(argv)
     results = run(args)
     (args.data / "result.json").write_text(json.dumps(results, indent=2))
