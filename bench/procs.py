@@ -48,6 +48,11 @@ def drop_run(settings: StreamSettings) -> None:
 
     if settings.topic_prefix:  # never every topic of the broker
         asyncio.run(drop())
+    drop_keys(settings)
+
+
+def drop_keys(settings: StreamSettings) -> None:
+    """Delete a run's Redis keys (by its key prefix): what a Redis that forgot has."""
     r = redis.Redis.from_url(settings.redis_url)
     try:
         batch: list[bytes] = []

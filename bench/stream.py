@@ -13,7 +13,10 @@
    published (Kafka timestamps). "Sustained" leaves out the first and last 10 % of the
    scores, so start-up and the group's rebalance do not count.
 4. The same with two worker processes in one consumer group.
-5. With --full DIR: a replay of a whole generated history, timed (--full-workers, 2).
+5. The rebuild: after the input is scored, the run's Redis keys are deleted and the
+   worker started again; it reads the topics again, timed until Redis reflects them all.
+6. With --full DIR: a replay of a whole generated history, timed (--full-workers, 2).
+7. With --baseline REF: REF's worker and this one, alternately, on the one-worker input.
 
 Each phase uses its own topics and Redis keys, removed afterwards.
 """
@@ -32,16 +35,26 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
 import redis
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 
 from bench.api import _prepare
-from bench.procs import ROOT, WorkerProcess, drop_run, free_port, metrics, settings_env, total
-from contracts import topics
+from bench.procs import (
+    ROOT,
+    WorkerProcess,
+    drop_keys,
+    drop_run,
+    free_port,
+    metrics,
+    settings_env,
+    total,
+)
+from contracts import keys, topics
 from stream.replay import build_events, send_events
 from stream.settings import StreamSettings
 
@@ -57,11 +70,12 @@ def _settings(base: StreamSettings, model: Path, work: Path) -> StreamSettings:
     run = f"bench-{uuid.uuid4().hex[:8]}"
     return base.model_copy(
         update={
-            "model_path": model,
+            # Absolute: a worker of another checkout (--baseline) runs from there.
+            "model_path": model.resolve(),
             "topic_prefix": f"{run}.",
             "app_id": run,
             "redis_key_prefix": run,
-            "data_dir": work / run,
+            "data_dir": (work / run).resolve(),
             "metrics_port": free_port(),
             "model_reload_s": 0.0,
         }
@@ -243,6 +257,72 @@ def checkout(ref: str, work: Path) -> Path:
     return tree
 
 
+def rebuild(base: StreamSettings, model: Path, events: list[Event], work: Path) -> dict[str, Any]:
+    """Time a worker rebuilding Redis from the topics after Redis forgot everything.
+
+    The input is pre-loaded and scored by one worker; the worker stops, the run's Redis
+    keys are deleted (a restart without persistence, or a FLUSHALL), and the worker is
+    started again on the same consumer group. Every record is within the session TTL,
+    so it reads all of them again; the clock runs from its start until Redis's applied
+    offsets reach the end of every input partition.
+    """
+    settings = _settings(base, model, work)
+    asyncio.run(send_events(settings, events, progress=False))
+    worker = WorkerProcess(settings, work / f"{settings.app_id}-rebuild.log")
+    store = redis.Redis.from_url(settings.redis_url)
+    try:
+        worker.start()
+        _poll_first_consumed([worker], expected_scores(events), timeout_s=3600)
+        worker.stop()
+        ends = asyncio.run(_end_offsets(settings))
+        drop_keys(settings)
+        started = time.perf_counter()
+        worker.start()
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline:
+            _check_alive([worker])
+            held: dict[tuple[str, int], int] = {}
+            for p in range(settings.topic_partitions):
+                found = store.hgetall(keys.applied_key(p, settings.redis_key_prefix))
+                for kind, v in cast(dict[bytes, bytes], found).items():
+                    held[(kind.decode(), p)] = int(v)
+            if all(held.get(key, -1) >= end for key, end in ends.items()):
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("the rebuild did not finish in an hour")
+        seconds = time.perf_counter() - started
+        reread = _counter(settings.metrics_port, "scorer_worker_reread_records_total")
+        sessions = sum(1 for _ in store.scan_iter(f"{settings.redis_key_prefix}:{{*}}:state"))
+    finally:
+        worker.stop()
+    drop_run(settings)
+    return {
+        "events": len(events),
+        "seconds": round(seconds, 1),
+        "events_per_s": round(len(events) / seconds),
+        "seconds_per_million": round(seconds / len(events) * 1e6, 1),
+        "reread_records": int(reread),
+        "sessions_rebuilt": sessions,
+    }
+
+
+async def _end_offsets(settings: StreamSettings) -> dict[tuple[str, int], int]:
+    """Return the end offset of every input partition, by (input kind, partition)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        tps = {
+            (kind, p): TopicPartition(topics.topic_name(topic, settings.topic_prefix), p)
+            for kind, topic in (("sessions", topics.SESSIONS), ("hits", topics.HITS))
+            for p in range(settings.topic_partitions)
+        }
+        ends = await consumer.end_offsets(list(tps.values()))
+    finally:
+        await consumer.stop()
+    return {key: ends[tp] for key, tp in tps.items()}
+
+
 def _redis_use(store: redis.Redis) -> tuple[float, float]:
     """Return Redis's CPU seconds so far (user and system) and its memory in bytes."""
     cpu, memory = store.info("cpu"), store.info("memory")
@@ -376,7 +456,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     events = build_events(args.data, args.limit)
     results: dict[str, Any] = {"data": str(args.data)}
     print(f"events: {len(events):,}", flush=True)
-    phases = set(args.only.split(",")) if args.only else {"bare", "one", "two", "latency"}
+    phases = (
+        set(args.only.split(",")) if args.only else {"bare", "one", "two", "latency", "rebuild"}
+    )
     # The latency first: after a throughput phase the broker deletes its gigabyte of
     # topics in the background, and that run's latency would include the disk churn.
     if "latency" in phases:
@@ -403,6 +485,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "two" in phases:
         results["two_workers"] = throughput(base, model, events, 2, work)
         print(results["two_workers"], flush=True)
+    if "rebuild" in phases:
+        results["rebuild"] = rebuild(base, model, events, work)
+        print(results["rebuild"], flush=True)
     if args.full is not None:
         results["full_replay"] = full_replay(base, model, args.full, work, args.full_workers)
         print(results["full_replay"], flush=True)
@@ -560,6 +645,14 @@ def render(results: dict[str, Any]) -> str:
             f"{', '.join(f'{x:,}' for x in b['this_version_runs'])} against "
             f"{', '.join(f'{x:,}' for x in b['runs'])} events/s | — |"
         )
+    if "rebuild" in results:
+        r = results["rebuild"]
+        lines.append(
+            f"| Redis rebuilt from the topics after it forgot everything ({r['events']:,} "
+            f"events, all within the TTL) | {r['seconds']} s, {r['events_per_s']:,} events/s "
+            f"({r['seconds_per_million']} s per million); {r['sessions_rebuilt']:,} session "
+            f"states back | — |"
+        )
     if "full_replay" in results:
         f = results["full_replay"]
         lines.append(
@@ -587,7 +680,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--full", type=Path, default=None, help="a full generated data set")
     parser.add_argument("--full-workers", type=int, default=2)
-    parser.add_argument("--only", default="", help="comma-separated phases: bare,one,two,latency")
+    parser.add_argument(
+        "--only", default="", help="comma-separated phases: bare,one,two,latency,rebuild"
+    )
     parser.add_argument("--limit", type=int, default=None, help="use only this many sessions")
     parser.add_argument(
         "--baseline",

@@ -83,6 +83,17 @@ def watermark_key(partition: int, prefix: str = KEY_PREFIX) -> str:
     return f"{prefix}:{{open-{partition}}}:watermark"
 
 
+def applied_key(partition: int, prefix: str = KEY_PREFIX) -> str:
+    """Return the hash of the input offsets a partition's stored state reflects.
+
+    Fields ``sessions`` and ``hits``: the next offset of that input partition; every
+    record before it is applied in Redis (written with the state, in the same call).
+    A Redis that lost writes has a lower offset, or none, and the worker reads the
+    input again from there (``stream/recovery.py``).
+    """
+    return f"{prefix}:{{open-{partition}}}:applied"
+
+
 def dashboard_session_key(session_id: str, prefix: str = KEY_PREFIX) -> str:
     """Return the hash of what a session contributes to the dashboard's aggregates."""
     return f"{prefix}:{{{session_id}}}:dash"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -22,17 +23,19 @@ import orjson
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
+from faust.types import TP
 
 from artifact import ArtifactError, load_model, read_card
 from contracts import limits, topics
 from contracts.dashboard import WORKER_TTL_S, workers_key
 from stream.dashboard import worker_name
-from stream.intake import BatchApp, Fetch
+from stream.intake import BatchApp, Fetch, Rewind
 from stream.kafka import LeanMonitor, faust_broker, faust_credentials
 from stream.metrics import ExitLog, WorkerMetrics
 from stream.processor import Output, Processor, Record, SessionsRun, dead_letter
+from stream.recovery import Recovery
 from stream.settings import StreamSettings
-from stream.state import InfrastructureError
+from stream.state import InfrastructureError, RedisLost
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,12 @@ class Pipeline:
         self.key_hashes: dict[bytes, int] = {}  # murmur2 of recent keys (session ids)
         self.key_bytes = 0  # what key_hashes holds, roughly, in bytes
         self.exits = ExitLog(settings.data_dir / "exits.json")
+        # Input partitions, as (kind, partition), whose Redis state this worker has
+        # checked since their assignment or the last loss; one check at a time.
+        self.checked: set[tuple[str, int]] = set()
+        self.checking = asyncio.Lock()
+        # Partitions being read again: the offset their next fetch must start at.
+        self.read_from: dict[tuple[str, int], int] = {}
         self.held: set[Any] = set()  # session partitions paused by ``align``
         # event time the hits mark of a partition moved in its latest fetch (ms)
         self.hits_span: dict[int, float] = {}
@@ -260,11 +269,108 @@ class Pipeline:
         """Process one fetch (what the client has buffered): its sessions, then its hits.
 
         Each topic's records go in micro-batches of up to ``batch_max``, taken from all
-        its partitions in turn, so no partition waits for another's whole buffer.
+        its partitions in turn, so no partition waits for another's whole buffer. First,
+        Redis is checked where this worker has not checked it since an assignment or a
+        loss (``stream/recovery.py``); where Redis lost writes, the fetch is dropped and
+        the partitions are read again from where Redis's state ends (``Rewind``).
         """
+        async with self.checking:
+            going_on = {self._key(tp): recs[0].offset for tp, recs in fetch.items()}
+            stale = {
+                tp
+                for tp, recs in fetch.items()
+                if self.read_from.get(self._key(tp), recs[0].offset) != recs[0].offset
+            }
+            if stale:
+                # Fetched before its partition was read again from elsewhere.
+                raise Rewind({tp: self.read_from[self._key(tp)] for tp in stale})
+            for key in going_on:
+                self.read_from.pop(key, None)
+            if not self.checked.issuperset(going_on):
+                await self.check(going_on)
+            try:
+                await self._process(fetch)
+            except RedisLost as exc:
+                log.error("%s: reading the input again from where Redis's state ends", exc)
+                self.metrics.redis_losses.inc()
+                self.processor.forget_starting()
+                self.checked.clear()
+                await self.check(going_on)
+                raise Rewind({}) from None  # a partition not rewound: the fetch again
+
+    @functools.cached_property
+    def recovery(self) -> Recovery:
+        """What checks Redis against the input (stream/recovery.py)."""
+        names = {"sessions": self.sessions_name, "hits": self.hits_name}
+        return Recovery(self.settings, self.processor.store, names)
+
+    def _key(self, tp: Any) -> tuple[str, int]:
+        return ("sessions" if tp.topic == self.sessions_name else "hits", tp.partition)
+
+    def _tp(self, key: tuple[str, int]) -> TP:
+        return TP(self.sessions_name if key[0] == "sessions" else self.hits_name, key[1])
+
+    def unchecked(self) -> None:
+        """Forget which partitions Redis was checked for (after an assignment)."""
+        self.checked.clear()
+
+    async def check(self, going_on: dict[tuple[str, int], int]) -> None:
+        """Check Redis for every assigned input partition; rewind where it is behind.
+
+        ``going_on`` gives the next offset of the partitions in the fetch in hand; the
+        others go on from where this worker read them last, or the consumer's position.
+        Raises Rewind when a partition of the fetch must be read again from elsewhere.
+        """
+        nxt = dict(going_on)
+        for tp in self._assigned():
+            key = self._key(tp)
+            if key in nxt:
+                continue
+            at = self.positions.get((tp.topic, tp.partition))
+            if at is None:
+                with contextlib.suppress(Exception):
+                    at = await asyncio.wait_for(self.app.consumer.position(tp), 5.0)
+            if at is not None:
+                nxt[key] = at
+        with self._fatal("checking Redis against the input"):
+            rewinds = await self.recovery.check(nxt)
+        self.checked = set(nxt)
+        if not rewinds:
+            return
+        self.metrics.rebuilt_partitions.inc(len(rewinds))
+        for key, offset in rewinds.items():
+            self.metrics.reread.inc(nxt[key] - offset)
+            log.warning(
+                "redis holds %s[%d] up to offset %d, not %d: reading it again",
+                key[0],
+                key[1],
+                offset,
+                nxt[key],
+            )
+            self.processor.watermarks.pop(key, None)
+            tp = self._tp(key)
+            self.positions[(tp.topic, tp.partition)] = offset
+            self.read_from[key] = offset
+        mine = {self._tp(key): o for key, o in rewinds.items() if key in going_on}
+        others = {self._tp(key): o for key, o in rewinds.items() if key not in going_on}
+        if others:
+            await cast(Any, self.app.consumer).rewind(others)
+        if mine:
+            raise Rewind(mine)
+
+    def _assigned(self) -> list[Any]:
+        try:
+            assigned = self.app.consumer.assignment()
+        except Exception:  # noqa: BLE001 - no consumer yet (starting or rebalancing)
+            return []
+        return [tp for tp in assigned if tp.topic in (self.sessions_name, self.hits_name)]
+
+    async def _process(self, fetch: Fetch) -> None:
+        """Process a checked fetch; its offsets go into Redis with its last write."""
         sessions: list[list[Record]] = []
         hits: list[list[Record]] = []
         positions = self.positions
+        offsets: dict[tuple[str, int], int] = {}
         for tp, recs in fetch.items():
             into = sessions if tp.topic == self.sessions_name else hits
             into.append(
@@ -274,6 +380,7 @@ class Pipeline:
                 ]
             )
             positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
+            offsets[self._key(tp)] = recs[-1].offset + 1
         # Each batch's output is queued in the producer, and the next batch goes on while
         # Kafka takes it; the fetch is handled once all of it is on Kafka.
         pending: Pending = []
@@ -288,7 +395,13 @@ class Pipeline:
         before = {run[0].partition: marks.get(("hits", run[0].partition)) for run in hits}
         with self.processor.releasing_sessions(released):
             batches = [parked[i : i + size] for i in range(0, len(parked), size)]
-            await self.run_hits(batches + list(_interleave(hits, size)), pending)
+            batches += list(_interleave(hits, size))
+            # The fetch's offsets go with its last write: after the release, its parked
+            # hits and every state it changed (see stream/recovery.py).
+            await self.run_hits(batches, pending, offsets)
+            if not batches:
+                with self._fatal("storing a fetch's offsets"):
+                    await self.processor.store.write([], [], offsets=offsets)
             for partition, mark in before.items():
                 after = marks.get(("hits", partition))
                 if mark is not None and after is not None:
@@ -305,6 +418,11 @@ class Pipeline:
         """Forget what this worker knew of partitions it gave up."""
         for tp in revoked:
             self.positions.pop((tp.topic, tp.partition), None)
+            if tp.topic in (self.sessions_name, self.hits_name):
+                key = self._key(tp)
+                self.checked.discard(key)
+                self.read_from.pop(key, None)
+                self.processor.store.expected.pop(key, None)
         cast(Any, self.app.consumer).forget(set(revoked))
 
     async def run_sessions(
@@ -329,7 +447,7 @@ class Pipeline:
                 batches,
                 lambda records: proc.sessions_read(proc.sessions_parse(records)),
                 lambda batch: proc.sessions_compute(batch, run),
-                proc.sessions_write,
+                lambda batch, _: proc.sessions_write(batch),
                 pending,
             )
             released = list(run.released)
@@ -338,7 +456,12 @@ class Pipeline:
             await self.settle(pending)
             return released, await proc.release(released)
 
-    async def run_hits(self, batches: list[list[Record]], pending: Pending) -> None:
+    async def run_hits(
+        self,
+        batches: list[list[Record]],
+        pending: Pending,
+        offsets: dict[tuple[str, int], int] | None = None,
+    ) -> None:
         """Process a fetch's hits batches, Redis's work on each overlapped with the worker's.
 
         A close round of one of their sessions is waited for (the gate), so a late hit's
@@ -355,7 +478,7 @@ class Pipeline:
                     batches,
                     lambda records: proc.hits_read(proc.hits_parse(records), run),
                     lambda batch: proc.hits_compute(batch, run),
-                    lambda batch: proc.hits_write(batch, run),
+                    lambda batch, last: proc.hits_write(batch, run, offsets if last else None),
                     pending,
                 )
 
@@ -365,7 +488,7 @@ class Pipeline:
         batches: list[list[Record]],
         read: Callable[[list[Record]], Awaitable[B]],
         compute: Callable[[B], Awaitable[B]],
-        write: Callable[[B], Awaitable[Awaitable[None]]],
+        write: Callable[[B, bool], Awaitable[Awaitable[None]]],
         pending: Pending,
     ) -> None:
         """Run batches with Redis's work on each overlapped with the worker's.
@@ -373,7 +496,7 @@ class Pipeline:
         The next batch's read is sent before a batch is computed, and a batch's write
         is sent once it is computed: Redis runs them while the worker computes the next
         batch, whose read is back by then. A batch's output is queued once its write
-        has landed, in order.
+        has landed, in order. ``write`` is told whether its batch is the last.
         """
         nxt = await read(batches[0])
         writing: tuple[Awaitable[None], Output, float] | None = None
@@ -386,7 +509,7 @@ class Pipeline:
             batch = await compute(reading)
             if writing is not None:
                 await self._land(*writing, kind, pending)
-            writing = (await write(batch), batch.out, started)
+            writing = (await write(batch, k + 1 == len(batches)), batch.out, started)
             await self.align()
         if writing is not None:
             await self._land(*writing, kind, pending)
@@ -412,6 +535,8 @@ class Pipeline:
         """
         try:
             yield
+        except RedisLost:
+            raise  # the caller reads the input again (stream/recovery.py)
         except (InfrastructureError, KafkaError) as exc:
             reason = "redis" if isinstance(exc, InfrastructureError) else "kafka"
             log.critical("giving up on %s: %r; exiting so it is delivered again", what, exc)
@@ -544,23 +669,41 @@ class Pipeline:
         """
         closed = 0
         gap_ms = self.settings.session_gap_s * 1000.0
-        with self._fatal("closing sessions"):
-            partitions = sorted(self.my_partitions())
-            behind = {p: await self.behind(p) for p in partitions}
-            upto = await self.processor.close_horizon(behind, gap_ms)
-            while upto:
-                # The sessions being closed are held until their final events are
-                # published: a late hit for one of them waits, so its score and outcome
-                # come after the close's. Hits of other sessions go on meanwhile.
-                async with self.processor.closing(upto, CLOSE_ROUND) as out:
-                    if not out.closed:
-                        break
-                    await self.publish(out)
-                await self.processor.finish_close(out.closed)
-                n = sum(len(sids) for sids in out.closed.values())
-                closed += n
-                self.metrics.closed.inc(n)
-            open_total = await self.processor.store.open_count(partitions)
+        if not self.checking.locked() and any(
+            self._key(tp) not in self.checked for tp in self._assigned()
+        ):
+            # A quiet partition is checked here, since no fetch of it comes to check it.
+            async with self.checking:
+                await self.check({})
+        try:
+            with self._fatal("closing sessions"):
+                # Only partitions whose Redis state is checked: a session must not be
+                # closed on state that Redis lost part of.
+                partitions = sorted(
+                    p
+                    for p in self.my_partitions()
+                    if ("sessions", p) in self.checked and ("hits", p) in self.checked
+                )
+                behind = {p: await self.behind(p) for p in partitions}
+                upto = await self.processor.close_horizon(behind, gap_ms)
+                while upto:
+                    # The sessions being closed are held until their final events are
+                    # published: a late hit for one of them waits, so its score and
+                    # outcome come after the close's. Hits of other sessions go on.
+                    async with self.processor.closing(upto, CLOSE_ROUND) as out:
+                        if not out.closed:
+                            break
+                        await self.publish(out)
+                    await self.processor.finish_close(out.closed)
+                    n = sum(len(sids) for sids in out.closed.values())
+                    closed += n
+                    self.metrics.closed.inc(n)
+                open_total = await self.processor.store.open_count(partitions)
+        except RedisLost as exc:
+            log.error("%s: closes wait until Redis is rebuilt", exc)
+            self.metrics.redis_losses.inc()
+            self.checked.clear()
+            return closed
         self.metrics.open_sessions.set(open_total)
         return closed
 
@@ -646,6 +789,7 @@ def attach_pipeline(
     for name in (pipe.sessions_name, pipe.hits_name):
         app.topics.add(app.topic(name))  # subscribed; the fetches go to the pipeline
     app.batch_handler = pipe.on_fetch
+    app.on_seek = pipe.unchecked
 
     async def forget(sender: Any, revoked: Any, **kwargs: Any) -> None:
         pipe.on_revoked(revoked)

@@ -38,6 +38,18 @@ Fetch = Mapping[TP, list[Any]]
 Handler = Callable[[Fetch], Awaitable[None]]
 
 
+class Rewind(Exception):  # noqa: N818 - an instruction to the consumer, not an error
+    """Raised by the handler: read these partitions again from these offsets.
+
+    Nothing of the fetch in hand counts as handled; a partition of the fetch that is
+    not named is read again from the fetch's first record.
+    """
+
+    def __init__(self, offsets: Mapping[TP, int]) -> None:
+        super().__init__(f"rewind {len(offsets)} partitions")
+        self.offsets = dict(offsets)
+
+
 class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread, its Kafka client fetching as the app says.
 
@@ -111,9 +123,28 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 await asyncio.shield(task)
 
     async def _handle(self, handler: Handler, fetch: Fetch) -> None:
-        await handler(fetch)
+        try:
+            await handler(fetch)
+        except Rewind as rewind:
+            # Nothing of the fetch counts as handled: its partitions are read again.
+            await self.rewind({tp: recs[0].offset for tp, recs in fetch.items()} | rewind.offsets)
+            return
         for tp, recs in fetch.items():
             self.done[tp] = recs[-1].offset + 1
+
+    async def rewind(self, offsets: Mapping[TP, int]) -> None:
+        """Move the client's positions back, in its own thread; records it had fetched
+        past them are dropped and read again."""
+        if not offsets:
+            return
+        log.warning(
+            "reading input again from %s",
+            {f"{tp.topic}[{tp.partition}]": o for tp, o in offsets.items()},
+        )
+        try:
+            await cast(Any, self)._thread.seek_wait(dict(offsets))
+        except Exception as exc:  # noqa: BLE001 - a partition revoked meanwhile: its new owner checks it
+            log.warning("seeking back failed: %r", exc)
 
     async def wait_empty(self) -> None:
         """Let the batch in hand finish, then commit as Faust does."""
@@ -122,6 +153,13 @@ class BatchConsumer(faust_aiokafka.Consumer):
             log.info("waiting for the batch in hand before committing")
             await asyncio.wait({task})
         await super().wait_empty()
+
+    async def perform_seek(self) -> None:
+        """Seek to the committed offsets (on every assignment), then tell the app."""
+        await super().perform_seek()
+        on_seek = cast(Any, self.app).on_seek
+        if on_seek is not None:
+            on_seek()
 
     def forget(self, tps: set[TP]) -> None:
         """Drop the handled offsets of partitions this worker no longer owns."""
@@ -148,6 +186,8 @@ class BatchApp(faust.App):
     """A Faust app whose consumer hands whole fetches to ``batch_handler``."""
 
     batch_handler: Handler | None = None
+    # Called after the consumer has moved to the committed offsets (an assignment).
+    on_seek: Callable[[], None] | None = None
     fetch_max_wait_ms = 1500  # Faust's own
     fetch_min_bytes = 1
 

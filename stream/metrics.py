@@ -65,6 +65,21 @@ class WorkerMetrics:
             "When this worker process started (Unix time)",
             registry=r,
         )
+        self.redis_losses = Counter(
+            "scorer_worker_redis_losses_total",
+            "Writes refused because Redis held less than this worker had written to it",
+            registry=r,
+        )
+        self.rebuilt_partitions = Counter(
+            "scorer_worker_rebuilt_partitions_total",
+            "Input partitions read again because Redis's state ended before the worker's place",
+            registry=r,
+        )
+        self.reread = Counter(
+            "scorer_worker_reread_records_total",
+            "Input records read again to rebuild what Redis lost",
+            registry=r,
+        )
         self.duplicates = Counter(
             "scorer_worker_duplicates_total",
             "Events already applied (redelivered or sent twice), by input topic",

@@ -50,6 +50,7 @@ from stream.logic import (
 from stream.state import (
     CloseWrite,
     HitWrite,
+    Offsets,
     ParkedHit,
     RedisStore,
     SessionState,
@@ -313,6 +314,12 @@ class Processor:
             for sid in sids:
                 if self.releasing[sid] <= 0:
                     del self.releasing[sid]
+
+    def forget_starting(self) -> None:
+        """Stop waiting for start scores that an abandoned fetch was to publish."""
+        for started in self.starting.values():
+            started.set()
+        self.starting.clear()
 
     def _dead(
         self, out: Output, record: Record, stage: str, error: str, kind: str = "invalid"
@@ -654,15 +661,22 @@ class Processor:
             known.history.update(w.scores)
         return batch
 
-    async def hits_write(self, batch: HitsBatch, run: HitsRun) -> Awaitable[None]:
+    async def hits_write(
+        self, batch: HitsBatch, run: HitsRun, offsets: Offsets | None = None
+    ) -> Awaitable[None]:
         """Send a computed batch's write to Redis (one atomic call); return what to await.
 
         Awaiting it waits for the write to land, then finds the copies of its duplicates'
-        scores. A run writes its batches one after the other, in order.
+        scores. A run writes its batches one after the other, in order. ``offsets`` (the
+        fetch's, with its last batch) raise the applied input offsets in the same call.
         """
         if batch.failed:
-            return asyncio.sleep(0)
-        landed = await self.store.send_write([], batch.updates, batch.marks, events=batch.events)
+            if not offsets:
+                return asyncio.sleep(0)
+            return await self.store.send_write([], [], offsets=offsets)
+        landed = await self.store.send_write(
+            [], batch.updates, batch.marks, events=batch.events, offsets=offsets
+        )
         return self._written(batch, run, landed)
 
     async def _written(self, batch: HitsBatch, run: HitsRun, landed: Awaitable[None]) -> None:

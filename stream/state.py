@@ -67,13 +67,19 @@ return out
 
 # Release sessions to their hits (their session-start scores are on Kafka) and hand
 # over the hits parked so far; no hit parks after this. KEYS: state and pending
-# key of each session, in pairs.
+# key of each session, in pairs. A session whose state is not in Redis (it expired, or
+# Redis lost it) is not marked ready: a hit must never find a ready session without
+# its row's fields.
 RELEASE_SCRIPT = """
 local out = {}
 for i = 1, #KEYS, 2 do
-  redis.call('HSET', KEYS[i], 'ready', '1')
-  redis.call('EXPIRE', KEYS[i], ARGV[1])
-  out[#out + 1] = redis.call('LRANGE', KEYS[i + 1], 0, -1)
+  if redis.call('HEXISTS', KEYS[i], 'start') == 1 then
+    redis.call('HSET', KEYS[i], 'ready', '1')
+    redis.call('EXPIRE', KEYS[i], ARGV[1])
+    out[#out + 1] = redis.call('LRANGE', KEYS[i + 1], 0, -1)
+  else
+    out[#out + 1] = {}
+  end
 end
 return out
 """
@@ -81,10 +87,19 @@ return out
 # A batch's writes, atomically, in one call. ARGV[1] is a MessagePack array: a run of
 # commands, each as its name, the index of its key in KEYS, its argument count and its
 # arguments (one packed argument instead of thousands keeps the client's work small).
-# DSTART and DSCORE are the dashboard's own commands (stream/dashboard.py).
+# DSTART and DSCORE are the dashboard's own commands (stream/dashboard.py); AMAX field
+# offset raises an applied-offsets field (keys.applied_key) to the offset, never lowers
+# it. ARGV[3], the fence, is MessagePack of [index in KEYS, field, offset] triples: the
+# offsets this worker knows Redis holds. If Redis holds less (it lost writes), nothing
+# is written and the call returns 'LOST'.
 APPLY_SCRIPT = (
     dashboard.LUA
     + """
+local fence = cmsgpack.unpack(ARGV[3])
+for f = 1, #fence do
+  local cur = redis.call('HGET', KEYS[fence[f][1]], fence[f][2])
+  if not cur or tonumber(cur) < tonumber(fence[f][3]) then return 'LOST' end
+end
 local ops = cmsgpack.unpack(ARGV[1])
 local i, n = 1, #ops
 while i <= n do
@@ -93,6 +108,10 @@ while i <= n do
     dstart(KEYS[ops[i + 1]], ops, i + 3)
   elseif ops[i] == 'DSCORE' then
     dscore(KEYS[ops[i + 1]], ops, i + 3)
+  elseif ops[i] == 'AMAX' then
+    local key, field, offset = KEYS[ops[i + 1]], ops[i + 3], ops[i + 4]
+    local cur = redis.call('HGET', key, field)
+    if not cur or tonumber(cur) < tonumber(offset) then redis.call('HSET', key, field, offset) end
   else
     redis.call(ops[i], KEYS[ops[i + 1]], unpack(ops, i + 3, i + 2 + c))
   end
@@ -195,13 +214,26 @@ class _Ops:
         self.index: dict[str, int] = {}
         self.argv: list[Any] = []
 
-    def add(self, command: str, key: str, *args: Any) -> None:
+    def key(self, key: str) -> int:
+        """Return a key's index in KEYS (1-based), adding it if new."""
         k = self.index.get(key)
         if k is None:
             self.keys.append(key)
             k = self.index[key] = len(self.keys)
-        self.argv.extend((command, k, len(args)))
+        return k
+
+    def add(self, command: str, key: str, *args: Any) -> None:
+        self.argv.extend((command, self.key(key), len(args)))
         self.argv.extend(args)
+
+
+class RedisLost(RuntimeError):
+    """Redis holds less than this worker wrote to it: it lost writes (a restart without
+    persistence, AOF's last second, a failover, a flush). Nothing was written on top."""
+
+
+# Input offsets by (input kind, partition): "sessions" or "hits".
+Offsets = Mapping[tuple[str, int], int]
 
 
 class InfrastructureError(RuntimeError):
@@ -299,6 +331,10 @@ class RedisStore:
         self._read = client.register_script(READ_SCRIPT)
         self._stored = client.register_script(STORED_SCRIPT)
         self.lane = ScriptLane(client)
+        # The fence: the applied offsets this worker knows Redis holds, by (input kind,
+        # partition). Every write checks them first (APPLY_SCRIPT) and raises RedisLost
+        # where Redis holds less.
+        self.expected: dict[tuple[str, int], int] = {}
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         delay = 0.1
@@ -521,6 +557,7 @@ class RedisStore:
         hits: Sequence[HitWrite],
         watermarks: dict[tuple[str, int], tuple[float, float]] | None = None,
         events: int = 0,
+        offsets: Offsets | None = None,
     ) -> None:
         """Write a batch's sessions, states, applied hits and scores atomically.
 
@@ -528,9 +565,11 @@ class RedisStore:
         event time (only ever raised), for the inactivity close; ``watermarks`` maps an
         input kind and partition to its (event time, wall time) high-water marks in ms.
         The dashboard's aggregates move in the same call; ``events`` is the batch's
-        size, for its events per minute.
+        size, for its events per minute. ``offsets`` raises the applied offsets of input
+        partitions (``keys.applied_key``): the state now reflects every record before
+        them. Raises RedisLost, having written nothing, if Redis lost writes.
         """
-        await (await self.send_write(sessions, hits, watermarks, events))
+        await (await self.send_write(sessions, hits, watermarks, events, offsets))
 
     async def send_write(
         self,
@@ -538,9 +577,10 @@ class RedisStore:
         hits: Sequence[HitWrite],
         watermarks: dict[tuple[str, int], tuple[float, float]] | None = None,
         events: int = 0,
+        offsets: Offsets | None = None,
     ) -> Awaitable[None]:
         """``write``, returning once the call is sent: await the result for it to land."""
-        if not sessions and not hits and not watermarks and not events:
+        if not sessions and not hits and not watermarks and not events and not offsets:
             return asyncio.sleep(0)
 
         ops = _Ops()
@@ -615,15 +655,57 @@ class RedisStore:
             ops.add("HINCRBY", rate, "events", str(events))
             ops.add("HINCRBY", rate, "scores", str(scores))
             ops.add("EXPIRE", rate, _RATE_TTL)
-        return await self._send_ops("write", ops)
+        for (kind, partition), offset in (offsets or {}).items():
+            ops.add("AMAX", keys.applied_key(partition, self.prefix), kind, str(offset))
+        return await self._send_ops("write", ops, offsets)
 
     async def _run_ops(self, what: str, ops: _Ops) -> None:
         await (await self._send_ops(what, ops))
 
-    async def _send_ops(self, what: str, ops: _Ops) -> Awaitable[None]:
-        """Send a batch's writes now; return what to await for them to have landed."""
-        args = [msgpack.packb(ops.argv, use_bin_type=False), self._dash_cfg]
-        return await self._send(what, self._apply, ops.keys, args)
+    async def _send_ops(
+        self, what: str, ops: _Ops, offsets: Offsets | None = None
+    ) -> Awaitable[None]:
+        """Send a batch's writes now; return what to await for them to have landed.
+
+        The call carries the fence (``expected``); once it has landed, the offsets it
+        raised are what this worker knows Redis holds.
+        """
+        fence = [
+            [ops.key(keys.applied_key(partition, self.prefix)), kind, str(offset)]
+            for (kind, partition), offset in self.expected.items()
+        ]
+        args = [
+            msgpack.packb(ops.argv, use_bin_type=False),
+            self._dash_cfg,
+            msgpack.packb(fence, use_bin_type=False),
+        ]
+        replied = await self._send(what, self._apply, ops.keys, args)
+
+        async def landed() -> None:
+            if await replied == b"LOST":
+                raise RedisLost(f"redis holds less than this worker wrote ({what} refused)")
+            for key, offset in (offsets or {}).items():
+                if offset > self.expected.get(key, -1):
+                    self.expected[key] = offset
+
+        return landed()
+
+    async def applied(self, partitions: Collection[int]) -> dict[tuple[str, int], int | None]:
+        """Return the applied offsets Redis holds for input partitions (None: none)."""
+        order = sorted(partitions)
+
+        async def run() -> Any:
+            pipe = self.r.pipeline(transaction=False)
+            for partition in order:
+                pipe.hmget(keys.applied_key(partition, self.prefix), ["sessions", "hits"])
+            return await pipe.execute()
+
+        found = await self._retry("applied offsets", run) if order else []
+        out: dict[tuple[str, int], int | None] = {}
+        for partition, (sessions, hits) in zip(order, found, strict=True):
+            out[("sessions", partition)] = None if sessions is None else int(sessions)
+            out[("hits", partition)] = None if hits is None else int(hits)
+        return out
 
     async def _send(
         self, what: str, script: AsyncScript, names: list[str], args: list[Any]

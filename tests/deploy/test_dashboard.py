@@ -65,6 +65,7 @@ def test_the_dashboard_shows_what_operators_watch(dashboard: dict) -> None:
         "scorer_worker_dead_letters_total",
         "scorer_worker_refused_total",  # hostile input, by kind
         "scorer_worker_exits_total",  # a crash loop
+        "scorer_worker_rebuilt_partitions_total",  # Redis forgot, the worker rebuilt it
         "scorer_api_request_seconds_bucket",
         "scorer_quality_roc_auc",
         "scorer_quality_predicted",

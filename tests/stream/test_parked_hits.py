@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from artifact import load_model
-from contracts import topics
+from contracts import keys, topics
 from stream.processor import Processor, Record
 from stream.replay import build_events
 from stream.state import ParkedHit, RedisStore
@@ -56,6 +56,16 @@ async def test_packed_entries_keep_where_the_hit_was_read(store: RedisStore) -> 
 async def test_park_is_refused_once_the_session_is_released(store: RedisStore) -> None:
     a, b = ParkedHit("a", b"1", 0, 1), ParkedHit("b", b"2", 0, 2)
     assert await store.park([a, b, ParkedHit("a", b"3", 0, 3)]) == [True, True, True]
+    # A session whose state is not in Redis (lost, or expired) is not released.
+    assert await store.release(["a"]) == []
+    assert await store.park([ParkedHit("a", b"x", 0, 9)]) == [True]
+    await store.r.lrem(
+        keys.pending_hits_key("a", store.prefix), 1, ParkedHit("a", b"x", 0, 9).pack()
+    )
+    for sid in ("a", "b"):
+        await store.r.hset(
+            keys.session_key(sid, store.prefix), "start", "2021-11-24T14:36:32+03:00"
+        )
     released = await store.release(["a"])
     assert [(h.session_id, h.raw, h.offset) for h in released] == [("a", b"1", 1), ("a", b"3", 3)]
     # "a" is ready now: its hits are no longer parked, "b" still waits.

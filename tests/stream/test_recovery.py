@@ -1,0 +1,101 @@
+"""The store's fence and the check of Redis against the input, on the real Redis.
+
+The worker's own tests kill Redis under a replay (tests/integration/test_redis_faults.py);
+these hold the pieces: a write that finds Redis behind writes nothing, the applied
+offsets only rise, and the check says where to read again from.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from contracts import keys
+from stream.recovery import Recovery
+from stream.settings import StreamSettings
+from stream.state import RedisLost, RedisStore, SessionWrite
+
+pytestmark = pytest.mark.redis
+
+
+def _session(sid: str) -> SessionWrite:
+    return SessionWrite(
+        session_id=sid,
+        client_id="c",
+        start="2021-11-24T14:36:32+03:00",
+        vector=np.zeros(3, dtype=np.float32),
+        score_json=b"{}",
+        history_field="session_start:",
+    )
+
+
+async def _applied(store: RedisStore, partition: int) -> dict[bytes, bytes]:
+    return await store.r.hgetall(keys.applied_key(partition, store.prefix))
+
+
+async def test_offsets_rise_with_the_write_and_never_fall(store: RedisStore) -> None:
+    await store.write([_session("a")], [], offsets={("hits", 0): 15, ("sessions", 0): 4})
+    assert await _applied(store, 0) == {b"hits": b"15", b"sessions": b"4"}
+    assert store.expected == {("hits", 0): 15, ("sessions", 0): 4}
+    await store.write([], [], offsets={("hits", 0): 12})  # a redelivered fetch
+    assert await _applied(store, 0) == {b"hits": b"15", b"sessions": b"4"}
+    assert store.expected[("hits", 0)] == 15
+
+
+async def test_a_write_on_a_redis_that_lost_writes_is_refused_whole(store: RedisStore) -> None:
+    await store.write([_session("a")], [], offsets={("hits", 1): 30})
+    # Redis loses its last writes: the offset goes back, or the key goes.
+    await store.r.hset(keys.applied_key(1, store.prefix), "hits", "20")
+    with pytest.raises(RedisLost):
+        await store.write([_session("b")], [], offsets={("hits", 1): 40})
+    assert not await store.r.exists(keys.session_key("b", store.prefix))
+    await store.r.delete(keys.applied_key(1, store.prefix))
+    with pytest.raises(RedisLost):  # the key is gone: Redis lost everything
+        await store.write([], [], events=1)
+    # Redis ahead of what this worker wrote (another worker went on): not a loss.
+    await store.r.hset(keys.applied_key(1, store.prefix), "hits", "99")
+    await store.write([_session("c")], [])
+    assert await store.r.exists(keys.session_key("c", store.prefix))
+
+
+async def test_the_check_rewinds_where_redis_is_behind_and_marks_what_it_lacks(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.r.hset(keys.applied_key(0, store.prefix), mapping={"sessions": "5"})
+    await store.r.hset(keys.applied_key(1, store.prefix), mapping={"sessions": "50", "hits": "70"})
+    recovery = Recovery(StreamSettings(), store, {"sessions": "s", "hits": "h"})
+    asked = []
+
+    async def bounds(wanted: list) -> dict:
+        asked.extend(wanted)
+        return {key: (0, 3) for key in wanted}
+
+    monkeypatch.setattr(recovery, "bounds", bounds)
+    store.expected[("hits", 7)] = 1  # a partition given up since: forgotten by the check
+    rewinds = await recovery.check(
+        {("sessions", 0): 9, ("hits", 0): 7, ("sessions", 1): 40, ("hits", 1): 70}
+    )
+    assert sorted(asked) == [("hits", 0), ("sessions", 0)]
+    # Behind: read again from Redis's offset; nothing held: from the TTL's first record.
+    assert rewinds == {("sessions", 0): 5, ("hits", 0): 3}
+    # Ahead or level (a worker that wrote and was not committed): nothing to read again.
+    assert store.expected == {
+        ("sessions", 0): 5,
+        ("hits", 0): 3,
+        ("sessions", 1): 50,
+        ("hits", 1): 70,
+    }
+    assert (await _applied(store, 0))[b"hits"] == b"3"
+
+
+async def test_the_check_never_rewinds_before_the_first_record_kafka_still_has(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.r.hset(keys.applied_key(0, store.prefix), mapping={"sessions": "5", "hits": "5"})
+    recovery = Recovery(StreamSettings(), store, {"sessions": "s", "hits": "h"})
+
+    async def bounds(wanted: list) -> dict:
+        return {key: (8, 8) for key in wanted}  # retention deleted offsets 0..7
+
+    monkeypatch.setattr(recovery, "bounds", bounds)
+    assert await recovery.check({("sessions", 0): 20, ("hits", 0): 8}) == {("sessions", 0): 8}
