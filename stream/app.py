@@ -318,41 +318,34 @@ class Pipeline:
         """Check Redis for every assigned input partition; rewind where it is behind.
 
         ``going_on`` gives the next offset of the partitions in the fetch in hand; the
-        others go on from where this worker read them last, or the consumer's position.
-        Raises Rewind when a partition of the fetch must be read again from elsewhere.
+        others go on from where this worker read them last, or from the group's
+        committed offset. Raises Rewind when a partition of the fetch must be read
+        again from elsewhere.
         """
-        nxt = dict(going_on)
+        nxt: dict[tuple[str, int], int | None] = dict(going_on)
         for tp in self._assigned():
-            key = self._key(tp)
-            if key in nxt:
-                continue
-            at = self.positions.get((tp.topic, tp.partition))
-            if at is None:
-                with contextlib.suppress(Exception):
-                    at = await asyncio.wait_for(self.app.consumer.position(tp), 5.0)
-            if at is not None:
-                nxt[key] = at
+            nxt.setdefault(self._key(tp), self.positions.get((tp.topic, tp.partition)))
         with self._fatal("checking Redis against the input"):
             rewinds = await self.recovery.check(nxt)
         self.checked = set(nxt)
         if not rewinds:
             return
         self.metrics.rebuilt_partitions.inc(len(rewinds))
-        for key, offset in rewinds.items():
-            self.metrics.reread.inc(nxt[key] - offset)
+        for key, (offset, upto) in rewinds.items():
+            self.metrics.reread.inc(upto - offset)
             log.warning(
                 "redis holds %s[%d] up to offset %d, not %d: reading it again",
                 key[0],
                 key[1],
                 offset,
-                nxt[key],
+                upto,
             )
             self.processor.watermarks.pop(key, None)
             tp = self._tp(key)
             self.positions[(tp.topic, tp.partition)] = offset
             self.read_from[key] = offset
-        mine = {self._tp(key): o for key, o in rewinds.items() if key in going_on}
-        others = {self._tp(key): o for key, o in rewinds.items() if key not in going_on}
+        mine = {self._tp(key): o for key, (o, _) in rewinds.items() if key in going_on}
+        others = {self._tp(key): o for key, (o, _) in rewinds.items() if key not in going_on}
         if others:
             await cast(Any, self.app.consumer).rewind(others)
         if mine:

@@ -50,21 +50,31 @@ class Recovery:
         self.store = store
         self.topics = topics  # input kind -> topic name
 
-    async def check(self, going_on: Mapping[Key, int]) -> dict[Key, int]:
-        """Return where to read input partitions again from, where Redis is behind.
+    async def check(self, going_on: Mapping[Key, int | None]) -> dict[Key, tuple[int, int]]:
+        """Return where Redis is behind: (the offset to read again from, the worker's place).
 
         ``going_on`` maps each of the worker's input partitions to the offset it would
-        process next. Afterwards the store's fence holds what Redis holds for exactly
-        these partitions; a partition Redis knows nothing of is marked with the offset
-        the rebuild starts at (everything before it is older than the session TTL).
+        process next; None where this worker has not read the partition yet, and the
+        consumer group's committed offset says (none committed: nothing was processed,
+        nothing is owed). Afterwards the store's fence holds what Redis holds for
+        exactly these partitions; a partition Redis knows nothing of is marked with the
+        offset the rebuild starts at (everything before it is older than the TTL).
         """
         held = await self.store.applied({p for _, p in going_on})
-        behind = [key for key, offset in going_on.items() if _or_none(held[key]) < offset]
+        unknown = [key for key, offset in going_on.items() if offset is None]
+        committed = await self.committed(unknown) if unknown else {}
+        nxt = {key: committed.get(key) if o is None else o for key, o in going_on.items()}
+        behind = [key for key, o in nxt.items() if o is not None and _or_none(held[key]) < o]
         bounds = await self.bounds(behind) if behind else {}
-        rewinds: dict[Key, int] = {}
+        rewinds: dict[Key, tuple[int, int]] = {}
         marks: dict[Key, int] = {}
-        for key in behind:
-            offset, have = going_on[key], held[key]
+        for key, offset in nxt.items():
+            have = held[key]
+            if key not in behind:
+                if have is None:
+                    marks[key] = 0  # a partition never processed: nothing is owed
+                continue
+            assert offset is not None
             first, within_ttl = bounds[key]
             # Never before the partition's first record: retention may have deleted
             # what Redis's offset points to.
@@ -72,7 +82,7 @@ class Recovery:
             if have is None:
                 marks[key] = min(start, offset)
             if start < offset:
-                rewinds[key] = start
+                rewinds[key] = (start, offset)
         fence = self.store.expected
         fence.clear()
         fence.update(
@@ -81,6 +91,20 @@ class Recovery:
         if marks:
             await self.store.write([], [], offsets=marks)
         return rewinds
+
+    async def committed(self, keys: list[Key]) -> dict[Key, int | None]:
+        """Return the consumer group's committed offsets (None: none committed)."""
+        consumer = AIOKafkaConsumer(
+            **client_options(self.settings), group_id=self.settings.app_id, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            return {
+                key: await consumer.committed(TopicPartition(self.topics[key[0]], key[1]))
+                for key in keys
+            }
+        finally:
+            await consumer.stop()
 
     async def bounds(self, keys: list[Key]) -> dict[Key, tuple[int, int]]:
         """Return each partition's first offset, and its first record at most the TTL old."""

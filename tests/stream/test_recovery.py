@@ -77,7 +77,7 @@ async def test_the_check_rewinds_where_redis_is_behind_and_marks_what_it_lacks(
     )
     assert sorted(asked) == [("hits", 0), ("sessions", 0)]
     # Behind: read again from Redis's offset; nothing held: from the TTL's first record.
-    assert rewinds == {("sessions", 0): 5, ("hits", 0): 3}
+    assert rewinds == {("sessions", 0): (5, 9), ("hits", 0): (3, 7)}
     # Ahead or level (a worker that wrote and was not committed): nothing to read again.
     assert store.expected == {
         ("sessions", 0): 5,
@@ -98,4 +98,22 @@ async def test_the_check_never_rewinds_before_the_first_record_kafka_still_has(
         return {key: (8, 8) for key in wanted}  # retention deleted offsets 0..7
 
     monkeypatch.setattr(recovery, "bounds", bounds)
-    assert await recovery.check({("sessions", 0): 20, ("hits", 0): 8}) == {("sessions", 0): 8}
+    assert await recovery.check({("sessions", 0): 20, ("hits", 0): 8}) == {("sessions", 0): (8, 20)}
+
+
+async def test_a_partition_never_processed_owes_nothing(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recovery = Recovery(StreamSettings(), store, {"sessions": "s", "hits": "h"})
+
+    async def committed(wanted: list) -> dict:
+        return {("sessions", 2): None, ("hits", 2): 40}  # a new group; a group at 40
+
+    async def bounds(wanted: list) -> dict:
+        return {key: (0, 0) for key in wanted}
+
+    monkeypatch.setattr(recovery, "committed", committed)
+    monkeypatch.setattr(recovery, "bounds", bounds)
+    rewinds = await recovery.check({("sessions", 2): None, ("hits", 2): None})
+    assert rewinds == {("hits", 2): (0, 40)}
+    assert await _applied(store, 2) == {b"sessions": b"0", b"hits": b"0"}
