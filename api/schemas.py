@@ -38,7 +38,11 @@ EXAMPLE_ROW: dict[str, Any] = {
 
 
 def _iso_check(parse: Callable[[str], object], length: int) -> Callable[[str], bool]:
-    """A cached test that a string parses (date or time) and has the expected length."""
+    """A cached test that a string parses (date or time) and has the expected length.
+
+    Only strings of that length reach the cache, so it is bounded in bytes as well as in
+    entries: a request's made-up values cannot fill it with large strings.
+    """
 
     @lru_cache(maxsize=131_072)
     def valid(v: str) -> bool:
@@ -46,9 +50,9 @@ def _iso_check(parse: Callable[[str], object], length: int) -> Callable[[str], b
             parse(v)
         except ValueError:
             return False
-        return len(v) == length
+        return True
 
-    return valid
+    return lambda v: len(v) == length and valid(v)
 
 
 # A batch repeats few dates and resolutions: each distinct value is checked once.

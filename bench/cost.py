@@ -78,6 +78,9 @@ async def _process(records: list[Any], model_path: Path, redis_url: str) -> dict
             hits[i : i + BATCH] for i in range(0, len(hits), BATCH)
         ]:
             counts["scores"] += len((await proc.hits(batch)).scores)
+        # The fetch's input offsets, as the worker stores them with its last write; from
+        # then on every write carries the fence (stream/recovery.py).
+        await store.write([], [], offsets={("hits", 0): start + len(fetch)})
         if parked:
             await proc.forget_pending(sorted({(r.key or b"").decode() for r in parked}))
         horizon = await proc.close_horizon({p: set() for p in range(6)}, GAP_MS)

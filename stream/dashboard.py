@@ -95,17 +95,19 @@ local function label(hash, ttl, k, value, create)
   names[key] = m
   return m
 end
-local function add(d, stat, v, create)
+-- Add a session's figures (stats: name, value, name, value ...) to its buckets: the
+-- totals, and per channel value (the daily buckets keep totals only).
+local function add(d, stats, create)
   local ms = d[1]
   local b = {fmt('%s:m5:%d', P, math.floor(ms / 300000)),
              fmt('%s:h:%d', P, math.floor(ms / 3600000)),
              fmt('%s:d:%d', P, math.floor(ms / 86400000)), P .. ':all'}
   for j = 1, 4 do
-    bump(b[j], TTL[j], stat, v)
+    for s = 1, #stats, 2 do bump(b[j], TTL[j], stats[s], stats[s + 1]) end
     if j ~= 3 then
       for k = 1, 3 do
-        local name = label(b[j], TTL[j], k, d[k + 1], create)
-        bump(b[j], TTL[j], stat .. '|' .. DIMS[k] .. '|' .. name, v)
+        local name = '|' .. DIMS[k] .. '|' .. label(b[j], TTL[j], k, d[k + 1], create)
+        for s = 1, #stats, 2 do bump(b[j], TTL[j], stats[s] .. name, stats[s + 1]) end
       end
     end
   end
@@ -146,8 +148,7 @@ local function dstart(key, a, i)
     'c', a[i + 5], 'dev', a[i + 6], 'city', a[i + 7], 'open', '1', 'hits', '0')
   redis.call('EXPIRE', key, STTL)
   local d = {msn, a[i + 3], a[i + 4], a[i + 5]}
-  add(d, 'n', 1, true)
-  add(d, 'pu', math.floor(pn * 1000000 + 0.5), true)
+  add(d, {'n', 1, 'pu', math.floor(pn * 1000000 + 0.5)}, true)
   active = active + 1
   if not now_ms or msn > now_ms then now_ms = msn end
   hot(sid, p)
@@ -162,7 +163,7 @@ local function dscore(key, a, i)
   if conv == 1 and not converted then
     converted = '1'
     redis.call('HSET', key, 'conv', '1')
-    add(d, 'c', 1, false)
+    add(d, {'c', 1}, false)
     redis.call('ZREM', P .. ':hot', sid)
   end
   if tonumber(seq) > tonumber(h[1]) then

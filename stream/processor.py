@@ -716,12 +716,12 @@ class Processor:
             return {c: [h.get(c) for h in hits] for c in ("hit_number", "hit_time", "event_action")}
 
         try:
-            rows: list[Any] = hit_increments(columns([h for _, h in parsed])).tolist()
-            if all(math.isfinite(x) for row in rows for x in row):
-                return rows
+            increments = hit_increments(columns([h for _, h in parsed]))
+            if np.isfinite(increments).all():
+                return cast(list[Any], increments.tolist())
         except Exception:  # noqa: BLE001 - found below, hit by hit
             pass
-        rows = []
+        rows: list[Any] = []
         for rec, hit in parsed:
             try:
                 row = hit_increments(columns([hit])).tolist()[0]

@@ -89,6 +89,8 @@ def test_real_quirks_are_accepted(client, quirk) -> None:
         ({"utm_medium": 5}, "utm_medium"),
         ({"unexpected_field": "x"}, "unexpected_field"),
         ({"session_id": "a}b{c"}, "session_id"),
+        ({"visit_date": "2021-11-24" * 1000}, "visit_date"),
+        ({"visit_time": "14:36:32" * 1000}, "visit_time"),
         ({"session_id": "1" * 201}, "session_id"),
         ({"client_id": "has space"}, "client_id"),
     ],
