@@ -36,9 +36,10 @@ FUTURE_SLACK_S = 3600
 
 # Redis: hits kept waiting for their session's row, per session.
 PARKED_HITS_MAX = 1000
-# Dashboard: distinct values of one channel dimension named per time bucket; later
-# values count under OTHER_VALUE.
-CHANNEL_VALUES_MAX = 1000
+# Dashboard: a time bucket's hash takes new channel values until it holds this many
+# fields (three per value: sessions, probability sum, conversions; the real data's
+# all-time bucket needs about 2,300); later new values count under OTHER_VALUE.
+DASH_BUCKET_FIELDS_MAX = 10_000
 OTHER_VALUE = "(other)"
 
 # A dead letter keeps at most this much of the original record (with its full length

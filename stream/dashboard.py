@@ -3,14 +3,14 @@
 Every session counts once, in the time buckets of its start (event time): 5-minute
 buckets (the last hour), hourly buckets (the last day), daily buckets (the chart) and
 one bucket for all retained time. Per bucket, a hash holds the totals and, per
-utm_medium, utm_source and utm_campaign value (the first CHANNEL_VALUES_MAX values of
-each dimension in the bucket; later ones count together as "(other)", so no stream of
-made-up values can grow a bucket without bound), the sessions (``n``), the sum of their
+utm_medium, utm_source and utm_campaign value, the sessions (``n``), the sum of their
 session-start probabilities (``pu``, in millionths, the expected conversions: that model
 is calibrated per session, so observed / expected near 1 means a channel converts as the
 model expects) and the observed conversions (``c``). All three are integers, so Redis
 adds them with HINCRBY, much cheaper than HINCRBYFLOAT; buckets written before kept the
-probabilities as a float sum ``p``, which the page still adds in.
+probabilities as a float sum ``p``, which the page still adds in. A bucket takes new
+channel values while its hash has fewer than DASH_BUCKET_FIELDS_MAX fields; later new
+values count together as "(other)", so no stream of made-up values grows it unbounded.
 
 Updates run inside the worker's batch write (the same Lua call, atomic with the
 session state), and each session's dashboard record (``dash`` hash, under the
@@ -34,21 +34,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from contracts.dashboard import DIMENSIONS, HOT_MAX, NONE_VALUE, dash_prefix
-from contracts.limits import CHANNEL_VALUES_MAX, OTHER_VALUE
+from contracts.limits import DASH_BUCKET_FIELDS_MAX, OTHER_VALUE
 
 # Lua, run at the start of APPLY_SCRIPT: functions for the DSTART and DSCORE commands,
 # and flush(), which APPLY_SCRIPT calls last: a batch's hundreds of sessions mostly
 # share their time buckets and channels, so their increments are summed first and
 # each hash field is written once per call.
 # ARGV[2] is MessagePack of [dashboard key prefix, session TTL, hot-set size, TTL of
-# 5-minute, hourly and longer buckets, values named per dimension and bucket, the name
-# of the rest].
+# 5-minute, hourly and longer buckets, the fields a bucket takes new channel values
+# up to, the name of the rest].
 LUA = """
 local cfg = cmsgpack.unpack(ARGV[2])
 -- Numbers handed to redis.call go as text: Redis formats a Lua number with snprintf.
 local P, STTL, HOT_MAX = cfg[1], tostring(cfg[2]), cfg[3]
 local TTL = {tostring(cfg[4]), tostring(cfg[5]), tostring(cfg[6]), tostring(cfg[6])}
-local CAP, OTHER = cfg[7], cfg[8]
+local FIELDS_MAX, OTHER = cfg[7], cfg[8]
 local fmt = string.format
 local DIMS = {'utm_medium', 'utm_source', 'utm_campaign'}
 -- A call's aggregate increments, summed per hash and field, and the open-count and
@@ -64,31 +64,25 @@ local function bump(hash, ttl, field, v)
   end
   h[field] = (h[field] or 0) + v
 end
--- The name a channel value counts under in a bucket: its own while the bucket names
--- fewer than CAP values of that dimension (or names this one already), else OTHER. A
--- bucket keeps its count of named values in the field '#|<dimension>'. Conversions
--- (create false) count where the session's start counted.
-local names, named = {}, {}
-local function label(hash, ttl, k, value, create)
+-- The name a channel value counts under in a bucket: its own, unless the bucket's hash
+-- has FIELDS_MAX fields already and the value is not among them; then OTHER. So no
+-- stream of made-up values grows a bucket past FIELDS_MAX (plus one call's additions).
+-- A conversion counts where the session's start counted: the bucket was not full then
+-- if it is not now, and if it is, the value's own field says.
+local names, full = {}, {}
+local function label(hash, k, value)
+  if value == OTHER then return OTHER end
+  local f = full[hash]
+  if f == nil then
+    f = redis.call('HLEN', hash) >= FIELDS_MAX
+    full[hash] = f
+  end
+  if not f then return value end
   local key = hash .. '|' .. k .. '|' .. value
   local m = names[key]
   if m then return m end
-  local dim = DIMS[k]
-  if value == OTHER then
-    m = OTHER
-  elseif redis.call('HEXISTS', hash, 'n|' .. dim .. '|' .. value) == 1 then
+  if redis.call('HEXISTS', hash, 'n|' .. DIMS[k] .. '|' .. value) == 1 then
     m = value
-  elseif create then
-    local ck = hash .. '|' .. k
-    local c = named[ck] or tonumber(redis.call('HGET', hash, '#|' .. dim) or '0')
-    if c < CAP then
-      c = c + 1
-      bump(hash, ttl, '#|' .. dim, 1)
-      m = value
-    else
-      m = OTHER
-    end
-    named[ck] = c
   else
     m = OTHER
   end
@@ -97,7 +91,7 @@ local function label(hash, ttl, k, value, create)
 end
 -- Add a session's figures (stats: name, value, name, value ...) to its buckets: the
 -- totals, and per channel value (the daily buckets keep totals only).
-local function add(d, stats, create)
+local function add(d, stats)
   local ms = d[1]
   local b = {fmt('%s:m5:%d', P, math.floor(ms / 300000)),
              fmt('%s:h:%d', P, math.floor(ms / 3600000)),
@@ -106,7 +100,7 @@ local function add(d, stats, create)
     for s = 1, #stats, 2 do bump(b[j], TTL[j], stats[s], stats[s + 1]) end
     if j ~= 3 then
       for k = 1, 3 do
-        local name = '|' .. DIMS[k] .. '|' .. label(b[j], TTL[j], k, d[k + 1], create)
+        local name = '|' .. DIMS[k] .. '|' .. label(b[j], k, d[k + 1])
         for s = 1, #stats, 2 do bump(b[j], TTL[j], stats[s] .. name, stats[s + 1]) end
       end
     end
@@ -148,7 +142,7 @@ local function dstart(key, a, i)
     'c', a[i + 5], 'dev', a[i + 6], 'city', a[i + 7], 'open', '1', 'hits', '0')
   redis.call('EXPIRE', key, STTL)
   local d = {msn, a[i + 3], a[i + 4], a[i + 5]}
-  add(d, {'n', 1, 'pu', math.floor(pn * 1000000 + 0.5)}, true)
+  add(d, {'n', 1, 'pu', math.floor(pn * 1000000 + 0.5)})
   active = active + 1
   if not now_ms or msn > now_ms then now_ms = msn end
   hot(sid, p)
@@ -163,7 +157,7 @@ local function dscore(key, a, i)
   if conv == 1 and not converted then
     converted = '1'
     redis.call('HSET', key, 'conv', '1')
-    add(d, {'c', 1}, false)
+    add(d, {'c', 1})
     redis.call('ZREM', P .. ':hot', sid)
   end
   if tonumber(seq) > tonumber(h[1]) then
@@ -189,7 +183,7 @@ def config(prefix: str, session_ttl_s: int, retention_s: int) -> list[Any]:
         2 * 3600,
         2 * 86400,
         retention_s,
-        CHANNEL_VALUES_MAX,
+        DASH_BUCKET_FIELDS_MAX,
         OTHER_VALUE,
     ]
 

@@ -230,36 +230,35 @@ async def test_made_up_channel_values_beyond_the_cap_count_as_other(
 ) -> None:
     from stream import dashboard
 
-    monkeypatch.setattr(dashboard, "CHANNEL_VALUES_MAX", 5)
+    # A bucket holds its totals (n, pu) and n and pu per dimension and value: the first
+    # session makes 8 fields, each later one with a new source 2 more. With 14 fields
+    # the bucket is full after four sources.
+    monkeypatch.setattr(dashboard, "DASH_BUCKET_FIELDS_MAX", 14)
     capped = RedisStore(store.r, prefix=store.prefix, ttl_s=600, retries=2)
     sources = [f"src{i}" for i in range(8)]
-    await capped.write(
-        [_start(f"s{i}", 0.01, T0, _row("cpc", source=s)) for i, s in enumerate(sources)], []
-    )
-    # A later batch: a named value stays named, a new one is "other" too.
-    await capped.write(
-        [
-            _start("again", 0.01, T0, _row("cpc", source="src1")),
-            _start("new", 0.01, T0, _row("cpc", source="zzz")),
-        ],
-        [],
-    )
+    for i, source in enumerate(sources):  # one write each: the cap is looked at per call
+        row = _row("cpc", source=source)
+        row["utm_campaign"] = "camp"
+        await capped.write([_start(f"s{i}", 0.01, T0, row)], [])
+    # A value the bucket names already stays named; a new one is "other".
+    await capped.write([_start("again", 0.01, T0, _row("cpc", source="src1"))], [])
+    await capped.write([_start("new", 0.01, T0, _row("cpc", source="zzz"))], [])
     # Conversions count where their session's start counted.
     await capped.write(
         [], [_hits("s1", [1], [0.5], converted=True), _hits("s7", [1], [0.5], converted=True)]
     )
     d = await _data(store)
     rows = {r["value"]: r for r in d["channels"]["utm_source"]}
-    assert set(rows) == {*sources[:5], "(other)"}
-    assert rows["(other)"]["sessions"] == 4  # src5, src6, src7, zzz
-    assert rows["src1"]["sessions"] == 2
-    assert rows["src1"]["observed"] == 1 and rows["(other)"]["observed"] == 1
+    assert set(rows) == {"src0", "src1", "src2", "src3", "(other)"}
+    assert rows["(other)"]["sessions"] == 5  # src4 to src7, and zzz
+    assert rows["src1"]["sessions"] == 2 and rows["src1"]["observed"] == 1
+    assert rows["(other)"]["observed"] == 1  # s7 came after the bucket filled
     assert d["totals"]["sessions"] == 10
-    # Every bucket hash holds at most the cap's values of a dimension (plus other).
+    # No bucket took a value after it was full; conversions only add to values it has.
     r = store.r
     for key in [k async for k in r.scan_iter(match=f"{dash_prefix(store.prefix)}:*")]:
-        if await r.type(key) != b"hash":
-            continue
-        fields = [f.decode() for f in await r.hkeys(key)]
-        named = {f.split("|", 2)[2] for f in fields if f.startswith("n|utm_source|")}
-        assert len(named - {"(other)"}) <= 5, key
+        if await r.type(key) == b"hash":
+            fields = [f.decode() for f in await r.hkeys(key)]
+            seen = {f.split("|", 2)[2] for f in fields if f.count("|") == 2}
+            assert seen <= {"cpc", "camp", "(none)", "src0", "src1", "src2", "src3", "(other)"}
+            assert len(fields) <= 2 * 14, key
