@@ -130,20 +130,25 @@ def _visit_date_time(row: Mapping[str, Any]) -> None:
 
 
 def parse_session(raw: bytes | None) -> dict[str, Any]:
-    """Validate a ga.sessions event and return its 18 fields (None for empty)."""
+    """Validate a ga.sessions event and return its 18 fields (None for empty).
+
+    Fields other than the 18 are dropped (the record's size bounds them).
+    """
     event = _decode(raw)
     _session_id(event)
     _identifier(event, "client_id", required=False)
-    _text_fields(event, SESSION_COLUMNS, limits.SESSION_FIELD_MAX_CHARS)
     row = {c: event.get(c) for c in SESSION_COLUMNS}
-    row["visit_number"] = _int(event, "visit_number", limits.VISIT_NUMBER_MAX)
-    _visit_date_time(row)
-    for c in SESSION_COLUMNS:
-        value = row[c]
-        if value is not None and c != "visit_number" and not isinstance(value, str):
+    most = limits.SESSION_FIELD_MAX_CHARS
+    for c, value in row.items():
+        if type(value) is str:
+            if len(value) > most:
+                raise BadEvent(f"{c} is {len(value)} characters, more than {most}", "too_long")
+        elif value is not None and c != "visit_number":
             raise BadEvent(
                 f"{c} must be a string or null, got {type(value).__name__}", "wrong_type"
             )
+    row["visit_number"] = _int(event, "visit_number", limits.VISIT_NUMBER_MAX)
+    _visit_date_time(row)
     return row
 
 

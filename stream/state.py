@@ -223,7 +223,11 @@ class _Ops:
         return k
 
     def add(self, command: str, key: str, *args: Any) -> None:
-        self.argv.extend((command, self.key(key), len(args)))
+        k = self.index.get(key)  # ``key``, inlined: this runs for every command
+        if k is None:
+            self.keys.append(key)
+            k = self.index[key] = len(self.keys)
+        self.argv.extend((command, k, len(args)))
         self.argv.extend(args)
 
 
