@@ -44,35 +44,58 @@ T = TypeVar("T")
 LEGACY_STATE_FIELDS = [keys.state_field(name) for name in STATE_NAMES]
 HITS = STATE_NAMES.index("hits")
 
+# The fence, run first by every script that writes: ``lost(packed)`` is true when Redis
+# holds less of an applied-offsets field than this worker knows it wrote (it lost
+# writes); the script then writes nothing and returns 'LOST'. ``packed`` is MessagePack
+# of [index in KEYS, field, offset] triples (``RedisStore._fence``).
+FENCE_LUA = """
+local function lost(packed)
+  local fence = cmsgpack.unpack(packed)
+  for f = 1, #fence do
+    local cur = redis.call('HGET', KEYS[fence[f][1]], fence[f][2])
+    if not cur or tonumber(cur) < tonumber(fence[f][3]) then return true end
+  end
+  return false
+end
+"""
+
 # Park hits only while their session is not released yet, atomically with that check.
-# KEYS: state and pending key of each hit's session, in pairs; ARGV: the TTL, the most
-# hits one session may have parked, then one packed hit per pair. Returns 1 for each
-# hit parked, 0 where its session is ready, 2 where its session has the most parked.
-PARK_SCRIPT = """
+# KEYS: state and pending key of each hit's session, in pairs, then the fence's keys;
+# ARGV: the TTL, the most hits one session may have parked, the number of pairs, the
+# fence, then one packed hit per pair. Returns 1 for each hit parked, 0 where its
+# session is ready, 2 where its session has the most parked.
+PARK_SCRIPT = (
+    FENCE_LUA
+    + """
+if lost(ARGV[4]) then return 'LOST' end
 local out = {}
 local most = tonumber(ARGV[2])
-for i = 1, #KEYS, 2 do
+for i = 1, 2 * tonumber(ARGV[3]), 2 do
   if redis.call('HEXISTS', KEYS[i], 'ready') == 1 then
     out[#out + 1] = 0
   elseif redis.call('LLEN', KEYS[i + 1]) >= most then
     out[#out + 1] = 2
   else
-    redis.call('RPUSH', KEYS[i + 1], ARGV[(i + 1) / 2 + 2])
+    redis.call('RPUSH', KEYS[i + 1], ARGV[(i + 1) / 2 + 4])
     redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
     out[#out + 1] = 1
   end
 end
 return out
 """
+)
 
 # Release sessions to their hits (their session-start scores are on Kafka) and hand
-# over the hits parked so far; no hit parks after this. KEYS: state and pending
-# key of each session, in pairs. A session whose state is not in Redis (it expired, or
-# Redis lost it) is not marked ready: a hit must never find a ready session without
-# its row's fields.
-RELEASE_SCRIPT = """
+# over the hits parked so far; no hit parks after this. KEYS: state and pending key of
+# each session, in pairs, then the fence's keys; ARGV: the TTL, the number of pairs, the
+# fence. A session whose state is not in Redis (it expired, or Redis lost it) is not
+# marked ready: a hit must never find a ready session without its row's fields.
+RELEASE_SCRIPT = (
+    FENCE_LUA
+    + """
+if lost(ARGV[3]) then return 'LOST' end
 local out = {}
-for i = 1, #KEYS, 2 do
+for i = 1, 2 * tonumber(ARGV[2]), 2 do
   if redis.call('HEXISTS', KEYS[i], 'start') == 1 then
     redis.call('HSET', KEYS[i], 'ready', '1')
     redis.call('EXPIRE', KEYS[i], ARGV[1])
@@ -83,6 +106,7 @@ for i = 1, #KEYS, 2 do
 end
 return out
 """
+)
 
 # A batch's writes, atomically, in one call. ARGV[1] is a MessagePack array: a run of
 # commands, each as its name, the index of its key in KEYS, its argument count and its
@@ -94,12 +118,9 @@ return out
 # is written and the call returns 'LOST'.
 APPLY_SCRIPT = (
     dashboard.LUA
+    + FENCE_LUA
     + """
-local fence = cmsgpack.unpack(ARGV[3])
-for f = 1, #fence do
-  local cur = redis.call('HGET', KEYS[fence[f][1]], fence[f][2])
-  if not cur or tonumber(cur) < tonumber(fence[f][3]) then return 'LOST' end
-end
+if lost(ARGV[3]) then return 'LOST' end
 local ops = cmsgpack.unpack(ARGV[1])
 local i, n = 1, #ops
 while i <= n do
@@ -214,16 +235,8 @@ class _Ops:
         self.index: dict[str, int] = {}
         self.argv: list[Any] = []
 
-    def key(self, key: str) -> int:
-        """Return a key's index in KEYS (1-based), adding it if new."""
-        k = self.index.get(key)
-        if k is None:
-            self.keys.append(key)
-            k = self.index[key] = len(self.keys)
-        return k
-
     def add(self, command: str, key: str, *args: Any) -> None:
-        k = self.index.get(key)  # ``key``, inlined: this runs for every command
+        k = self.index.get(key)
         if k is None:
             self.keys.append(key)
             k = self.index[key] = len(self.keys)
@@ -517,13 +530,21 @@ class RedisStore:
                 self._k(keys.pending_hits_key, h.session_id),
             )
         ]
-        args: list[bytes | int] = [self.ttl, limits.PARKED_HITS_MAX, *(h.pack() for h in hits)]
+        fence = self._fence(names)
+        args: list[bytes | int] = [
+            self.ttl,
+            limits.PARKED_HITS_MAX,
+            len(hits),
+            fence,
+            *(h.pack() for h in hits),
+        ]
 
         async def run() -> Any:
             return await self._park(keys=names, args=args)
 
+        found = _fenced("park", await self._retry("park", run))
         flags = {0: False, 1: True, 2: None}
-        return [flags[int(flag)] for flag in await self._retry("park", run)]
+        return [flags[int(flag)] for flag in found]
 
     async def release(self, sids: Sequence[str]) -> list[ParkedHit]:
         """Mark sessions ready for their hits; return the hits parked for them."""
@@ -535,10 +556,12 @@ class RedisStore:
             for key in (self._k(keys.session_key, sid), self._k(keys.pending_hits_key, sid))
         ]
 
-        async def run() -> Any:
-            return await self._release(keys=names, args=[self.ttl])
+        fence = self._fence(names)
 
-        results = await self._retry("release", run)
+        async def run() -> Any:
+            return await self._release(keys=names, args=[self.ttl, len(sids), fence])
+
+        results = _fenced("release", await self._retry("release", run))
         return [
             ParkedHit.unpack(sid, item)
             for sid, items in zip(sids, results, strict=True)
@@ -674,25 +697,37 @@ class RedisStore:
         The call carries the fence (``expected``); once it has landed, the offsets it
         raised are what this worker knows Redis holds.
         """
-        fence = [
-            [ops.key(keys.applied_key(partition, self.prefix)), kind, str(offset)]
-            for (kind, partition), offset in self.expected.items()
-        ]
         args = [
             msgpack.packb(ops.argv, use_bin_type=False),
             self._dash_cfg,
-            msgpack.packb(fence, use_bin_type=False),
+            self._fence(ops.keys, ops.index),
         ]
         replied = await self._send(what, self._apply, ops.keys, args)
 
         async def landed() -> None:
-            if await replied == b"LOST":
-                raise RedisLost(f"redis holds less than this worker wrote ({what} refused)")
+            _fenced(what, await replied)
             for key, offset in (offsets or {}).items():
                 if offset > self.expected.get(key, -1):
                     self.expected[key] = offset
 
         return landed()
+
+    def _fence(self, names: list[str], index: dict[str, int] | None = None) -> bytes:
+        """Return the fence argument of a script call, adding its keys to ``names``.
+
+        ``index`` maps the keys already in ``names`` to their place (1-based), if known.
+        """
+        fence = []
+        for (kind, partition), offset in self.expected.items():
+            key = keys.applied_key(partition, self.prefix)
+            k = None if index is None else index.get(key)
+            if k is None:
+                names.append(key)
+                k = len(names)
+                if index is not None:
+                    index[key] = k
+            fence.append([k, kind, str(offset)])
+        return msgpack.packb(fence, use_bin_type=False)
 
     async def applied(self, partitions: Collection[int]) -> dict[tuple[str, int], int | None]:
         """Return the applied offsets Redis holds for input partitions (None: none)."""
@@ -866,6 +901,13 @@ class RedisStore:
         ops.add("HSET", history, *flat)
         ops.add("EXPIRE", history, self._ttl)
         ops.add("SET", latest, scores[-1][1], "EX", self._ttl)
+
+
+def _fenced(what: str, reply: T) -> T:
+    """Return a script's reply, or raise RedisLost where its fence found Redis behind."""
+    if reply == b"LOST":
+        raise RedisLost(f"redis holds less than this worker wrote ({what} refused)")
+    return reply
 
 
 def _one(entry: bytes | None) -> list[bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,21 @@ def topic_size(settings: StreamSettings, topic: str) -> int:
             await consumer.stop()
 
     return asyncio.run(run())
+
+
+def supervise(worker: Any, sender: Any, timeout_s: float = 300) -> int:
+    """Start the worker again whenever it exits, as a supervisor would, until the sender
+    is done; return how many times it was started again."""
+    restarts = 0
+    deadline = time.monotonic() + timeout_s
+    while sender.is_alive() and time.monotonic() < deadline:
+        if not worker.alive():
+            restarts += 1
+            worker.start()
+        time.sleep(0.5)
+    sender.join()
+    if not worker.alive():
+        restarts += 1
+        worker.start()
+        worker.wait_ready()
+    return restarts

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Truth, check_exactly_once, read_scores
+from helpers import Truth, check_exactly_once, read_scores, supervise
 
 from bench.procs import ROOT, WorkerProcess, free_port
 from stream.replay import send_events
@@ -114,22 +114,12 @@ def test_a_broker_killed_mid_stream_loses_no_score_and_no_state(
     worker.wait_ready()
     sender = threading.Thread(target=_send_until_taken, args=(settings, truth.events))
     sender.start()
-    restarts = 0
     try:
         time.sleep(2.5)  # a third of the input is in: the worker is busy with it
         stack.kill_broker()
         time.sleep(3.0)
         stack.run("up")
-        deadline = time.monotonic() + 300
-        while sender.is_alive() and time.monotonic() < deadline:
-            if not worker.alive():
-                restarts += 1
-                worker.start()
-            time.sleep(0.5)
-        sender.join()
-        if not worker.alive():
-            restarts += 1
-            worker.start()
+        restarts = supervise(worker, sender)
         scores = read_scores(settings, truth.expected_scores, timeout_s=240)
     finally:
         worker.stop()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import Truth, check_exactly_once, read_scores
+from helpers import Truth, check_exactly_once, read_scores, supervise
 
 from bench.procs import WorkerProcess, free_port, metrics, total
 from contracts import keys
@@ -118,7 +118,6 @@ def _replay_with_a_redis_fault(
         target=lambda: asyncio.run(send_events(settings, truth.events, rate=700, progress=False))
     )
     sender.start()
-    restarts = 0
     try:
         time.sleep(2.0)  # part of the input is in, and the worker is busy with more
         if keep_snapshot:
@@ -129,18 +128,8 @@ def _replay_with_a_redis_fault(
         own.kill()
         time.sleep(1.5)
         own.start()
-        deadline = time.monotonic() + 240
-        while sender.is_alive() and time.monotonic() < deadline:
-            if not worker.alive():
-                restarts += 1
-                worker.start()
-            time.sleep(0.5)
-        sender.join()
+        restarts = supervise(worker, sender)
         scores = read_scores(settings, truth.expected_scores, timeout_s=240)
-        if not worker.alive():
-            restarts += 1
-            worker.start()
-            worker.wait_ready()
         m = _wait_metric(settings, "scorer_worker_rebuilt_partitions_total")
     finally:
         worker.stop()
@@ -168,24 +157,21 @@ def _check_rebuilt(truth: Truth, settings: StreamSettings, scores: list[dict]) -
         assert held, partition
 
 
-def test_redis_killed_and_restarted_empty_is_rebuilt_from_the_topics(
-    stream_settings: StreamSettings, truth: Truth, own_redis: OwnRedis, tmp_path: Path
+@pytest.mark.parametrize(
+    "keep_snapshot",
+    [False, True],
+    ids=["restarted-empty", "lost-its-last-second"],
+)
+def test_redis_that_lost_writes_is_rebuilt_from_the_topics(
+    stream_settings: StreamSettings,
+    truth: Truth,
+    own_redis: OwnRedis,
+    tmp_path: Path,
+    keep_snapshot: bool,
 ) -> None:
     settings = stream_settings.model_copy(update={"redis_url": own_redis.url, "batch_max": 60})
     scores, m, restarts = _replay_with_a_redis_fault(
-        settings, truth, own_redis, tmp_path / "worker.log", keep_snapshot=False
-    )
-    assert restarts <= 3, (tmp_path / "worker.log").read_text()[-3000:]
-    assert m["scorer_worker_rebuilt_partitions_total{}"] > 0
-    _check_rebuilt(truth, settings, scores)
-
-
-def test_redis_that_lost_its_last_second_is_rebuilt_from_where_it_ends(
-    stream_settings: StreamSettings, truth: Truth, own_redis: OwnRedis, tmp_path: Path
-) -> None:
-    settings = stream_settings.model_copy(update={"redis_url": own_redis.url, "batch_max": 60})
-    scores, m, restarts = _replay_with_a_redis_fault(
-        settings, truth, own_redis, tmp_path / "worker.log", keep_snapshot=True
+        settings, truth, own_redis, tmp_path / "worker.log", keep_snapshot
     )
     assert restarts <= 3, (tmp_path / "worker.log").read_text()[-3000:]
     assert m["scorer_worker_rebuilt_partitions_total{}"] > 0

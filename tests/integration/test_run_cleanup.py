@@ -13,11 +13,19 @@ from stream.settings import StreamSettings
 
 
 async def _topics(bootstrap: str, create: list[str] | None = None) -> set[str]:
+    """List the broker's topics, after creating ``create`` and waiting until they are listed.
+
+    The broker answers a create before its metadata lists the new topics everywhere.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         if create:
             await admin.create_topics([NewTopic(n, 1, 1) for n in create])
+            for _ in range(50):
+                if set(create) <= set(await admin.list_topics()):
+                    break
+                await asyncio.sleep(0.2)
         return set(await admin.list_topics())
     finally:
         await admin.close()

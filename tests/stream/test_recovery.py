@@ -117,3 +117,19 @@ async def test_a_partition_never_processed_owes_nothing(
     rewinds = await recovery.check({("sessions", 2): None, ("hits", 2): None})
     assert rewinds == {("hits", 2): (0, 40)}
     assert await _applied(store, 2) == {b"sessions": b"0", b"hits": b"0"}
+
+
+async def test_parking_and_releasing_on_a_redis_that_lost_writes_are_refused(
+    store: RedisStore,
+) -> None:
+    from stream.state import ParkedHit
+
+    await store.write([_session("a")], [], offsets={("hits", 3): 10})
+    await store.r.delete(keys.applied_key(3, store.prefix))  # Redis forgot
+    # A hit parked on top of the loss would be applied out of its order in the rebuild.
+    with pytest.raises(RedisLost):
+        await store.park([ParkedHit("b", b"h", 3, 11)])
+    with pytest.raises(RedisLost):
+        await store.release(["a"])
+    assert not await store.r.exists(keys.pending_hits_key("b", store.prefix))
+    assert await store.r.hget(keys.session_key("a", store.prefix), "ready") is None
