@@ -784,17 +784,18 @@ class Processor:
         except Exception:  # noqa: BLE001 - found below, hit by hit
             ok = False
         if not ok:
-            failed = []
+            failed, alone = [], []
             for k, (i, _, _, _) in enumerate(to_score):
                 try:
                     p = model.score_in_session(vecs[k : k + 1], hit_states[k : k + 1])
                     if not np.isfinite(p).all():
                         raise ValueError("the model's probability is not a finite number")
+                    alone.append(p[0])
                 except Exception as exc:  # noqa: BLE001 - one hit's model failure
                     failed.append((i, "score", _failure(exc)))
             if failed:
                 return failed
-            probs = model.score_in_session(vecs, hit_states)  # a failure of the batch alone
+            probs = np.asarray(alone)  # only the batch as a whole failed
         latest = {sid: states[sid].latest for _, sid, _, _ in to_score}
         # A conversion's outcome carries the score before it; the read brought it
         # for every session with a target hit, this reads any other.

@@ -165,3 +165,24 @@ async def test_a_session_takes_only_so_many_parked_hits(
         ("park", "parked_full", 500)
     ]
     assert out.parked == 0 and out.scores == []
+
+
+async def test_a_batch_that_fails_only_as_a_whole_is_scored_hit_by_hit(
+    processor: Processor,
+    rows_and_hits: tuple[list[bytes], list[bytes]],  # noqa: F811
+) -> None:
+    rows, hits = rows_and_hits
+    started = await processor.sessions(_records("t.sessions", rows, 0))
+    await processor.release(started.released)
+    model = processor.model
+    score = model.score_in_session
+
+    def one_at_a_time(session_x: np.ndarray, states: np.ndarray) -> np.ndarray:
+        if len(states) > 1:
+            raise MemoryError("a batch too large for the model")
+        return score(session_x, states)
+
+    model.score_in_session = one_at_a_time  # type: ignore[method-assign]
+    out = await processor.hits(_records("t.hits", hits[:12], 100))
+    assert out.dead_letters == []
+    assert len(out.scores) == 12
