@@ -29,6 +29,14 @@ def processor(store: RedisStore, model_path: Path) -> Processor:
     return Processor(load_model(model_path), store, hits_topic="t.hits")
 
 
+async def _started(processor: Processor, data: tuple[list[bytes], list[bytes]]) -> list[bytes]:
+    """Store and release the sessions; return their hits."""
+    rows, hits = data
+    started = await processor.sessions(_records("t.sessions", rows, 0))
+    await processor.release(started.released)
+    return hits
+
+
 def _letters(out: Any) -> list[dict]:
     return [orjson.loads(payload) for _, payload in out.dead_letters]
 
@@ -84,9 +92,7 @@ async def test_a_hit_that_fails_alone_is_left_out_and_its_session_goes_on_withou
     processor: Processor,
     rows_and_hits: tuple[list[bytes], list[bytes]],  # noqa: F811
 ) -> None:
-    rows, hits = rows_and_hits
-    started = await processor.sessions(_records("t.sessions", rows, 0))
-    await processor.release(started.released)
+    hits = await _started(processor, rows_and_hits)
     batch = hits[:30]
     target = orjson.loads(batch[1])
     model = processor.model
@@ -124,9 +130,7 @@ async def test_a_hit_whose_features_fail_alone_is_the_only_dead_letter(
     rows_and_hits: tuple[list[bytes], list[bytes]],  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    rows, hits = rows_and_hits
-    started = await processor.sessions(_records("t.sessions", rows, 0))
-    await processor.release(started.released)
+    hits = await _started(processor, rows_and_hits)
     increments = processor_module.hit_increments
     poisoned = orjson.loads(hits[3])
 
@@ -171,9 +175,7 @@ async def test_a_batch_that_fails_only_as_a_whole_is_scored_hit_by_hit(
     processor: Processor,
     rows_and_hits: tuple[list[bytes], list[bytes]],  # noqa: F811
 ) -> None:
-    rows, hits = rows_and_hits
-    started = await processor.sessions(_records("t.sessions", rows, 0))
-    await processor.release(started.released)
+    hits = await _started(processor, rows_and_hits)
     model = processor.model
     score = model.score_in_session
 
