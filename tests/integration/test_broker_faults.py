@@ -96,18 +96,14 @@ def _send_until_taken(settings: StreamSettings, events: list, chunk: int = 150) 
 
 
 def test_a_broker_killed_mid_stream_loses_no_score_and_no_state(
-    stack: PrivateStack, truth: Truth, tmp_path: Path, model_path: Path, run_id: str
+    stack: PrivateStack, truth: Truth, tmp_path: Path, stream_settings: StreamSettings
 ) -> None:
-    settings = StreamSettings(
-        kafka_bootstrap=f"127.0.0.1:{stack.kafka_port}",
-        redis_url=f"redis://127.0.0.1:{stack.redis_port}/0",
-        model_path=model_path,
-        topic_prefix=f"{run_id}.",
-        app_id=run_id,
-        redis_key_prefix=run_id,
-        data_dir=tmp_path / "faust",
-        metrics_port=free_port(),
-        batch_max=40,
+    settings = stream_settings.model_copy(
+        update={
+            "kafka_bootstrap": f"127.0.0.1:{stack.kafka_port}",
+            "redis_url": f"redis://127.0.0.1:{stack.redis_port}/0",
+            "batch_max": 40,
+        }
     )
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     worker.start()
