@@ -16,13 +16,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-stack-up: install ## Start the local Kafka broker and Redis server on 127.0.0.1 (idempotent)
+stack-up: install ## Start the local Kafka broker and Redis server on 127.0.0.1 (idempotent); SCORER_STACK=cluster for 3 Kafka nodes + a Redis Cluster
 	@bash scripts/stack.sh up
 
-stack-down: ## Stop the Kafka broker and Redis server that stack-up started
+stack-down: ## Stop the Kafka broker and Redis server that stack-up started (the cluster's with SCORER_STACK=cluster)
 	@bash scripts/stack.sh down
 
-stack-status: ## Say whether the local Kafka broker and Redis server are running
+stack-status: ## Say whether the local Kafka broker and Redis server are running (SCORER_STACK=cluster: every cluster node)
 	@bash scripts/stack.sh status
 
 test: install ## Run every test, the integration tests against the real local stack
