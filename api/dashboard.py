@@ -27,7 +27,6 @@ from contracts.dashboard import (
     HOUR_MS,
     M5_MS,
     TRAJECTORY,
-    dash_prefix,
     workers_key,
 )
 from contracts.history import trajectory
@@ -114,44 +113,75 @@ def _channel_row(value: str, s: dict[str, float]) -> dict[str, Any]:
     }
 
 
-def _bucket_keys(prefix: str, name: str, size_ms: float, count: int, now_ms: float) -> list[str]:
+def _bucket_names(name: str, size_ms: float, count: int, now_ms: float) -> list[str]:
+    """The key suffixes of a window's buckets, each after a partition's dashboard prefix."""
     last = math.floor(now_ms / size_ms)
-    return [f"{prefix}:{name}:{i}" for i in range(last - count + 1, last + 1)]
+    return [f":{name}:{i}" for i in range(last - count + 1, last + 1)]
 
 
 async def read_dashboard(
-    redis: Any, key_prefix: str, window: Window = Window.day, hot: int = 20
+    redis: Any,
+    layout: keys.Layout | None,
+    window: Window = Window.day,
+    hot: int = 20,
+    prefix: str = keys.KEY_PREFIX,
 ) -> dict[str, Any]:
-    """Read what the page shows from Redis (a fixed number of keys)."""
-    prefix = dash_prefix(key_prefix)
-    meta = await redis.hgetall(f"{prefix}:meta")
-    now_ms = _f(meta.get(b"now_ms"))
+    """Read what the page shows from Redis (a fixed number of keys per partition).
+
+    Each input partition keeps its share of the aggregates; they are added up here.
+    ``prefix`` is the deployment's, for the workers' status when no layout is recorded.
+    """
+    if layout is not None:
+        prefix = layout.prefix
+    parts = [] if layout is None else [layout.dash(p) for p in range(layout.partitions)]
+    pipe = redis.pipeline(transaction=False)
+    for dash in parts:
+        pipe.hgetall(f"{dash}:meta")
+    metas = await pipe.execute() if parts else []
+    now_ms = max((_f(m.get(b"now_ms")) for m in metas), default=0.0)
+    active = sum(_f(m.get(b"active")) for m in metas)
     wall_min = math.floor(time.time() / 60)
     minutes = list(range(wall_min - RATE_MINUTES + 1, wall_min + 1))
 
     if window is Window.all:
-        channel_keys = [f"{prefix}:all"]
+        channel_names = [":all"]
     else:
-        channel_keys = _bucket_keys(prefix, *WINDOW_BUCKETS[window], now_ms)
+        channel_names = _bucket_names(*WINDOW_BUCKETS[window], now_ms)
     chart_name, chart_ms, chart_count = CHART_BUCKETS[window]
-    chart_keys = _bucket_keys(prefix, chart_name, chart_ms, chart_count, now_ms)
+    chart_names = _bucket_names(chart_name, chart_ms, chart_count, now_ms)
 
     pipe = redis.pipeline(transaction=False)
-    for k in channel_keys:
-        pipe.hgetall(k)
-    for k in chart_keys:
-        pipe.hmget(k, "n", "p", "pu", "c")
-    for m in minutes:
-        pipe.hmget(f"{prefix}:rate:{m}", "events", "scores")
-    pipe.hgetall(workers_key(key_prefix))
-    pipe.zrevrange(f"{prefix}:hot", 0, max(0, hot - 1), withscores=True)
+    for dash in parts:
+        for name in channel_names:
+            pipe.hgetall(dash + name)
+        for name in chart_names:
+            pipe.hmget(dash + name, "n", "p", "pu", "c")
+        for m in minutes:
+            pipe.hmget(f"{dash}:rate:{m}", "events", "scores")
+        pipe.zrevrange(f"{dash}:hot", 0, max(0, hot - 1), withscores=True)
+    pipe.hgetall(workers_key(prefix))
     results = await pipe.execute()
-    channel_h = results[: len(channel_keys)]
-    at = len(channel_keys)
-    chart_h = results[at : at + len(chart_keys)]
-    at += len(chart_keys)
-    rate_h = results[at : at + len(minutes)]
-    workers_h, hot_z = results[-2], results[-1]
+    workers_h = results[-1]
+    channel_h: list[dict[bytes, bytes]] = []
+    chart = [[0.0, 0.0, 0.0] for _ in chart_names]  # sessions, expected, observed
+    rates = [[0, 0] for _ in minutes]
+    hot_entries: list[tuple[float, int, bytes]] = []
+    at = 0
+    for p in range(len(parts)):
+        channel_h += results[at : at + len(channel_names)]
+        at += len(channel_names)
+        for row, (n, fp, pu, c) in zip(chart, results[at : at + len(chart_names)], strict=True):
+            row[0] += _f(n)
+            row[1] += _f(fp) + _f(pu) / 1e6
+            row[2] += _f(c)
+        at += len(chart_names)
+        for rate, (e, sc) in zip(rates, results[at : at + len(minutes)], strict=True):
+            rate[0] += int(_f(e))
+            rate[1] += int(_f(sc))
+        at += len(minutes)
+        hot_entries += [(score, p, sid) for sid, score in results[at]]
+        at += 1
+    hot_entries.sort(key=lambda e: (-e[0], e[2]))
 
     totals, by_dim = _merge(channel_h)
     channels = {
@@ -162,7 +192,7 @@ async def read_dashboard(
         for dim, rows in by_dim.items()
     }
 
-    hot_sessions = await _hot(redis, key_prefix, hot_z)
+    hot_sessions = [] if layout is None else await _hot(redis, layout, hot_entries[:hot])
 
     now_wall_ms = time.time() * 1000.0
     workers = []
@@ -177,9 +207,9 @@ async def read_dashboard(
         "generated_at_ms": now_wall_ms,
         "now": {
             "event_time_ms": now_ms or None,
-            "active_sessions": int(_f(meta.get(b"active"))),
-            "events_per_minute": [int(_f(e)) for e, _ in rate_h],
-            "scores_per_minute": [int(_f(s)) for _, s in rate_h],
+            "active_sessions": int(active),
+            "events_per_minute": [e for e, _ in rates],
+            "scores_per_minute": [s for _, s in rates],
             "minutes": [m * 60_000 for m in minutes],
             "consumer_lag": sum(int(w.get("lag", 0)) for w in workers) if workers else None,
             "workers": workers,
@@ -190,44 +220,45 @@ async def read_dashboard(
         "hot": hot_sessions,
         "chart": [
             {
-                "start_ms": float(k.rsplit(":", 1)[1]) * chart_ms,
-                "sessions": int(_f(n)),
-                "expected": max(0.0, _f(p) + _f(pu) / 1e6),
-                "observed": int(_f(c)),
+                "start_ms": float(name.rsplit(":", 1)[1]) * chart_ms,
+                "sessions": int(n),
+                "expected": max(0.0, expected),
+                "observed": int(c),
             }
-            for k, (n, p, pu, c) in zip(chart_keys, chart_h, strict=True)
+            for name, (n, expected, c) in zip(chart_names, chart, strict=True)
         ],
         "chart_bucket_ms": chart_ms,
     }
 
 
-async def _hot(redis: Any, key_prefix: str, entries: list[tuple[bytes, float]]) -> list[dict]:
+async def _hot(
+    redis: Any, layout: keys.Layout, entries: list[tuple[float, int, bytes]]
+) -> list[dict]:
     if not entries:
         return []
-    fields = ("m", "s", "c", "dev", "city", "hits", "ms")
     pipe = redis.pipeline(transaction=False)
-    for sid, _ in entries:
-        session = sid.decode()
-        pipe.hmget(keys.dashboard_session_key(session, key_prefix), *fields)
-        pipe.hgetall(keys.score_history_key(session, key_prefix))  # its trajectory
+    for _, partition, sid in entries:
+        pipe.hgetall(layout.session(partition, sid.decode()))
     replies = await pipe.execute()
     out = []
-    for k, (sid, p) in enumerate(entries):
-        rec, history = replies[2 * k], replies[2 * k + 1]
-        if rec[0] is None:
-            continue  # its record expired; the hot set forgets it at its next update
-        m, s, c, dev, city, hits, ms = (None if x is None else x.decode() for x in rec)
+    for (p, _, sid), h in zip(entries, replies, strict=True):
+        raw = h.get(keys.ROW_FIELD.encode())
+        if raw is None:
+            continue  # its session expired; the hot set forgets it at its next update
+        row = keys.unpack_row(raw)
+        medium, source, campaign, device, city = row.channel
+        history = {name: entry for name, entry in h.items() if b":" in name}
         out.append(
             {
                 "session_id": sid.decode(),
                 "probability": p,
-                "utm_medium": m,
-                "utm_source": s,
-                "utm_campaign": c,
-                "device_category": dev,
+                "utm_medium": medium,
+                "utm_source": source,
+                "utm_campaign": campaign,
+                "device_category": device,
                 "geo_city": city,
-                "hits": int(float(hits or 0)),
-                "started_ms": float(ms or 0),
+                "hits": int(float(h.get(b"hits") or 0)),
+                "started_ms": row.start_ms,
                 "trajectory": [round(x, 4) for x in trajectory(history, TRAJECTORY)],
             }
         )
@@ -237,6 +268,11 @@ async def _hot(redis: Any, key_prefix: str, entries: list[tuple[bytes, float]]) 
 def _prefix(request: Request) -> str:
     prefix: str = request.app.state.settings.redis_key_prefix
     return prefix
+
+
+async def _layout(request: Request) -> keys.Layout | None:
+    layout: keys.Layout | None = await request.app.state.layouts.get(request.app.state.redis)
+    return layout
 
 
 WindowQuery = Annotated[Window, Query(description="the channel table's window")]
@@ -252,7 +288,9 @@ async def page() -> HTMLResponse:
 @router.get("/dashboard/data")
 async def data(request: Request, window: WindowQuery = Window.day, hot: HotQuery = 20) -> Response:
     """What the page shows, as JSON: now, hot sessions, channels and the chart."""
-    body = await read_dashboard(request.app.state.redis, _prefix(request), window, hot)
+    body = await read_dashboard(
+        request.app.state.redis, await _layout(request), window, hot, _prefix(request)
+    )
     return Response(orjson.dumps(body), media_type="application/json")
 
 
@@ -266,7 +304,7 @@ async def stream(
     updates: Annotated[int | None, Query(ge=1, description="stop after this many")] = None,
 ) -> StreamingResponse:
     """The same data as server-sent events, one every few seconds."""
-    redis, prefix = request.app.state.redis, _prefix(request)
+    redis = request.app.state.redis
 
     async def events() -> AsyncIterator[bytes]:
         sent = 0
@@ -276,7 +314,9 @@ async def stream(
                 await asyncio.sleep(every)
             sent += 1
             try:
-                body = await read_dashboard(redis, prefix, window, hot)
+                body = await read_dashboard(
+                    redis, await _layout(request), window, hot, _prefix(request)
+                )
                 yield b"data: " + orjson.dumps(body) + b"\n\n"
             except Exception as exc:  # noqa: BLE001 - Redis away: say so, keep the stream
                 yield b"event: problem\ndata: " + orjson.dumps({"error": str(exc)}) + b"\n\n"

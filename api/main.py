@@ -11,12 +11,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from redis.asyncio.cluster import RedisCluster
 
 from api.dashboard import router as dashboard_router
 from api.fastpath import PredictFastPath
 from api.metrics import ApiMetrics, BodyLimitMiddleware, MetricsMiddleware
 from api.routes import router
 from api.settings import ApiSettings
+from api.stored import Layouts
 from artifact import ArtifactError, ConversionModel, load_model, read_card
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,14 @@ async def watch_model(app: FastAPI, interval_s: float) -> None:
         warned = None
 
 
+def redis_client(cfg: ApiSettings) -> Any:
+    """Return the API's Redis client: one server, or a Redis Cluster."""
+    options: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+    if cfg.redis_cluster:
+        return RedisCluster.from_url(cfg.redis_url, **options)
+    return aioredis.Redis.from_url(cfg.redis_url, **options)
+
+
 def create_app(
     settings: ApiSettings | None = None,
     *,
@@ -84,14 +94,9 @@ def create_app(
             read_card(cfg.model_path) if model is None else {"version": app.state.model.version}
         )
         metrics.serve_model(app.state.model.version)
-        client = (
-            redis
-            if redis is not None
-            else aioredis.Redis.from_url(
-                cfg.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
-            )
-        )
+        client = redis if redis is not None else redis_client(cfg)
         app.state.redis = client
+        app.state.layouts = Layouts(cfg.redis_key_prefix)
         watcher = None
         if model is None and cfg.model_reload_s > 0:
             watcher = asyncio.create_task(watch_model(app, cfg.model_reload_s))

@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from api import stored
 from api.schemas import (
     BatchRequest,
     BatchResponse,
@@ -190,12 +191,13 @@ async def predict_batch(body: BatchRequest, request: Request) -> Response:
 
 
 @protected.get("/sessions/{session_id}/score", response_model=ScoreResponse)
-async def latest_score(session_id: SessionId, redis: Redis, settings: Settings) -> ScoreResponse:
+async def latest_score(session_id: SessionId, request: Request, redis: Redis) -> ScoreResponse:
     """Return the latest score the stream published for a session."""
-    raw = await redis.get(keys.latest_score_key(session_id, settings.redis_key_prefix))
-    if raw is None:
+    layout = await request.app.state.layouts.get(redis)
+    found = None if layout is None else await stored.find(redis, layout, session_id, "latest")
+    if found is None:
         raise HTTPException(status_code=404, detail=f"no score for session {session_id}")
-    event = orjson.loads(raw)
+    event = orjson.loads(found[1])
     scored = datetime.fromisoformat(event["scored_at"])
     event["age_s"] = round((datetime.now(UTC) - scored).total_seconds(), 3)
     return ScoreResponse(**event)
@@ -207,24 +209,28 @@ async def latest_score(session_id: SessionId, redis: Redis, settings: Settings) 
     responses={404: {"description": "the stream has no state for this session"}},
 )
 async def session_state(
-    session_id: SessionId, redis: Redis, settings: Settings
+    session_id: SessionId, request: Request, redis: Redis
 ) -> SessionStateResponse:
     """Return the stream's state of a session and its latest scores (at most 50)."""
-    prefix = settings.redis_key_prefix
+    layout = await request.app.state.layouts.get(redis)
+    if layout is None:
+        raise HTTPException(status_code=404, detail=f"no state for session {session_id}")
+    found = await stored.find(redis, layout, session_id, keys.ROW_FIELD)
+    partition = layout.partition_of(session_id) if found is None else found[0]
     pipe = redis.pipeline(transaction=False)
-    pipe.hgetall(keys.session_key(session_id, prefix))
-    pipe.hgetall(keys.score_history_key(session_id, prefix))
-    pipe.llen(keys.pending_hits_key(session_id, prefix))
-    state, history, pending = await pipe.execute()
+    pipe.hgetall(layout.session(partition, session_id))
+    pipe.llen(layout.pending(partition, session_id))
+    state, pending = await pipe.execute()
+    # The scores are the fields named trigger:hit_number.
+    history = {name: raw for name, raw in state.items() if b":" in name}
     applied = sum(1 for name in history if name.startswith(b"hit:"))  # one score each
-    if not state and not history and not pending:
+    if not state and not pending:
         raise HTTPException(status_code=404, detail=f"no state for session {session_id}")
 
-    def text(field: bytes) -> str | None:
-        value = state.get(field)
-        return None if value is None else value.decode()
-
-    client_id, start = text(b"client_id"), text(b"start")
+    raw = state.get(keys.ROW_FIELD.encode())
+    row = None if raw is None else keys.unpack_row(raw)
+    client_id = None if row is None else row.client_id
+    start = None if row is None else row.start
     events = [
         orjson.loads(score_from_history(session_id, client_id, start, name.decode(), raw))
         for name, raw in history.items()
@@ -238,11 +244,7 @@ async def session_state(
 
     empty = empty_state().tolist()
     packed = state.get(keys.HIT_STATE_FIELD.encode())
-    if packed is not None:
-        values = keys.unpack_hit_state(packed, empty)
-    else:  # a state written before the packed counters: one field each
-        fields = [state.get(keys.state_field(name).encode()) for name in STATE_NAMES]
-        values = keys.legacy_hit_state(fields, empty)
+    values = empty if packed is None else keys.unpack_hit_state(packed, empty)
     counters = dict(zip(STATE_NAMES, values, strict=True))
     return SessionStateResponse(
         session_id=session_id,

@@ -12,6 +12,7 @@ class ApiSettings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     model_path: Path = Path("models/Pickled_model.pkl")
+    redis_cluster: bool = False  # redis_url names one node of a Redis Cluster
     redis_key_prefix: str = "scorer"
     api_key: str | None = None
     max_batch_rows: int = 10_000

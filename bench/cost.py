@@ -68,11 +68,11 @@ async def _process(records: list[Any], model_path: Path, redis_url: str) -> dict
         fetch = records[start : start + FETCH]
         rows = [r for r in fetch if r.topic == "cost.sessions"]
         hits = [r for r in fetch if r.topic == "cost.hits"]
-        released: list[str] = []
+        released: dict[str, int] = {}
         for i in range(0, len(rows), BATCH):
             out = await proc.sessions(rows[i : i + BATCH])
             counts["scores"] += len(out.scores)
-            released += out.released
+            released.update(out.released)
         parked = await proc.release(released)
         for batch in [parked[i : i + BATCH] for i in range(0, len(parked), BATCH)] + [
             hits[i : i + BATCH] for i in range(0, len(hits), BATCH)
@@ -82,7 +82,7 @@ async def _process(records: list[Any], model_path: Path, redis_url: str) -> dict
         # then on every write carries the fence (stream/recovery.py).
         await store.write([], [], offsets={("hits", 0): start + len(fetch)})
         if parked:
-            await proc.forget_pending(sorted({(r.key or b"").decode() for r in parked}))
+            await proc.forget_pending({(r.key or b"").decode(): r.partition for r in parked})
         horizon = await proc.close_horizon({p: set() for p in range(6)}, GAP_MS)
         while horizon:
             out = await proc.close_due(horizon, BATCH)
@@ -233,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("data/bench-stream"))
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="keep callgrind's output files in this folder (for callgrind_annotate)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -247,8 +253,12 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_data(args.data)  # bench.stream's data set
     model = _prepare(args.data, args.model).resolve()
-    with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
-        result = measure(args.data.resolve(), model, args.sessions, Path(tmp))
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        result = measure(args.data.resolve(), model, args.sessions, args.keep.resolve())
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
+            result = measure(args.data.resolve(), model, args.sessions, Path(tmp))
     print(json.dumps(result))
     print(
         f"{result['events']:,} events ({result['sessions']:,} sessions), "

@@ -282,8 +282,9 @@ def rebuild(base: StreamSettings, model: Path, events: list[Event], work: Path) 
         while time.monotonic() < deadline:
             _check_alive([worker])
             held: dict[tuple[str, int], int] = {}
+            layout = keys.Layout(settings.redis_key_prefix, settings.topic_partitions)
             for p in range(settings.topic_partitions):
-                found = store.hgetall(keys.applied_key(p, settings.redis_key_prefix))
+                found = store.hgetall(layout.applied(p))
                 for kind, v in cast(dict[bytes, bytes], found).items():
                     held[(kind.decode(), p)] = int(v)
             if all(held.get(key, -1) >= end for key, end in ends.items()):

@@ -1,11 +1,13 @@
 """The dashboard's keys in Redis: what the worker keeps up to date and the API reads.
 
-Under one hash tag, ``<prefix>:{dash}``: per time bucket of session starts (event time)
-a hash of totals and per-channel figures, ``:m5:<n>`` (5 minutes), ``:h:<n>`` (hours),
-``:d:<n>`` (days) and ``:all``; ``:hot``, the open, unconverted sessions by current
-probability; ``:meta`` (open sessions, stream time); ``:rate:<minute>``, events and
-scores per wall-clock minute; ``:workers``, each worker's status. A session's own
-record is under its hash tag (``contracts.keys.dashboard_session_key``).
+Each input partition keeps its share under its own hash tag (``contracts.keys.Layout.dash``),
+written in the same atomic call as its sessions; the API adds the partitions up. Per
+time bucket of session starts (event time) a hash of totals and per-channel figures,
+``:m5:<n>`` (5 minutes), ``:h:<n>`` (hours), ``:d:<n>`` (days) and ``:all``; ``:hot``, the
+open, unconverted sessions by current probability; ``:meta`` (open sessions, stream
+time); ``:rate:<minute>``, events and scores per wall-clock minute. Under a tag of its
+own, ``:workers``, each worker's status. A session's own figures (its channel, start,
+latest probability) are fields of its session hash.
 """
 
 from __future__ import annotations
@@ -24,17 +26,16 @@ RATE_TTL_S = 2 * 3600
 WORKER_TTL_S = 60
 
 
-def dash_prefix(prefix: str) -> str:
-    """Return the prefix of the dashboard's keys (one hash tag: one Cluster slot)."""
-    return f"{prefix}:{{dash}}"
+def minute(wall_s: float | None = None) -> int:
+    """Return the number of a wall-clock minute (the now's, by default)."""
+    return math.floor((time.time() if wall_s is None else wall_s) / 60)
 
 
-def minute_key(prefix: str, wall_s: float | None = None) -> str:
-    """Return the hash of events and scores in one wall-clock minute."""
-    minute = math.floor((time.time() if wall_s is None else wall_s) / 60)
-    return f"{dash_prefix(prefix)}:rate:{minute}"
+def minute_key(dash: str, number: int) -> str:
+    """Return a partition's hash of events and scores in one wall-clock minute."""
+    return f"{dash}:rate:{number}"
 
 
 def workers_key(prefix: str) -> str:
     """Return the hash of the workers' status: lag, model version, when."""
-    return f"{dash_prefix(prefix)}:workers"
+    return f"{prefix}:{{dash}}:workers"

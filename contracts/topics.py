@@ -7,6 +7,7 @@ OUTCOMES = "conversion.outcomes"
 DEAD_LETTERS = "ga.dead-letters"
 
 ALL_TOPICS: tuple[str, ...] = (SESSIONS, HITS, SCORES, OUTCOMES, DEAD_LETTERS)
+INPUT_TOPICS: tuple[str, ...] = (SESSIONS, HITS)  # keyed by session id, co-partitioned
 
 
 def topic_name(base: str, prefix: str = "") -> str:

@@ -566,10 +566,12 @@ print_env() {
     echo "export SCORER_KAFKA_BOOTSTRAP=$(cluster_bootstrap)"
     echo "export SCORER_REDIS_URL=redis://127.0.0.1:${REDIS_NODES[0]}/0"
     echo "export SCORER_REDIS_CLUSTER=true"
+    echo "export SCORER_TOPIC_REPLICATION=3"
   else
     echo "export SCORER_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT"
     echo "export SCORER_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
     echo "export SCORER_REDIS_CLUSTER=false"
+    echo "export SCORER_TOPIC_REPLICATION=1"
   fi
 }
 

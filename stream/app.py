@@ -83,6 +83,9 @@ def create_app(settings: StreamSettings) -> BatchApp:
         web_enabled=False,
         store="memory://",
         producer_linger_ms=1,
+        # Every in-sync replica has a score before it counts as sent: a broker that
+        # dies takes nothing with it (with min.insync.replicas=2 on a three-node cluster).
+        producer_acks=-1,
         # A batch's scores for one partition fit one record batch: the producer queues
         # one record batch per partition at a time, and a second would wait for the
         # first to be sent.
@@ -404,7 +407,7 @@ class Pipeline:
                 if parked:
                     # Their scores are on Kafka: they are applied for good.
                     await self.processor.forget_pending(
-                        sorted({(r.key or b"").decode() for r in parked})
+                        {(r.key or b"").decode(): r.partition for r in parked}
                     )
 
     def on_revoked(self, revoked: Any) -> None:
@@ -420,7 +423,7 @@ class Pipeline:
 
     async def run_sessions(
         self, batches: list[list[Record]], pending: Pending
-    ) -> tuple[list[str], list[Record]]:
+    ) -> tuple[dict[str, int], list[Record]]:
         """Process a fetch's session batches, then release their sessions to their hits.
 
         As for hits (``run_hits``), the next batch's read is sent before a batch is
@@ -431,7 +434,7 @@ class Pipeline:
         applies and then drops (``forget_pending``) once their scores are on Kafka.
         """
         if not batches:
-            return [], []
+            return {}, []
         proc = self.processor
         run = SessionsRun()
         with self._fatal("a sessions batch"):
@@ -443,9 +446,9 @@ class Pipeline:
                 lambda batch, _: proc.sessions_write(batch),
                 pending,
             )
-            released = list(run.released)
+            released = dict(run.released)
             if not released:
-                return [], []
+                return {}, []
             await self.settle(pending)
             return released, await proc.release(released)
 

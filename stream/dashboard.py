@@ -6,54 +6,63 @@ one bucket for all retained time. Per bucket, a hash holds the totals and, per
 utm_medium, utm_source and utm_campaign value, the sessions (``n``), the sum of their
 session-start probabilities (``pu``, in millionths, the expected conversions: that model
 is calibrated per session, so observed / expected near 1 means a channel converts as the
-model expects) and the observed conversions (``c``). All three are integers, so Redis
-adds them with HINCRBY, much cheaper than HINCRBYFLOAT; buckets written before kept the
-probabilities as a float sum ``p``, which the page still adds in. A bucket takes new
-channel values while its hash has fewer than DASH_BUCKET_FIELDS_MAX fields; later new
-values count together as "(other)", so no stream of made-up values grows it unbounded.
+model expects) and the observed conversions (``c``). All three are integers. A bucket
+takes new channel values while its hash has fewer than DASH_BUCKET_FIELDS_MAX fields;
+later new values count together as "(other)", so no stream of made-up values grows it
+unbounded.
 
-Updates run inside the worker's batch write (the same Lua call, atomic with the
-session state), and each session's dashboard record (``dash`` hash, under the
-session's hash tag) remembers what it contributed: which score it last applied (by a
-sequence that only grows: 0 at the start, the hits applied, hits + 0.5 at the close),
-whether its conversion is counted and whether it is still open. A redelivered batch
-therefore changes nothing.
+Each input partition keeps its own share (``contracts.keys.Layout.dash``), updated in
+the partition's batch write: the same Lua call, atomic with the session state. What a
+session contributed is told by its session hash, in the same call: its start counts
+when the hash takes its ``start`` field (HSETNX), its conversion when it takes ``conv``,
+its close when it takes ``closed``, and a batch of hits applies only if the hash takes
+the first of their score entries. A redelivered batch therefore changes nothing.
 
 Besides: a sorted set of the open, not yet converted sessions by current probability
 (the in-session model's, after every hit; bounded: the hot list), the count of open
-sessions, the stream's event time, events and scores per wall-clock minute, and each
-worker's lag and model version. A hot session's trajectory is not kept here: the page
-reads it from the session's score history, which has every score anyway.
+sessions, the partition's event time, events and scores per wall-clock minute. A hot
+session's trajectory is not kept here: the page reads it from the session's scores.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
 from typing import Any
 
-from contracts.dashboard import DIMENSIONS, HOT_MAX, NONE_VALUE, dash_prefix
+from contracts.dashboard import DIMENSIONS, HOT_MAX, NONE_VALUE, RATE_TTL_S
 from contracts.limits import DASH_BUCKET_FIELDS_MAX, OTHER_VALUE
 
-# Lua, run at the start of APPLY_SCRIPT: functions for the DSTART and DSCORE commands,
-# and flush(), which APPLY_SCRIPT calls last: a batch's hundreds of sessions mostly
-# share their time buckets and channels, so their increments are summed first and
-# each hash field is written once per call.
-# ARGV[2] is MessagePack of [dashboard key prefix, session TTL, hot-set size, TTL of
-# 5-minute, hourly and longer buckets, the fields a bucket takes new channel values
-# up to, the name of the rest].
+# Lua, run at the start of APPLY_SCRIPT: the session commands S (start), H (hits) and C
+# (close) with their dashboard effects, R (events and scores per minute), and flush(),
+# which APPLY_SCRIPT calls last. A batch's sessions mostly share their time buckets and
+# channels, so their increments are summed first and each bucket hash is read and
+# written once per call (HMGET, then HSET of the sums), whatever the number of fields.
+# ARGV[2] is MessagePack of [session TTL, hot-set size, TTL of 5-minute, hourly and
+# longer buckets, the fields a bucket takes new channel values up to, the name of the
+# rest, the TTL of a minute's rates]; ARGV[4], of the dashboard prefixes of the
+# partitions the call writes (commands name them by their place in it).
 LUA = """
 local cfg = cmsgpack.unpack(ARGV[2])
 -- Numbers handed to redis.call go as text: Redis formats a Lua number with snprintf.
-local P, STTL, HOT_MAX = cfg[1], tostring(cfg[2]), cfg[3]
-local TTL = {tostring(cfg[4]), tostring(cfg[5]), tostring(cfg[6]), tostring(cfg[6])}
-local FIELDS_MAX, OTHER = cfg[7], cfg[8]
-local fmt = string.format
+local STTL, HOT_MAX = cfg[1], cfg[2]
+local TTL = {cfg[3], cfg[4], cfg[5], cfg[5]}
+local FIELDS_MAX, OTHER, RATE_TTL = cfg[6], cfg[7], cfg[8]
+local DASH = cmsgpack.unpack(ARGV[4])
+local fmt, floor = string.format, math.floor
 local DIMS = {'utm_medium', 'utm_source', 'utm_campaign'}
--- A call's aggregate increments, summed per hash and field, and the open-count and
--- stream-time changes: written once, by flush(), at the end of the call.
-local sums, touched, ttls, active, now_ms, hot_added = {}, {}, {}, 0, nil, false
+-- A call's aggregate increments, summed per hash and field, and per partition the
+-- open-count and event-time changes and the hot set's additions and removals: written
+-- once, by flush(), at the end of the call.
+local sums, touched, ttls, parts = {}, {}, {}, {}
+local function part(d)
+  local x = parts[d]
+  if not x then
+    x = {active = 0, now = nil, add = {}, rem = {}}
+    parts[d] = x
+  end
+  return x
+end
 local function bump(hash, ttl, field, v)
   local h = sums[hash]
   if not h then
@@ -89,102 +98,158 @@ local function label(hash, k, value)
   names[key] = m
   return m
 end
--- Add a session's figures (stats: name, value, name, value ...) to its buckets: the
--- totals, and per channel value (the daily buckets keep totals only).
-local function add(d, stats)
-  local ms = d[1]
-  local b = {fmt('%s:m5:%d', P, math.floor(ms / 300000)),
-             fmt('%s:h:%d', P, math.floor(ms / 3600000)),
-             fmt('%s:d:%d', P, math.floor(ms / 86400000)), P .. ':all'}
+-- Field names made once per call: stat .. '|' .. dimension .. '|' .. value.
+local fields = {}
+local function field(stat, k, value)
+  local byk = fields[stat]
+  if not byk then byk = {{}, {}, {}}; fields[stat] = byk end
+  local f = byk[k][value]
+  if not f then
+    f = stat .. '|' .. DIMS[k] .. '|' .. value
+    byk[k][value] = f
+  end
+  return f
+end
+local buckets = {}
+local function bucket(P, kind, n)
+  local key = P .. kind .. n
+  local b = buckets[key]
+  if not b then
+    b = fmt('%s:%s:%d', P, kind, n)
+    buckets[key] = b
+  end
+  return b
+end
+-- Add a session's figures (stats: name, value, name, value ...) to its partition's
+-- buckets: the totals, and per channel value (the daily buckets keep totals only).
+local function add(P, ms, channel, stats)
+  local b = {bucket(P, 'm5', floor(ms / 300000)), bucket(P, 'h', floor(ms / 3600000)),
+             bucket(P, 'd', floor(ms / 86400000)), P .. ':all'}
   for j = 1, 4 do
-    for s = 1, #stats, 2 do bump(b[j], TTL[j], stats[s], stats[s + 1]) end
+    local hash, ttl = b[j], TTL[j]
+    for s = 1, #stats, 2 do bump(hash, ttl, stats[s], stats[s + 1]) end
     if j ~= 3 then
       for k = 1, 3 do
-        local name = '|' .. DIMS[k] .. '|' .. label(b[j], k, d[k + 1])
-        for s = 1, #stats, 2 do bump(b[j], TTL[j], stats[s] .. name, stats[s + 1]) end
+        local value = label(hash, k, channel[k])
+        for s = 1, #stats, 2 do bump(hash, ttl, field(stats[s], k, value), stats[s + 1]) end
       end
     end
   end
 end
-local function hot(sid, p)
-  redis.call('ZADD', P .. ':hot', p, sid)
-  hot_added = true
+-- S: a session's row. a[i..]: dashboard index, session id, start probability and
+-- start ms (as text), utm medium, source and campaign, the packed row
+-- (contracts.keys.pack_row), then the hash's other fields and values. Nothing happens
+-- if the hash has a row already.
+local function start(key, a, i, c)
+  if redis.call('HSETNX', key, 'row', a[i + 7]) == 0 then return end
+  redis.call('HSET', key, unpack(a, i + 8, i + c - 1))
+  redis.call('EXPIRE', key, STTL)
+  local x = part(a[i])
+  local ms = tonumber(a[i + 3])
+  add(DASH[a[i]], ms, {a[i + 4], a[i + 5], a[i + 6]},
+      {'n', 1, 'pu', floor(tonumber(a[i + 2]) * 1000000 + 0.5)})
+  x.active = x.active + 1
+  if not x.now or ms > x.now then x.now = ms end
+  x.add[#x.add + 1] = a[i + 2]
+  x.add[#x.add + 1] = a[i + 1]
+end
+-- H: a session's hits. a[i..]: dashboard index, session id, latest probability (text),
+-- converted (1: a hit of the batch converted), hot (1: open and not converted), the
+-- first new score's field and entry, then the hash's other fields and values. Nothing
+-- happens if the hash has that score already (the batch was applied).
+local function hits(key, a, i, c)
+  if redis.call('HSETNX', key, a[i + 5], a[i + 6]) == 0 then return end
+  if c > 7 then redis.call('HSET', key, unpack(a, i + 7, i + c - 1)) end
+  redis.call('EXPIRE', key, STTL)
+  local x = part(a[i])
+  if a[i + 3] == 1 then
+    if redis.call('HSETNX', key, 'conv', '1') == 1 then
+      local row = redis.call('HGET', key, 'row')
+      if row then
+        local r = cmsgpack.unpack(row)
+        add(DASH[a[i]], r[4], r[5], {'c', 1})
+      end
+    end
+    x.rem[#x.rem + 1] = a[i + 1]
+  elseif a[i + 4] == 1 then
+    x.add[#x.add + 1] = a[i + 2]
+    x.add[#x.add + 1] = a[i + 1]
+  end
+end
+-- C: a session's close. a[i..]: dashboard index, session id, then the hash's fields
+-- and values. The first close of a session takes it off the open count.
+local function close(key, a, i, c)
+  local first = redis.call('HSETNX', key, 'closed', '1')
+  redis.call('HSET', key, unpack(a, i + 2, i + c - 1))
+  redis.call('EXPIRE', key, STTL, 'NX')
+  local x = part(a[i])
+  if first == 1 then x.active = x.active - 1 end
+  x.rem[#x.rem + 1] = a[i + 1]
+end
+-- R: events and scores in a wall-clock minute. a[i..]: dashboard index, minute,
+-- events, scores.
+local function rate(a, i)
+  local hash = fmt('%s:rate:%d', DASH[a[i]], a[i + 1])
+  bump(hash, RATE_TTL, 'events', a[i + 2])
+  bump(hash, RATE_TTL, 'scores', a[i + 3])
+end
+local function chunks(command, key, items, step)
+  for j = 1, #items, step do
+    redis.call(command, key, unpack(items, j, math.min(j + step - 1, #items)))
+  end
 end
 local function flush()
   for _, hash in ipairs(touched) do
-    for field, v in pairs(sums[hash]) do
-      redis.call('HINCRBY', hash, field, fmt('%d', v))
+    local h, list = sums[hash], {}
+    for f in pairs(h) do list[#list + 1] = f end
+    for j = 1, #list, 1000 do
+      local names = {unpack(list, j, math.min(j + 999, #list))}
+      local cur = redis.call('HMGET', hash, unpack(names))
+      local args = {}
+      for k, f in ipairs(names) do
+        args[2 * k - 1] = f
+        args[2 * k] = fmt('%d', (tonumber(cur[k]) or 0) + h[f])
+      end
+      redis.call('HSET', hash, unpack(args))
     end
     redis.call('EXPIRE', hash, ttls[hash])
   end
-  local meta = P .. ':meta'
-  if active ~= 0 then
-    redis.call('HINCRBY', meta, 'active', fmt('%d', active))
-  end
-  if now_ms then
-    local now = tonumber(redis.call('HGET', meta, 'now_ms') or '0')
-    if now_ms > now then redis.call('HSET', meta, 'now_ms', now_ms) end
-  end
-  if active ~= 0 or now_ms then redis.call('EXPIRE', meta, TTL[4]) end
-  if hot_added then
-    local key = P .. ':hot'
-    if redis.call('ZCARD', key) > HOT_MAX then
-      redis.call('ZREMRANGEBYRANK', key, 0, -(HOT_MAX + 1))
+  for d, x in pairs(parts) do
+    local P = DASH[d]
+    local meta = P .. ':meta'
+    if x.active ~= 0 then
+      redis.call('HINCRBY', meta, 'active', fmt('%d', x.active))
     end
-    redis.call('EXPIRE', key, TTL[4])
+    if x.now then
+      local now = tonumber(redis.call('HGET', meta, 'now_ms') or '0')
+      if x.now > now then redis.call('HSET', meta, 'now_ms', fmt('%d', x.now)) end
+    end
+    if x.active ~= 0 or x.now then redis.call('EXPIRE', meta, TTL[4]) end
+    local hot = P .. ':hot'
+    if #x.add > 0 then
+      chunks('ZADD', hot, x.add, 1000)
+      if redis.call('ZCARD', hot) > HOT_MAX then
+        redis.call('ZREMRANGEBYRANK', hot, 0, -(HOT_MAX + 1))
+      end
+      redis.call('EXPIRE', hot, TTL[4])
+    end
+    if #x.rem > 0 then chunks('ZREM', hot, x.rem, 1000) end
   end
-end
-local function dstart(key, a, i)
-  if redis.call('EXISTS', key) == 1 then return end
-  local sid, p, ms = a[i], a[i + 1], a[i + 2]  -- probability and start ms as text
-  local pn, msn = tonumber(p), tonumber(ms)
-  redis.call('HSET', key, 'seq', '0', 'p', p, 'ms', ms, 'm', a[i + 3], 's', a[i + 4],
-    'c', a[i + 5], 'dev', a[i + 6], 'city', a[i + 7], 'open', '1', 'hits', '0')
-  redis.call('EXPIRE', key, STTL)
-  local d = {msn, a[i + 3], a[i + 4], a[i + 5]}
-  add(d, {'n', 1, 'pu', math.floor(pn * 1000000 + 0.5)})
-  active = active + 1
-  if not now_ms or msn > now_ms then now_ms = msn end
-  hot(sid, p)
-end
-local function dscore(key, a, i)
-  -- seq, p and hits as text; conv and closed as numbers
-  local sid, seq, p, conv, closed, hits = a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4], a[i + 5]
-  local h = redis.call('HMGET', key, 'seq', 'ms', 'm', 's', 'c', 'conv', 'open')
-  if not h[1] then return end
-  local d = {tonumber(h[2]), h[3], h[4], h[5]}
-  local converted, open = h[6], h[7]
-  if conv == 1 and not converted then
-    converted = '1'
-    redis.call('HSET', key, 'conv', '1')
-    add(d, {'c', 1})
-    redis.call('ZREM', P .. ':hot', sid)
-  end
-  if tonumber(seq) > tonumber(h[1]) then
-    redis.call('HSET', key, 'seq', seq, 'p', p, 'hits', hits)
-    if open and not converted and closed == 0 then hot(sid, p) end
-  end
-  if closed == 1 and open then
-    redis.call('HDEL', key, 'open')
-    active = active - 1
-    redis.call('ZREM', P .. ':hot', sid)
-  end
-  redis.call('EXPIRE', key, STTL)
 end
 """
 
 
-def config(prefix: str, session_ttl_s: int, retention_s: int) -> list[Any]:
-    """Return the dashboard part of APPLY_SCRIPT's arguments."""
+def config(session_ttl_s: int, retention_s: int) -> list[Any]:
+    """Return the dashboard part of APPLY_SCRIPT's arguments (ARGV[2])."""
     return [
-        dash_prefix(prefix),
-        session_ttl_s,
+        str(session_ttl_s),
         HOT_MAX,
-        2 * 3600,
-        2 * 86400,
-        retention_s,
+        str(2 * 3600),
+        str(2 * 86400),
+        str(retention_s),
         DASH_BUCKET_FIELDS_MAX,
         OTHER_VALUE,
+        str(RATE_TTL_S),
     ]
 
 
@@ -195,51 +260,6 @@ def channel_values(row: dict[str, Any]) -> list[str]:
         value = row.get(column)
         out.append(NONE_VALUE if value in (None, "") else str(value).replace("|", "/"))
     return out
-
-
-@dataclass
-class DashStart:
-    """A new session for the dashboard: its start score and where it came from."""
-
-    session_id: str
-    probability: float
-    start_ms: float
-    values: list[str]  # channel_values of its row
-
-
-@dataclass
-class DashScore:
-    """A session's newest score, conversion or close, for the dashboard."""
-
-    session_id: str
-    seq: float  # 0 start, hits applied, hits + 0.5 at the close; -1: no new score
-    probability: float
-    converted: bool = False
-    closed: bool = False
-    hits: int = 0
-
-
-def start_args(d: DashStart) -> list[Any]:
-    """Arguments of one DSTART command (numbers the script stores go as text)."""
-    return [d.session_id, repr(float(d.probability)), _text(d.start_ms), *d.values]
-
-
-def score_args(d: DashScore) -> list[Any]:
-    """Arguments of one DSCORE command (numbers the script stores go as text)."""
-    return [
-        d.session_id,
-        _text(d.seq),
-        repr(float(d.probability)),
-        int(d.converted),
-        int(d.closed),
-        str(int(d.hits)),
-    ]
-
-
-def _text(x: float) -> str:
-    """A number as text: a whole one without its fraction (cheaper than ``repr``)."""
-    x = float(x)
-    return str(int(x)) if x.is_integer() else repr(x)
 
 
 def worker_name() -> str:

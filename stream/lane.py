@@ -63,20 +63,24 @@ class ScriptLane:
         is set on the future of every call still waiting (their replies are lost).
         """
         command = pack([b"EVALSHA", script.sha, len(keys), *keys, *args])
-        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        return (await self._send_packed(command, 1))[0]
+
+    async def _send_packed(self, data: bytes, count: int) -> list[asyncio.Future[Any]]:
+        loop = asyncio.get_running_loop()
+        replies: list[asyncio.Future[Any]] = [loop.create_future() for _ in range(count)]
         async with self._sending:
             if self._conn is None:
                 self._conn = await self.client.connection_pool.get_connection()
             conn = self._conn
-            self._waiting.append(reply)
+            self._waiting.extend(replies)
             try:
-                await conn.send_packed_command(command, check_health=False)
+                await conn.send_packed_command(data, check_health=False)
             except BaseException as exc:
                 self._fail(exc)
                 raise
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.ensure_future(self._read(conn))
-        return reply
+        return replies
 
     async def call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """Send a script call and wait for its reply."""

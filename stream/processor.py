@@ -81,7 +81,8 @@ class Output:
 
     scores: list[tuple[str, bytes]] = field(default_factory=list)  # (session_id, JSON)
     outcomes: list[tuple[str, bytes]] = field(default_factory=list)  # (session_id, JSON)
-    released: list[str] = field(default_factory=list)  # sessions to release after publishing
+    # sessions to release after publishing, each with its partition
+    released: dict[str, int] = field(default_factory=dict)
     dead_letters: list[tuple[str, bytes]] = field(default_factory=list)  # (stage, JSON)
     refusals: collections.Counter[tuple[str, str]] = field(
         default_factory=collections.Counter
@@ -103,6 +104,17 @@ class Output:
 
 def _converted(outcome: bytes | None) -> bool:
     return outcome is not None and b'"outcome":"converted"' in outcome
+
+
+def _counts(records: Sequence[Record]) -> dict[int, int]:
+    """Count records by partition."""
+    return dict(collections.Counter(r.partition for r in records))
+
+
+def _partition(state: SessionState) -> int:
+    """The partition a session's state was read from."""
+    assert state.partition is not None, "a state read from the store has its partition"
+    return state.partition
 
 
 def _failure(exc: BaseException) -> str:
@@ -215,7 +227,7 @@ class SessionsRun:
     """
 
     started: dict[str, bytes] = field(default_factory=dict)  # start score JSON by session
-    released: dict[str, None] = field(default_factory=dict)  # in order, each once
+    released: dict[str, int] = field(default_factory=dict)  # partition by session, in order
 
 
 @dataclass
@@ -225,6 +237,7 @@ class SessionsBatch:
     out: Output
     n_records: int
     parsed: list[tuple[Record, dict[str, Any]]] = field(default_factory=list)
+    counts: dict[int, int] = field(default_factory=dict)  # records by partition
     model: ConversionModel | None = None  # the model that scored it
     vectors: np.ndarray | None = None
     probs: np.ndarray | None = None
@@ -273,7 +286,8 @@ class HitsBatch:
     updates: list[HitWrite] = field(default_factory=list)
     marks: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
     duplicates: list[tuple[str, int]] = field(default_factory=list)
-    events: int = 0
+    counts: dict[int, int] = field(default_factory=dict)  # records by partition
+    events: dict[int, int] = field(default_factory=dict)  # the same, less the parked hits
     failed: bool = False  # a feature or model failure: all dead letters, nothing to store
 
 
@@ -304,7 +318,7 @@ class Processor:
         self.gate = SessionGate()
 
     @contextlib.contextmanager
-    def releasing_sessions(self, sids: Sequence[str]) -> Iterator[None]:
+    def releasing_sessions(self, sids: Collection[str]) -> Iterator[None]:
         """Keep the close sweep off these sessions while their parked hits are applied."""
         self.releasing.update(sids)
         try:
@@ -347,7 +361,7 @@ class Processor:
 
         A feature or model failure makes every row of the batch a dead letter.
         """
-        batch = SessionsBatch(out=Output(), n_records=len(records))
+        batch = SessionsBatch(out=Output(), n_records=len(records), counts=_counts(records))
         parsed = batch.parsed
         for rec in records:
             try:
@@ -394,8 +408,8 @@ class Processor:
     async def sessions_read(self, batch: SessionsBatch) -> SessionsBatch:
         """Send the read of a parsed batch's sessions; ``sessions_compute`` awaits it."""
         if batch.parsed:
-            sids = [row["session_id"] for _, row in batch.parsed]
-            batch.reading = await self.store.send_read(sids, latest=False)
+            where = {row["session_id"]: rec.partition for rec, row in batch.parsed}
+            batch.reading = await self.store.send_read(where, latest=False)
         return batch
 
     async def sessions_compute(self, batch: SessionsBatch, run: SessionsRun) -> SessionsBatch:
@@ -450,12 +464,13 @@ class Processor:
                 out.event_ts_ms.append(rec.timestamp_ms)
         # Rows delivered again: publish the stored start score again, the very same copy
         # (from the run while its batch's write may not have landed, else from Redis).
-        again = [s for s in dict.fromkeys(sids) if s not in writes]
+        where = {sid: rec.partition for sid, (rec, _) in zip(sids, batch.parsed, strict=True)}
+        again = [s for s in where if s not in writes]
         from_redis = [s for s in again if s not in run.started]
         stored = dict(
             zip(
                 from_redis,
-                await self.store.stored_scores([(s, hfield) for s in from_redis]),
+                await self.store.stored_scores([(s, where[s], hfield) for s in from_redis]),
                 strict=True,
             )
         )
@@ -467,8 +482,8 @@ class Processor:
         run.started.update((w.session_id, w.score_json) for w in batch.writes)
         batch.marks = self._raise_marks("sessions", batch.writes)
         batch.computed = True
-        out.released = list(dict.fromkeys(sids))
-        run.released.update(dict.fromkeys(out.released))
+        out.released = where
+        run.released.update(where)
         for sid in out.released:
             self.starting.setdefault(sid, asyncio.Event())
         return batch
@@ -477,9 +492,9 @@ class Processor:
         """Send a computed batch's write to Redis (one atomic call); return what to await."""
         if not batch.computed:
             return asyncio.sleep(0)
-        return await self.store.send_write(batch.writes, [], batch.marks, events=batch.n_records)
+        return await self.store.send_write(batch.writes, [], batch.marks, events=batch.counts)
 
-    async def release(self, sids: list[str]) -> list[Record]:
+    async def release(self, sids: Mapping[str, int]) -> list[Record]:
         """Let hits through for sessions whose start score is on Kafka; return parked hits.
 
         The caller applies the parked hits (``hits``), publishes what they produce and
@@ -503,7 +518,7 @@ class Processor:
             for h in parked
         ]
 
-    async def forget_pending(self, sids: list[str]) -> None:
+    async def forget_pending(self, sids: Mapping[str, int]) -> None:
         """Drop parked hits once they are applied and their scores published."""
         await self.store.forget_pending(sids)
 
@@ -529,11 +544,12 @@ class Processor:
         }
         if not waiting:
             return set()
+        where = {h["session_id"]: rec.partition for rec, h in parsed}
         starting = [self.starting[sid].wait() for sid in waiting if sid in self.starting]
         if starting:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*starting), START_WAIT_S)
-            states.update((await self.store.read(sorted(waiting)))[0])
+            states.update((await self.store.read({s: where[s] for s in sorted(waiting)}))[0])
         candidates = [
             (
                 i,
@@ -552,7 +568,7 @@ class Processor:
         )
         if ready:
             # Their rows arrived while this batch ran: read them and apply the hits.
-            states.update((await self.store.read(ready))[0])
+            states.update((await self.store.read({s: where[s] for s in ready}))[0])
         for (i, _), f in zip(candidates, flags, strict=True):
             if f is None:
                 error = f"session already has {limits.PARKED_HITS_MAX} hits waiting for its row"
@@ -592,7 +608,7 @@ class Processor:
 
     def hits_parse(self, records: list[Record]) -> HitsBatch:
         """Parse a batch of hit records; the bad ones become dead letters."""
-        batch = HitsBatch(out=Output(), n_records=len(records))
+        batch = HitsBatch(out=Output(), n_records=len(records), counts=_counts(records))
         for rec in records:
             try:
                 batch.parsed.append((rec, parse_hit(rec.value)))
@@ -615,7 +631,7 @@ class Processor:
             # A session's latest score goes into the outcome of its conversion: read it
             # only where a hit of the batch is a target.
             batch.reading = await self.store.send_read(
-                [],
+                {h["session_id"]: rec.partition for rec, h in batch.parsed},
                 [(h["session_id"], h["hit_number"]) for _, h in batch.parsed],
                 latest={
                     h["session_id"]
@@ -694,7 +710,7 @@ class Processor:
                 from_redis.append((sid, number))
             copies[(sid, number)] = copy
         stored = await self.store.stored_scores(
-            [(sid, history_field("hit", n)) for sid, n in from_redis]
+            [(sid, _partition(states[sid]), history_field("hit", n)) for sid, n in from_redis]
         )
         copies.update(zip(from_redis, stored, strict=True))
         for sid, number in batch.duplicates:
@@ -746,7 +762,10 @@ class Processor:
         refused = {i for i, row in enumerate(rows) if row is None}
         parked = await self._park(parsed, states, refused, out)
         out.parked = len(parked)
-        batch.events = batch.n_records - out.parked  # a parked hit counts once applied
+        # A parked hit counts once applied.
+        batch.events = dict(batch.counts)
+        for i in parked:
+            batch.events[parsed[i][0].partition] -= 1
         while True:
             walk = _walk_hits(parsed, states, applied, rows, parked | refused)
             failed = await self._score_hits(batch, states, walk)
@@ -800,7 +819,8 @@ class Processor:
         # A conversion's outcome carries the score before it; the read brought it
         # for every session with a target hit, this reads any other.
         unread = [sid for sid in converted_at if not states[sid].has_latest]
-        latest.update(zip(unread, await self.store.latest_scores(unread), strict=True))
+        where = {sid: _partition(states[sid]) for sid in unread}
+        latest.update(zip(unread, await self.store.latest_scores(where), strict=True))
         last: dict[str, list[float]] = {}  # each session's state after its last hit
         writes: dict[str, HitWrite] = {}
         events = Output()
@@ -854,6 +874,7 @@ class Processor:
                     partition=st.partition if st.partition is not None else rec.partition,
                     event_ms=event_ms,
                     closed=st.closed,
+                    converted=st.outcome is not None,
                 )
             if outcome is not None:
                 w.outcome = outcome
@@ -1006,9 +1027,10 @@ class Processor:
         end_field = history_field("session_end", None)
         # Read together: a session's state, and its final score if a crash came between
         # storing and publishing it.
+        where = {sid: p for p, rows in due_by_partition.items() for sid, _ in rows}
         (states, _), copies = await asyncio.gather(
-            self.store.read([sid for sid, _ in due]),
-            self.store.stored_scores([(sid, end_field) for sid, _ in due]),
+            self.store.read({sid: where[sid] for sid, _ in due}),
+            self.store.stored_scores([(sid, where[sid], end_field) for sid, _ in due]),
         )
         stored = {sid: copy for (sid, _), copy in zip(due, copies, strict=True)}
         # A session whose start score is not out yet, or which is being released, is not
@@ -1076,7 +1098,9 @@ class Processor:
                 hits_applied = int(st.state[STATE_INDEX["hits"]])
                 entry = history_entry(p, model.version, last_ms, stamp_ms)
                 closes.append(
-                    CloseWrite(sid, payload, end_field, outcome, float(p), hits_applied, entry)
+                    CloseWrite(
+                        sid, payload, end_field, outcome, float(p), hits_applied, entry, where[sid]
+                    )
                 )
                 out.score(sid, payload, "session_end")
             await self.store.prepare_close(closes)

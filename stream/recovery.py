@@ -6,7 +6,7 @@ replica had not received, an operator's FLUSHALL whatever it flushed. The sessio
 is a function of the input records, so the worker reads them again.
 
 Redis keeps, per input partition, the offset up to which its state reflects the input
-(``contracts.keys.applied_key``), raised in the same script call as the state of the
+(``contracts.keys.Layout.applied``), raised in the same script call as the state of the
 fetch's last batch. Losses in Redis take a suffix of its writes (AOF and replication
 both keep the order of writes), so a Redis that lost writes holds a lower offset, or
 none. The worker checks before it writes anything:

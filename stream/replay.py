@@ -152,7 +152,7 @@ async def send_events(
         **client_options(settings),
         linger_ms=0 if rate > 0 else 10,
         max_batch_size=256 * 1024,
-        acks=1,
+        acks="all",  # on a replicated cluster, an event sent survives its leader
     )
     await producer.start()
     bar = None

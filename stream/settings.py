@@ -19,12 +19,14 @@ class StreamSettings(BaseSettings):
     kafka_ssl_certfile: str | None = None  # client certificate (mutual TLS)
     kafka_ssl_keyfile: str | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False  # redis_url names one node of a Redis Cluster
     model_path: Path = Path("models/Pickled_model.pkl")
     topic_prefix: str = ""
     redis_key_prefix: str = "scorer"
     app_id: str = "sberauto-scorer"
     data_dir: Path = Path(".stack/faust")
     topic_partitions: int = 6
+    topic_replication: int = 1  # replicas of each topic created (3 on a three-node cluster)
     session_ttl_s: int = 6 * 3600
     batch_max: int = 500
     redis_retries: int = 8  # attempts (backoff 0.1 s doubling to 5 s) before the worker exits

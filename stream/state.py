@@ -1,17 +1,22 @@
 """The Redis session store: per-session state, applied hits, parked hits and scores.
 
-Layout (keys from ``contracts.keys``, all with the session TTL):
-- state hash: ``client_id``, ``start`` (ISO start time), ``vec`` (session features as
-  float32 bytes) and ``hs``, the hit-state counters as float64 bytes (states written
-  before it kept one field per counter, ``s:<name>``, still read where it is absent);
-- pending list: hits that arrived before their session row (``ParkedHit``, packed);
-- score key: the latest ScoreEvent JSON; history hash: every score by trigger:hit, in
-  compact form (``contracts.history.history_entry``; the JSON is made again from it).
-  A hit is applied exactly when its score is in the history (one atomic write stores
-  both), so the history also tells which hits a redelivery must not apply again.
+Layout (keys from ``contracts.keys.Layout``, under the hash tag of the session's input
+partition, with the session TTL): one hash per session holds all of it:
+- ``row``, what its row gave, packed (``contracts.keys.pack_row``: start, client id,
+  session features, channel); ``hs``, the hit-state counters as float64 bytes; ``ready``
+  once its start score is published, ``closed`` once closed, ``outcome`` (its
+  OutcomeEvent JSON) and ``conv`` once converted;
+- its scores: ``latest``, the latest ScoreEvent JSON, and one field per score,
+  ``trigger:hit_number``, in compact form (``contracts.history.history_entry``; the JSON
+  is made again from it). A hit is applied exactly when its score is there (one atomic
+  write stores both), so a redelivery knows which hits not to apply again;
+- ``p`` and ``hits``, its latest probability and hits applied, for the dashboard.
+Beside it, a list of the hits that arrived before its row (``ParkedHit``, packed).
 
-Each batch reads with one pipeline and writes with one Lua call (atomic in Redis), so
-a crash leaves either all of a batch's writes or none of them.
+A batch reads with one call and writes with one Lua call per group of partitions:
+all of them on a single Redis, each partition alone on Redis Cluster (its keys share one
+slot). Each call is atomic, so a crash leaves either all of a partition's writes of a
+batch or none of them.
 """
 
 from __future__ import annotations
@@ -24,24 +29,29 @@ from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    MovedError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contracts import keys, limits
-from contracts.dashboard import RATE_TTL_S, minute_key
-from contracts.history import history_field, score_from_history
+from contracts.dashboard import minute
+from contracts.history import score_from_history
 from features.hits import STATE_NAMES, empty_state
 from stream import dashboard
-from stream.dashboard import DashScore, DashStart
 from stream.lane import ScriptLane
+from stream.nodes import NodeLanes, is_moving
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# The counters' fields as states were written before the packed ``hs`` field.
-LEGACY_STATE_FIELDS = [keys.state_field(name) for name in STATE_NAMES]
 HITS = STATE_NAMES.index("hits")
 
 # The fence, run first by every script that writes: ``lost(packed)`` is true when Redis
@@ -60,7 +70,7 @@ end
 """
 
 # Park hits only while their session is not released yet, atomically with that check.
-# KEYS: state and pending key of each hit's session, in pairs, then the fence's keys;
+# KEYS: session and pending key of each hit's session, in pairs, then the fence's keys;
 # ARGV: the TTL, the most hits one session may have parked, the number of pairs, the
 # fence, then one packed hit per pair. Returns 1 for each hit parked, 0 where its
 # session is ready, 2 where its session has the most parked.
@@ -86,19 +96,18 @@ return out
 )
 
 # Release sessions to their hits (their session-start scores are on Kafka) and hand
-# over the hits parked so far; no hit parks after this. KEYS: state and pending key of
-# each session, in pairs, then the fence's keys; ARGV: the TTL, the number of pairs, the
+# over the hits parked so far; no hit parks after this. KEYS: session and pending key
+# of each session, in pairs, then the fence's keys; ARGV: the number of pairs, the
 # fence. A session whose state is not in Redis (it expired, or Redis lost it) is not
 # marked ready: a hit must never find a ready session without its row's fields.
 RELEASE_SCRIPT = (
     FENCE_LUA
     + """
-if lost(ARGV[3]) then return 'LOST' end
+if lost(ARGV[2]) then return 'LOST' end
 local out = {}
-for i = 1, 2 * tonumber(ARGV[2]), 2 do
-  if redis.call('HEXISTS', KEYS[i], 'start') == 1 then
+for i = 1, 2 * tonumber(ARGV[1]), 2 do
+  if redis.call('HEXISTS', KEYS[i], 'row') == 1 then
     redis.call('HSET', KEYS[i], 'ready', '1')
-    redis.call('EXPIRE', KEYS[i], ARGV[1])
     out[#out + 1] = redis.call('LRANGE', KEYS[i + 1], 0, -1)
   else
     out[#out + 1] = {}
@@ -108,14 +117,15 @@ return out
 """
 )
 
-# A batch's writes, atomically, in one call. ARGV[1] is a MessagePack array: a run of
-# commands, each as its name, the index of its key in KEYS, its argument count and its
-# arguments (one packed argument instead of thousands keeps the client's work small).
-# DSTART and DSCORE are the dashboard's own commands (stream/dashboard.py); AMAX field
-# offset raises an applied-offsets field (keys.applied_key) to the offset, never lowers
-# it. ARGV[3], the fence, is MessagePack of [index in KEYS, field, offset] triples: the
-# offsets this worker knows Redis holds. If Redis holds less (it lost writes), nothing
-# is written and the call returns 'LOST'.
+# A batch's writes to a group of partitions, atomically, in one call. ARGV[1] is a
+# MessagePack array: a run of commands, each as its name, the index of its key in KEYS,
+# its argument count and its arguments (one packed argument instead of thousands keeps
+# the client's work small). S, H, C and R are the session and dashboard commands of
+# stream/dashboard.py; AMAX field offset raises an applied-offsets field
+# (``Layout.applied``) to the offset, never lowers it. ARGV[3], the fence, is
+# MessagePack of [index in KEYS, field, offset] triples: the offsets this worker knows
+# Redis holds. If Redis holds less (it lost writes), nothing is written and the call
+# returns 'LOST'.
 APPLY_SCRIPT = (
     dashboard.LUA
     + FENCE_LUA
@@ -124,17 +134,22 @@ if lost(ARGV[3]) then return 'LOST' end
 local ops = cmsgpack.unpack(ARGV[1])
 local i, n = 1, #ops
 while i <= n do
-  local c = ops[i + 2]
-  if ops[i] == 'DSTART' then
-    dstart(KEYS[ops[i + 1]], ops, i + 3)
-  elseif ops[i] == 'DSCORE' then
-    dscore(KEYS[ops[i + 1]], ops, i + 3)
-  elseif ops[i] == 'AMAX' then
-    local key, field, offset = KEYS[ops[i + 1]], ops[i + 3], ops[i + 4]
+  local name, c = ops[i], ops[i + 2]
+  local key = KEYS[ops[i + 1]]
+  if name == 'H' then
+    hits(key, ops, i + 3, c)
+  elseif name == 'S' then
+    start(key, ops, i + 3, c)
+  elseif name == 'C' then
+    close(key, ops, i + 3, c)
+  elseif name == 'R' then
+    rate(ops, i + 3)
+  elseif name == 'AMAX' then
+    local field, offset = ops[i + 3], ops[i + 4]
     local cur = redis.call('HGET', key, field)
     if not cur or tonumber(cur) < tonumber(offset) then redis.call('HSET', key, field, offset) end
   else
-    redis.call(ops[i], KEYS[ops[i + 1]], unpack(ops, i + 3, i + 2 + c))
+    redis.call(name, key, unpack(ops, i + 3, i + 2 + c))
   end
   i = i + 3 + c
 end
@@ -143,62 +158,37 @@ return 1
 """
 )
 
-# A batch's reads in one call. KEYS: state, latest-score and history key of each
-# session; ARGV[1]: MessagePack of [fields to read, history fields of the hits to look
-# up per session, whether to read its latest score per session, the counters' fields of
-# the layout before the packed one]. Returns MessagePack of [fields, latest, the hits'
-# history entries, counters of the earlier layout] per session; false is missing (or
-# the latest score not asked for). A hit is applied exactly when its score is in the
-# history: both are written in one atomic call. The last field read is the packed
-# counters: a state stored without it (it has a start) was written before them, and
-# only then are the older fields read.
+# A batch's reads in one call. KEYS: the session hashes; ARGV[1]: MessagePack of, per
+# session, the fields to read. Returns MessagePack of each session's values, in that
+# order; false is missing.
 READ_SCRIPT = """
-local args = cmsgpack.unpack(ARGV[1])
-local fields, numbers, with_latest, legacy = args[1], args[2], args[3], args[4]
+local fields = cmsgpack.unpack(ARGV[1])
 local out = {}
-for s = 1, #numbers do
-  local k = (s - 1) * 3
-  local row = redis.call('HMGET', KEYS[k + 1], unpack(fields))
-  local latest = false
-  if with_latest[s] then latest = redis.call('GET', KEYS[k + 2]) end
-  local item = {row, latest, {}, false}
-  if #numbers[s] > 0 then
-    item[3] = redis.call('HMGET', KEYS[k + 3], unpack(numbers[s]))
-  end
-  if row[1] and not row[#fields] then
-    item[4] = redis.call('HMGET', KEYS[k + 1], unpack(legacy))
-  end
-  out[s] = item
+for s = 1, #KEYS do
+  out[s] = redis.call('HMGET', KEYS[s], unpack(fields[s]))
 end
 return cmsgpack.pack(out)
 """
 
-# Stored scores, for copies published again. KEYS: history and state key of each score,
-# in pairs; ARGV[1]: MessagePack of the history field of each. Returns MessagePack of
-# [entry, client_id, start] per score, or false where none is stored (most due sessions
-# of a close round): the state's fields are read only where the entry exists.
+# Stored scores, for copies published again. KEYS: the session hash of each score;
+# ARGV[1]: MessagePack of the score's field in each. Returns MessagePack of [entry,
+# packed row] per score, false where the entry is missing.
 STORED_SCRIPT = """
 local names = cmsgpack.unpack(ARGV[1])
 local out = {}
 for i = 1, #names do
-  local entry = redis.call('HGET', KEYS[2 * i - 1], names[i])
-  if entry then
-    local meta = redis.call('HMGET', KEYS[2 * i], 'client_id', 'start')
-    out[i] = {entry, meta[1], meta[2]}
-  else
-    out[i] = false
-  end
+  local row = redis.call('HMGET', KEYS[i], names[i], 'row')
+  if row[1] then out[i] = row else out[i] = false end
 end
 return cmsgpack.pack(out)
 """
 
 # The hash fields a batch reads of each session; the packed counters come last.
-READ_FIELDS = ["start", "ready", "client_id", "vec", "p", "closed", "outcome", keys.HIT_STATE_FIELD]
-_N_META = 7
+READ_FIELDS = [keys.ROW_FIELD, "ready", "closed", "outcome", keys.HIT_STATE_FIELD]
+_N_META = 4
 _EMPTY_STATE: list[float] = empty_state().tolist()  # what a counter is before any hit
 _PACKED_EMPTY = keys.pack_hit_state(_EMPTY_STATE)
 _STATE_BYTES = len(_PACKED_EMPTY)
-_RATE_TTL = str(RATE_TTL_S)
 
 
 @dataclass
@@ -235,9 +225,11 @@ class _Ops:
         self.index: dict[str, int] = {}
         self.argv: list[Any] = []
 
-    def add(self, command: str, key: str, *args: Any) -> None:
-        k = self.index.get(key)
+    def add(self, command: str, key: str | None, *args: Any) -> None:
+        """Add a command on ``key`` (None: a command of the script's own, without one)."""
+        k = 0 if key is None else self.index.get(key)
         if k is None:
+            assert key is not None
             self.keys.append(key)
             k = self.index[key] = len(self.keys)
         self.argv.extend((command, k, len(args)))
@@ -303,6 +295,7 @@ class HitWrite:
     event_ms: float = 0.0  # the latest event time among the batch's hits
     outcome: bytes | None = None  # OutcomeEvent JSON when a hit of the batch converted
     closed: bool = False  # a late hit: the session stays closed
+    converted: bool = False  # converted in an earlier batch: not hot any more
     probability: float = 0.0  # the latest of the batch's scores
     entries: list[bytes] = field(default_factory=list)  # history entries of ``scores``, if any
 
@@ -318,47 +311,82 @@ class CloseWrite:
     probability: float = 0.0
     hits: int = 0  # hits applied before the close
     history: bytes | None = None  # the final score's history entry (None: keep the JSON)
+    partition: int = 0
+
+
+# Sessions by their input partition: session id -> partition.
+Sessions = Mapping[str, int]
 
 
 class RedisStore:
-    """Reads and writes session state in Redis."""
+    """Reads and writes session state in Redis (a single server, or a Redis Cluster)."""
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Any,
         *,
         prefix: str,
         ttl_s: int,
         retries: int,
         dashboard_retention_s: int = 30 * 86400,
+        partitions: int = 6,
+        lanes: NodeLanes | None = None,
     ) -> None:
+        """``lanes``, on Redis Cluster, gives the lane of the master holding a key's slot;
+        then each partition's calls go alone, to its master. Without it, every call
+        goes on one lane of ``client``."""
         self.r = client
         self.prefix = prefix
+        self.layout = keys.Layout(prefix, partitions)
         self.ttl = ttl_s
         # Numbers the scripts hand straight to Redis go as text: a Lua number given to
         # redis.call is formatted with snprintf first, a tenth of Redis's time in a probe.
         self._ttl = str(ttl_s)
         self.retries = retries
         self._dash_cfg = msgpack.packb(
-            dashboard.config(prefix, ttl_s, dashboard_retention_s), use_bin_type=False
+            dashboard.config(ttl_s, dashboard_retention_s), use_bin_type=False
         )
-        self._park = client.register_script(PARK_SCRIPT)
-        self._release = client.register_script(RELEASE_SCRIPT)
-        self._apply = client.register_script(APPLY_SCRIPT)
-        self._read = client.register_script(READ_SCRIPT)
-        self._stored = client.register_script(STORED_SCRIPT)
-        self.lane = ScriptLane(client)
+        self._park = AsyncScript(client, PARK_SCRIPT)
+        self._release = AsyncScript(client, RELEASE_SCRIPT)
+        self._apply = AsyncScript(client, APPLY_SCRIPT)
+        self._stored = AsyncScript(client, STORED_SCRIPT)
+        self._read = AsyncScript(client, READ_SCRIPT)
+        self._lanes = lanes
+        self.lane = ScriptLane(client) if lanes is None else None
         # The fence: the applied offsets this worker knows Redis holds, by (input kind,
         # partition). Every write checks them first (APPLY_SCRIPT) and raises RedisLost
         # where Redis holds less.
         self.expected: dict[tuple[str, int], int] = {}
+        self._recorded = False  # the layout is recorded in Redis (``record_layout``)
+
+    @property
+    def clustered(self) -> bool:
+        """Whether calls go per partition, to the node holding it (Redis Cluster)."""
+        return self._lanes is not None
+
+    def _group(self, partition: int) -> int:
+        """The call a partition's keys go in: its own on Redis Cluster, else one."""
+        return partition if self._lanes is not None else 0
+
+    async def _lane(self, key: str) -> ScriptLane:
+        if self._lanes is None:
+            assert self.lane is not None
+            return self.lane
+        if not self._lanes.ready:
+            await self._lanes.refresh()
+        return self._lanes(key)
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Make a call, again after a connection failure or a cluster's moving slot."""
         delay = 0.1
         for attempt in range(1, self.retries + 1):
             try:
+                if attempt > 1 and self._lanes is not None:
+                    await self._lanes.refresh()
                 return await call()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
                 if attempt == self.retries:
                     raise InfrastructureError(
                         f"redis {what} failed {attempt} times: {exc}"
@@ -368,153 +396,172 @@ class RedisStore:
                 delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
 
-    def _k(self, fn: Callable[[str, str], str], sid: str) -> str:
-        return fn(sid, self.prefix)
+    async def record_layout(self) -> None:
+        """Record the key layout where the API looks for it (``keys.layout_key``).
+
+        Done before the first write: the API finds a session's keys by the partition
+        count recorded here.
+        """
+
+        async def run() -> Any:
+            return await self.r.hset(
+                keys.layout_key(self.prefix),
+                mapping={"version": keys.LAYOUT_VERSION, "partitions": self.layout.partitions},
+            )
+
+        await self._retry("layout", run)
+        self._recorded = True
+
+    def session_key(self, session_id: str, partition: int) -> str:
+        """Return a session's hash."""
+        return self.layout.session(partition, session_id)
 
     async def read(
         self,
-        session_ids: Sequence[str],
+        sessions: Sessions,
         hits: Sequence[tuple[str, int]] = (),
         *,
         latest: bool | Collection[str] = True,
     ) -> tuple[dict[str, SessionState], list[bool]]:
         """Read sessions' state, and which (session, hit_number) pairs are applied.
 
-        One call: HMGET of its state and history, and GET, of each session. ``latest``
-        says whose latest score to read: all, none, or the sessions named; the others'
-        states say ``has_latest=False`` (``latest_scores`` reads them).
+        ``sessions`` maps each session, those of ``hits`` too, to its partition. One call
+        per group of partitions: HMGET of each session's hash. ``latest`` says whose latest
+        score to read: all, none, or the sessions named; the others' states say
+        ``has_latest=False`` (``latest_scores`` reads them).
         """
-        return await (await self.send_read(session_ids, hits, latest=latest))
+        return await (await self.send_read(sessions, hits, latest=latest))
 
     async def send_read(
         self,
-        session_ids: Sequence[str],
+        sessions: Sessions,
         hits: Sequence[tuple[str, int]] = (),
         *,
         latest: bool | Collection[str] = True,
     ) -> Awaitable[tuple[dict[str, SessionState], list[bool]]]:
-        """``read``, returning once the call is sent: await the result for what it read.
+        """``read``, returning once the calls are sent: await the result for what it read.
 
-        Redis runs the lane's calls in the order sent, so the read sees the writes sent
+        Redis runs a lane's calls in the order sent, so the read sees the writes sent
         before it and none sent after it.
         """
-        sids = list(dict.fromkeys([*session_ids, *(sid for sid, _ in hits)]))
         numbers: dict[str, list[int]] = {}
         for sid, n in hits:
             numbers.setdefault(sid, []).append(n)
-        names = [
-            key
-            for sid in sids
-            for key in (
-                self._k(keys.session_key, sid),
-                self._k(keys.latest_score_key, sid),
-                self._k(keys.score_history_key, sid),
-            )
-        ]
-        wanted = [latest if isinstance(latest, bool) else sid in latest for sid in sids]
-        packed = msgpack.packb(
-            [
-                READ_FIELDS,
-                [[history_field("hit", n) for n in numbers.get(sid, ())] for sid in sids],
-                wanted,
-                LEGACY_STATE_FIELDS,
-            ],
-            use_bin_type=False,
-        )
-        replied = await self._send("read", self._read, names, [packed])
+        groups: dict[int, list[str]] = {}
+        for sid, partition in sessions.items():
+            groups.setdefault(self._group(partition), []).append(sid)
+        session = self.layout.session
+        sent = []
+        for sids in groups.values():
+            fields = []
+            for sid in sids:
+                wanted = latest if isinstance(latest, bool) else sid in latest
+                these = [*READ_FIELDS, keys.LATEST_FIELD] if wanted else READ_FIELDS
+                if sid in numbers:
+                    these = [*these, *(f"hit:{n}" for n in numbers[sid])]
+                fields.append(these)
+            names = [session(sessions[sid], sid) for sid in sids]
+            packed = msgpack.packb(fields, use_bin_type=False)
+            sent.append((sids, await self._send("read", self._read, names, [packed])))
 
         async def decoded() -> tuple[dict[str, SessionState], list[bool]]:
-            results = msgpack.unpackb(await replied, raw=True)
-            return self._decode_read(sids, numbers, hits, results, wanted)
+            out: dict[str, SessionState] = {}
+            flags: dict[tuple[str, int], bool] = {}
+            for sids, replied in sent:
+                rows = msgpack.unpackb(await replied, raw=True)
+                self._decode_read(sids, sessions, numbers, rows, latest, out, flags)
+            return out, [flags[pair] for pair in hits]
 
         return decoded()
 
     @staticmethod
     def _decode_read(
         sids: list[str],
+        sessions: Sessions,
         numbers: dict[str, list[int]],
-        hits: Sequence[tuple[str, int]],
-        results: list[Any],
-        wanted: list[bool],
-    ) -> tuple[dict[str, SessionState], list[bool]]:
-        out = {}
-        flags: dict[tuple[str, int], bool] = {}
+        rows: list[Any],
+        latest: bool | Collection[str],
+        out: dict[str, SessionState],
+        flags: dict[tuple[str, int], bool],
+    ) -> None:
         empty = _EMPTY_STATE
-        for sid, (h, latest, found, legacy), has_latest in zip(sids, results, wanted, strict=True):
-            start, ready, client_id, vec, part, closed, outcome = (x or None for x in h[:_N_META])
-            packed = h[_N_META]
+        n_fields = len(READ_FIELDS)
+        for sid, row in zip(sids, rows, strict=True):
+            raw, ready, closed, outcome = (x or None for x in row[:_N_META])
+            stored = None if raw is None else keys.unpack_row(raw)
+            packed = row[_N_META]
             if packed and len(packed) == _STATE_BYTES:
                 state = np.frombuffer(packed, dtype="<f8")  # read-only: states are replaced
             elif packed:
                 state = np.array(keys.unpack_hit_state(packed, empty), dtype=np.float64)
-            elif legacy:
-                state = np.array(keys.legacy_hit_state(legacy, empty), dtype=np.float64)
             else:
                 state = np.array(empty, dtype=np.float64)
+            has_latest = latest if isinstance(latest, bool) else sid in latest
+            at = n_fields + 1 if has_latest else n_fields
             out[sid] = SessionState(
-                known=start is not None,
+                known=stored is not None,
                 ready=ready is not None,
-                client_id=_text(client_id),
-                start=_text(start),
-                vector=None if vec is None else np.frombuffer(vec, dtype=np.float32),
+                client_id=None if stored is None else stored.client_id,
+                start=None if stored is None else stored.start,
+                vector=None if stored is None else np.frombuffer(stored.vector, dtype=np.float32),
                 state=state,
-                partition=None if part is None else int(part),
+                partition=sessions[sid],
                 closed=closed is not None,
-                latest=latest or None,
+                latest=(row[n_fields] or None) if has_latest else None,
                 has_latest=has_latest,
                 outcome=outcome,
             )
-            for n, f in zip(numbers.get(sid, []), found, strict=True):
-                flags[(sid, n)] = f is not False  # its score is in the history
-        return out, [flags[pair] for pair in hits]
+            for n, f in zip(numbers.get(sid, []), row[at:], strict=True):
+                flags[(sid, n)] = f is not False  # its score is stored
 
-    async def latest_scores(self, session_ids: Sequence[str]) -> list[bytes | None]:
+    async def latest_scores(self, sessions: Sessions) -> list[bytes | None]:
         """Return the latest score JSON of each session (None where it has none)."""
-        if not session_ids:
+        if not sessions:
             return []
 
         async def run() -> list[Any]:
             pipe = self.r.pipeline(transaction=False)
-            for sid in session_ids:
-                pipe.get(self._k(keys.latest_score_key, sid))
+            for sid, partition in sessions.items():
+                pipe.hget(self.layout.session(partition, sid), keys.LATEST_FIELD)
             return await pipe.execute()
 
         return await self._retry("latest scores", run)
 
-    async def stored_scores(self, items: Sequence[tuple[str, str]]) -> list[bytes | None]:
-        """Return the stored score JSON for (session, history field) pairs.
+    async def stored_scores(self, items: Sequence[tuple[str, int, str]]) -> list[bytes | None]:
+        """Return the stored score JSON for (session, partition, score field) triples.
 
-        The JSON is made again from the history entry and the session's client id and
-        start, the very bytes published the first time. One script call on the lane,
-        after the writes sent before it.
+        The JSON is made again from the stored entry and the session's client id and
+        start, the very bytes published the first time. One script call per group of
+        partitions, on its lane, after the writes sent before it.
         """
         if not items:
             return []
-        names = [
-            key
-            for sid, _ in items
-            for key in (
-                self._k(keys.score_history_key, sid),
-                self._k(keys.session_key, sid),
-            )
-        ]
-        packed = msgpack.packb([name for _, name in items], use_bin_type=False)
-        found = msgpack.unpackb(
-            await (await self._send("stored scores", self._stored, names, [packed])), raw=True
-        )
+        groups: dict[int, list[int]] = {}
+        for k, (_, partition, _) in enumerate(items):
+            groups.setdefault(self._group(partition), []).append(k)
+        found: list[Any] = [None] * len(items)
+        sent = []
+        for ks in groups.values():
+            names = [self.layout.session(items[k][1], items[k][0]) for k in ks]
+            packed = msgpack.packb([items[k][2] for k in ks], use_bin_type=False)
+            sent.append((ks, await self._send("stored scores", self._stored, names, [packed])))
+        for ks, replied in sent:
+            for k, row in zip(ks, msgpack.unpackb(await replied, raw=True), strict=True):
+                found[k] = row
         out: list[bytes | None] = []
-        for (sid, name), row in zip(items, found, strict=True):
+        for (sid, _, name), row in zip(items, found, strict=True):
             if not row:
                 out.append(None)
                 continue
-            entry, client_id, start = row
-            out.append(
-                score_from_history(sid, _text(client_id or None), _text(start or None), name, entry)
-            )
+            entry, raw = row
+            stored = keys.unpack_row(raw) if raw else None
+            client_id = None if stored is None else stored.client_id
+            start = None if stored is None else stored.start
+            out.append(score_from_history(sid, client_id, start, name, entry))
         return out
 
     async def park(self, hits: Sequence[ParkedHit]) -> list[bool | None]:
-        """Park hits until their session rows arrive, in one call.
+        """Park hits until their session rows arrive, one call per group of partitions.
 
         Returns, for each hit, whether it was parked: False when its session is ready
         by now (its row arrived while the batch ran) and the hit must be applied, None
@@ -522,59 +569,70 @@ class RedisStore:
         """
         if not hits:
             return []
-        names = [
-            key
-            for h in hits
-            for key in (
-                self._k(keys.session_key, h.session_id),
-                self._k(keys.pending_hits_key, h.session_id),
-            )
-        ]
-        fence = self._fence(names)
-        args: list[bytes | int] = [
-            self.ttl,
-            limits.PARKED_HITS_MAX,
-            len(hits),
-            fence,
-            *(h.pack() for h in hits),
-        ]
-
-        async def run() -> Any:
-            return await self._park(keys=names, args=args)
-
-        found = _fenced("park", await self._retry("park", run))
+        groups: dict[int, list[int]] = {}
+        for k, h in enumerate(hits):
+            groups.setdefault(self._group(h.partition), []).append(k)
+        found: list[Any] = [None] * len(hits)
+        for group, ks in groups.items():
+            names = [
+                key
+                for k in ks
+                for key in (
+                    self.layout.session(hits[k].partition, hits[k].session_id),
+                    self.layout.pending(hits[k].partition, hits[k].session_id),
+                )
+            ]
+            fence = self._fence(names, None, group)
+            args: list[bytes | int] = [
+                self.ttl,
+                limits.PARKED_HITS_MAX,
+                len(ks),
+                fence,
+                *(hits[k].pack() for k in ks),
+            ]
+            replied = _fenced("park", await (await self._send("park", self._park, names, args)))
+            for k, flag in zip(ks, replied, strict=True):
+                found[k] = flag
         flags = {0: False, 1: True, 2: None}
         return [flags[int(flag)] for flag in found]
 
-    async def release(self, sids: Sequence[str]) -> list[ParkedHit]:
+    async def release(self, sessions: Sessions) -> list[ParkedHit]:
         """Mark sessions ready for their hits; return the hits parked for them."""
-        if not sids:
+        if not sessions:
             return []
-        names = [
-            key
-            for sid in sids
-            for key in (self._k(keys.session_key, sid), self._k(keys.pending_hits_key, sid))
-        ]
+        groups: dict[int, list[str]] = {}
+        for sid, partition in sessions.items():
+            groups.setdefault(self._group(partition), []).append(sid)
+        out: list[ParkedHit] = []
+        for group, sids in groups.items():
+            names = [
+                key
+                for sid in sids
+                for key in (
+                    self.layout.session(sessions[sid], sid),
+                    self.layout.pending(sessions[sid], sid),
+                )
+            ]
+            fence = self._fence(names, None, group)
+            replied = await (await self._send("release", self._release, names, [len(sids), fence]))
+            results = _fenced("release", replied)
+            out += [
+                ParkedHit.unpack(sid, item)
+                for sid, items in zip(sids, results, strict=True)
+                for item in items
+            ]
+        return out
 
-        fence = self._fence(names)
-
-        async def run() -> Any:
-            return await self._release(keys=names, args=[self.ttl, len(sids), fence])
-
-        results = _fenced("release", await self._retry("release", run))
-        return [
-            ParkedHit.unpack(sid, item)
-            for sid, items in zip(sids, results, strict=True)
-            for item in items
-        ]
-
-    async def forget_pending(self, sids: Sequence[str]) -> None:
+    async def forget_pending(self, sessions: Sessions) -> None:
         """Drop the parked hits of sessions once they are applied."""
-        if not sids:
+        if not sessions:
             return
 
         async def run() -> Any:
-            return await self.r.delete(*[self._k(keys.pending_hits_key, sid) for sid in sids])
+            pipe = self.r.pipeline(transaction=False)
+            for sid, partition in sessions.items():
+                pipe.delete(self.layout.pending(partition, sid))
+            return await pipe.execute()
 
         await self._retry("forget pending", run)
 
@@ -583,7 +641,7 @@ class RedisStore:
         sessions: Sequence[SessionWrite],
         hits: Sequence[HitWrite],
         watermarks: dict[tuple[str, int], tuple[float, float]] | None = None,
-        events: int = 0,
+        events: int | Mapping[int, int] = 0,
         offsets: Offsets | None = None,
     ) -> None:
         """Write a batch's sessions, states, applied hits and scores atomically.
@@ -592,9 +650,10 @@ class RedisStore:
         event time (only ever raised), for the inactivity close; ``watermarks`` maps an
         input kind and partition to its (event time, wall time) high-water marks in ms.
         The dashboard's aggregates move in the same call; ``events`` is the batch's
-        size, for its events per minute. ``offsets`` raises the applied offsets of input
-        partitions (``keys.applied_key``): the state now reflects every record before
-        them. Raises RedisLost, having written nothing, if Redis lost writes.
+        number of records by partition (or all in partition 0), for its events per
+        minute. ``offsets`` raises the applied offsets of input partitions
+        (``Layout.applied``): the state now reflects every record before them. Raises
+        RedisLost, having written nothing, if Redis lost writes.
         """
         await (await self.send_write(sessions, hits, watermarks, events, offsets))
 
@@ -603,123 +662,128 @@ class RedisStore:
         sessions: Sequence[SessionWrite],
         hits: Sequence[HitWrite],
         watermarks: dict[tuple[str, int], tuple[float, float]] | None = None,
-        events: int = 0,
+        events: int | Mapping[int, int] = 0,
         offsets: Offsets | None = None,
     ) -> Awaitable[None]:
-        """``write``, returning once the call is sent: await the result for it to land."""
+        """``write``, returning once the calls are sent: await the result for them to land."""
         if not sessions and not hits and not watermarks and not events and not offsets:
             return asyncio.sleep(0)
-
-        ops = _Ops()
-        scores = 0
-        ttl = self._ttl
+        if not self._recorded:
+            await self.record_layout()
+        batch = _Batch(self)
+        layout = self.layout
+        opened: dict[int, list[Any]] = {}
+        scores: dict[int, int] = {}
         for s in sessions:
-            state_key = self._k(keys.session_key, s.session_id)
-            fields: list[Any] = [
-                "start",
+            part = s.partition
+            ops, d = batch.ops(part)
+            values = s.channel or [NO_CHANNEL] * 5
+            entry = s.history if s.history is not None else s.score_json
+            row = keys.StoredRow(
                 s.start,
-                "vec",
+                s.client_id,
                 s.vector.astype(np.float32).tobytes(),
-                "p",
-                str(s.partition),
+                s.event_ms,
+                tuple(values),
+            )
+            probability = repr(float(s.probability))
+            ops.add(
+                "S",
+                layout.session(part, s.session_id),
+                d,
+                s.session_id,
+                probability,
+                _num(s.event_ms),
+                *values[:3],
+                keys.pack_row(row),
                 keys.HIT_STATE_FIELD,
                 _PACKED_EMPTY,
-            ]
-            if s.client_id is not None:
-                fields += ["client_id", s.client_id]
-            ops.add("HSET", state_key, *fields)
-            ops.add("EXPIRE", state_key, ttl)
-            self._score(ops, s.session_id, [(s.history_field, s.score_json)], _one(s.history))
-            ops.add(
-                "ZADD",
-                keys.open_sessions_key(s.partition, self.prefix),
-                "GT",
-                repr(s.event_ms),
-                s.session_id,
+                s.history_field,
+                entry,
+                keys.LATEST_FIELD,
+                s.score_json,
+                "p",
+                probability,
+                "hits",
+                "0",
             )
-            if s.channel is not None:
-                start = DashStart(s.session_id, s.probability, s.event_ms, s.channel)
-                self._dash(ops, "DSTART", s.session_id, dashboard.start_args(start))
-            scores += 1
+            opened.setdefault(part, []).extend((repr(s.event_ms), s.session_id))
+            scores[part] = scores.get(part, 0) + 1
         for h in hits:
-            state_key = self._k(keys.session_key, h.session_id)
-            mapping: list[Any] = [keys.HIT_STATE_FIELD, keys.pack_hit_state(h.state.tolist())]
+            part = h.partition
+            ops, d = batch.ops(part)
+            if not h.scores:
+                key = layout.session(part, h.session_id)
+                ops.add("HSET", key, keys.HIT_STATE_FIELD, keys.pack_hit_state(h.state.tolist()))
+                ops.add("EXPIRE", key, self._ttl)
+                continue
+            entries = h.entries or [json for _, json in h.scores]
+            names = [name for name, _ in h.scores]
+            fields = [keys.HIT_STATE_FIELD, keys.pack_hit_state(h.state.tolist())]
+            for name, entry in zip(names[1:], entries[1:], strict=True):
+                fields += [name, entry]
+            fields += [
+                keys.LATEST_FIELD,
+                h.scores[-1][1],
+                "p",
+                repr(float(h.probability)),
+                "hits",
+                str(int(h.state[HITS])),
+            ]
             if h.outcome is not None:
-                mapping += ["outcome", h.outcome]
-            ops.add("HSET", state_key, *mapping)
-            ops.add("EXPIRE", state_key, ttl)
-            self._score(ops, h.session_id, h.scores, h.entries)
-            scores += len(h.scores)
-            if h.scores:
-                seen = int(h.state[HITS])
-                update = DashScore(
-                    h.session_id,
-                    seq=float(seen),
-                    probability=h.probability,
-                    converted=h.outcome is not None,
-                    hits=seen,
-                )
-                self._dash(ops, "DSCORE", h.session_id, dashboard.score_args(update))
+                fields += ["outcome", h.outcome]
+            hot = not h.closed and not h.converted and h.outcome is None
+            ops.add(
+                "H",
+                layout.session(part, h.session_id),
+                d,
+                h.session_id,
+                repr(float(h.probability)),
+                int(h.outcome is not None),
+                int(hot),
+                names[0],
+                entries[0],
+                *fields,
+            )
+            scores[part] = scores.get(part, 0) + len(h.scores)
             if not h.closed:
-                ops.add(
-                    "ZADD",
-                    keys.open_sessions_key(h.partition, self.prefix),
-                    "GT",
-                    repr(h.event_ms),
-                    h.session_id,
-                )
-        for (kind, partition), (event_ms, wall_ms) in (watermarks or {}).items():
+                opened.setdefault(part, []).extend((repr(h.event_ms), h.session_id))
+        for part, members in opened.items():
+            ops, _ = batch.ops(part)
+            ops.add("ZADD", layout.open_sessions(part), "GT", *members)
+        for (kind, part), (event_ms, wall_ms) in (watermarks or {}).items():
+            ops, _ = batch.ops(part)
             ops.add(
                 "HSET",
-                keys.watermark_key(partition, self.prefix),
+                layout.watermark(part),
                 f"{kind}_event_ms",
                 repr(event_ms),
                 f"{kind}_wall_ms",
                 repr(wall_ms),
             )
-        if events or scores:
-            rate = minute_key(self.prefix)
-            ops.add("HINCRBY", rate, "events", str(events))
-            ops.add("HINCRBY", rate, "scores", str(scores))
-            ops.add("EXPIRE", rate, _RATE_TTL)
-        for (kind, partition), offset in (offsets or {}).items():
-            ops.add("AMAX", keys.applied_key(partition, self.prefix), kind, str(offset))
-        return await self._send_ops("write", ops, offsets)
+        counts = {0: events} if isinstance(events, int) else dict(events)
+        now = minute()
+        for part in set(counts) | set(scores):
+            n_events, n_scores = counts.get(part, 0), scores.get(part, 0)
+            if n_events or n_scores:
+                ops, d = batch.ops(part)
+                ops.add("R", None, d, now, n_events, n_scores)
+        for (kind, part), offset in (offsets or {}).items():
+            ops, _ = batch.ops(part)
+            ops.add("AMAX", layout.applied(part), kind, str(offset))
+        return await batch.send("write", offsets)
 
-    async def _run_ops(self, what: str, ops: _Ops) -> None:
-        await (await self._send_ops(what, ops))
-
-    async def _send_ops(
-        self, what: str, ops: _Ops, offsets: Offsets | None = None
-    ) -> Awaitable[None]:
-        """Send a batch's writes now; return what to await for them to have landed.
-
-        The call carries the fence (``expected``); once it has landed, the offsets it
-        raised are what this worker knows Redis holds.
-        """
-        args = [
-            msgpack.packb(ops.argv, use_bin_type=False),
-            self._dash_cfg,
-            self._fence(ops.keys, ops.index),
-        ]
-        replied = await self._send(what, self._apply, ops.keys, args)
-
-        async def landed() -> None:
-            _fenced(what, await replied)
-            for key, offset in (offsets or {}).items():
-                if offset > self.expected.get(key, -1):
-                    self.expected[key] = offset
-
-        return landed()
-
-    def _fence(self, names: list[str], index: dict[str, int] | None = None) -> bytes:
+    def _fence(self, names: list[str], index: dict[str, int] | None, group: int) -> bytes:
         """Return the fence argument of a script call, adding its keys to ``names``.
 
-        ``index`` maps the keys already in ``names`` to their place (1-based), if known.
+        ``index`` maps the keys already in ``names`` to their place (1-based), if known;
+        only the partitions of ``group`` are fenced.
         """
         fence = []
         for (kind, partition), offset in self.expected.items():
-            key = keys.applied_key(partition, self.prefix)
+            if self._group(partition) != group:
+                continue
+            key = self.layout.applied(partition)
             k = None if index is None else index.get(key)
             if k is None:
                 names.append(key)
@@ -736,7 +800,7 @@ class RedisStore:
         async def run() -> Any:
             pipe = self.r.pipeline(transaction=False)
             for partition in order:
-                pipe.hmget(keys.applied_key(partition, self.prefix), ["sessions", "hits"])
+                pipe.hmget(self.layout.applied(partition), ["sessions", "hits"])
             return await pipe.execute()
 
         found = await self._retry("applied offsets", run) if order else []
@@ -749,33 +813,36 @@ class RedisStore:
     async def _send(
         self, what: str, script: AsyncScript, names: list[str], args: list[Any]
     ) -> Awaitable[Any]:
-        """Send a script call on the lane now; return what to await for its reply.
+        """Send a script call on its lane now; return what to await for its reply.
 
         If the connection fails before the reply, the call is made again (with the
         retries of ``_retry``): the store's scripts are idempotent.
         """
+        key = names[0] if names else ""
+        lane = await self._lane(key)
 
         async def run() -> Any:
-            return await self.lane.call(script, names, args)
+            return await (await self._lane(key)).call(script, names, args)
 
         try:
-            sent: asyncio.Future[Any] | None = await self.lane.send(script, names, args)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            sent: asyncio.Future[Any] | None = await lane.send(script, names, args)
+        except Exception as exc:
+            if not _transient(exc):
+                raise
             log.warning("redis %s failed (%s); retrying", what, exc)
             sent = None
 
         async def replied() -> Any:
             if sent is not None:
                 try:
-                    return await self.lane.reply(script, sent, names, args)
-                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    return await lane.reply(script, sent, names, args)
+                except Exception as exc:
+                    if not _transient(exc):
+                        raise
                     log.warning("redis %s failed (%s); retrying", what, exc)
             return await self._retry(what, run)
 
         return replied()
-
-    def _dash(self, ops: _Ops, command: str, sid: str, args: list[Any]) -> None:
-        ops.add(command, keys.dashboard_session_key(sid, self.prefix), *args)
 
     async def watermarks(
         self, partitions: Sequence[int]
@@ -785,7 +852,7 @@ class RedisStore:
         async def run() -> Any:
             pipe = self.r.pipeline(transaction=False)
             for partition in partitions:
-                pipe.hgetall(keys.watermark_key(partition, self.prefix))
+                pipe.hgetall(self.layout.watermark(partition))
             return await pipe.execute()
 
         found = await self._retry("watermarks", run) if partitions else []
@@ -812,7 +879,7 @@ class RedisStore:
             pipe = self.r.pipeline(transaction=False)
             for partition in order:
                 pipe.zrangebyscore(
-                    keys.open_sessions_key(partition, self.prefix),
+                    self.layout.open_sessions(partition),
                     "-inf",
                     upto_ms[partition],
                     start=0,
@@ -836,7 +903,7 @@ class RedisStore:
         async def run() -> Any:
             pipe = self.r.pipeline(transaction=False)
             for partition in partitions:
-                pipe.zcard(keys.open_sessions_key(partition, self.prefix))
+                pipe.zcard(self.layout.open_sessions(partition))
             return await pipe.execute()
 
         return sum(int(n) for n in await self._retry("open count", run)) if partitions else 0
@@ -851,56 +918,106 @@ class RedisStore:
         """
         if not closes:
             return
-        ops = _Ops()
+        batch = _Batch(self)
+        scores: dict[int, int] = {}
         for c in closes:
-            state_key = self._k(keys.session_key, c.session_id)
-            ops.add("HSET", state_key, "closed", "1")
-            self._score(ops, c.session_id, [(c.history_field, c.score_json)], _one(c.history))
+            ops, d = batch.ops(c.partition)
+            entry = c.history if c.history is not None else c.score_json
+            fields: list[Any] = [
+                c.history_field,
+                entry,
+                keys.LATEST_FIELD,
+                c.score_json,
+                "p",
+                repr(float(c.probability)),
+                "hits",
+                str(int(c.hits)),
+            ]
             if c.outcome is not None:
-                ops.add("HSET", state_key, "outcome", c.outcome)
-            # A state that expired since the sweep read it comes back as these fields
-            # alone: give it the TTL too (NX leaves a live state's TTL as it is).
-            ops.add("EXPIRE", state_key, self._ttl, "NX")
-            # Its final score and its close, in one dashboard update.
-            final = DashScore(
-                c.session_id, seq=c.hits + 0.5, probability=c.probability, hits=c.hits, closed=True
-            )
-            self._dash(ops, "DSCORE", c.session_id, dashboard.score_args(final))
-        rate = minute_key(self.prefix)
-        ops.add("HINCRBY", rate, "scores", str(len(closes)))
-        ops.add("EXPIRE", rate, _RATE_TTL)
-        await self._run_ops("prepare close", ops)
+                fields += ["outcome", c.outcome]
+            ops.add("C", self.layout.session(c.partition, c.session_id), d, c.session_id, *fields)
+            scores[c.partition] = scores.get(c.partition, 0) + 1
+        now = minute()
+        for part, n in scores.items():
+            ops, d = batch.ops(part)
+            ops.add("R", None, d, now, 0, n)
+        await (await batch.send("prepare close"))
 
     async def finish_close(self, closed: Mapping[int, Sequence[str]]) -> None:
         """Take closed sessions out of their partitions' open sets.
 
         (The dashboard counted them closed in ``prepare_close``, with their final score.)
         """
-        ops = _Ops()
+        batch = _Batch(self)
         for partition, sids in closed.items():
             if sids:
-                ops.add("ZREM", keys.open_sessions_key(partition, self.prefix), *sids)
-        if ops.keys:
-            await self._run_ops("finish close", ops)
+                ops, _ = batch.ops(partition)
+                ops.add("ZREM", self.layout.open_sessions(partition), *sids)
+        await (await batch.send("finish close"))
 
-    def _score(
-        self, ops: _Ops, sid: str, scores: list[tuple[str, bytes]], entries: Sequence[bytes]
-    ) -> None:
-        """Keep scores: their history entries (their JSON where none) and the latest JSON."""
-        if not scores:
-            return
-        history = self._k(keys.score_history_key, sid)
-        latest = self._k(keys.latest_score_key, sid)
-        flat: list[Any]
-        if entries:
-            flat = [
-                x for (name, _), entry in zip(scores, entries, strict=True) for x in (name, entry)
+
+NO_CHANNEL = "(none)"
+
+
+class _Batch:
+    """A write's commands, by the call they go in (see ``RedisStore._group``)."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.groups: dict[int, tuple[_Ops, list[str]]] = {}
+
+    def ops(self, partition: int) -> tuple[_Ops, int]:
+        """Return the commands of a partition's call and its dashboard's place in it."""
+        group = self.store._group(partition)
+        found = self.groups.get(group)
+        if found is None:
+            found = self.groups[group] = (_Ops(), [])
+        ops, dashes = found
+        dash = self.store.layout.dash(partition)
+        if dash not in dashes:
+            dashes.append(dash)
+        return ops, dashes.index(dash) + 1
+
+    async def send(self, what: str, offsets: Offsets | None = None) -> Awaitable[None]:
+        """Send every group's call now; return what to await for all to have landed.
+
+        Each call carries the fence of its partitions (``expected``); once they have
+        landed, the offsets raised are what this worker knows Redis holds.
+        """
+        store = self.store
+        replies = []
+        for group, (ops, dashes) in self.groups.items():
+            if not ops.argv:
+                continue
+            names = ops.keys
+            if not names:  # a call without keys of its own: give it one of its slot
+                names.append(dashes[0] + ":meta")
+            args = [
+                msgpack.packb(ops.argv, use_bin_type=False),
+                store._dash_cfg,
+                store._fence(names, ops.index, group),
+                msgpack.packb(dashes, use_bin_type=False),
             ]
-        else:
-            flat = [x for pair in scores for x in pair]
-        ops.add("HSET", history, *flat)
-        ops.add("EXPIRE", history, self._ttl)
-        ops.add("SET", latest, scores[-1][1], "EX", self._ttl)
+            replies.append(await store._send(what, store._apply, names, args))
+
+        async def landed() -> None:
+            for replied in replies:
+                _fenced(what, await replied)
+            for key, offset in (offsets or {}).items():
+                if offset > store.expected.get(key, -1):
+                    store.expected[key] = offset
+
+        return landed()
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a failed call may succeed if made again: the connection broke, or a
+    cluster's slot is moving (a failover under way)."""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+        return True
+    if isinstance(exc, ClusterError | ClusterDownError | TryAgainError | AskError | MovedError):
+        return True
+    return isinstance(exc, ResponseError) and is_moving(exc)
 
 
 def _fenced(what: str, reply: T) -> T:
@@ -910,8 +1027,10 @@ def _fenced(what: str, reply: T) -> T:
     return reply
 
 
-def _one(entry: bytes | None) -> list[bytes]:
-    return [] if entry is None else [entry]
+def _num(x: float) -> str:
+    """A number as text: a whole one without its fraction (cheaper than ``repr``)."""
+    x = float(x)
+    return str(int(x)) if x.is_integer() else repr(x)
 
 
 def _text(value: bytes | None) -> str | None:

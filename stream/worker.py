@@ -7,13 +7,13 @@ import gc
 import logging
 
 import faust
-import redis.asyncio as aioredis
 
 from artifact import load_model
 from contracts import topics
 from stream.admin import ensure_topics
 from stream.app import attach_pipeline, create_app
 from stream.metrics import WorkerMetrics
+from stream.nodes import connect
 from stream.processor import Processor
 from stream.settings import StreamSettings
 from stream.state import RedisStore
@@ -44,16 +44,16 @@ def settle_gc() -> None:
 def run_worker(settings: StreamSettings) -> int:
     """Load the model, connect to Redis and run the Faust worker until stopped."""
     model = load_model(settings.model_path)
-    asyncio.run(ensure_topics(settings))
-    client = aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0
-    )
+    partitions = asyncio.run(ensure_topics(settings))
+    client, lanes = connect(settings.redis_url, cluster=settings.redis_cluster)
     store = RedisStore(
         client,
         prefix=settings.redis_key_prefix,
         ttl_s=settings.session_ttl_s,
         retries=settings.redis_retries,
         dashboard_retention_s=settings.dashboard_retention_s,
+        partitions=partitions,
+        lanes=lanes,
     )
     app = create_app(settings)
     metrics = WorkerMetrics()

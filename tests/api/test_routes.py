@@ -2,6 +2,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from fakes import START, hit_state, row
 from fastapi.testclient import TestClient
 
 from api.main import create_app
@@ -11,6 +12,7 @@ from artifact import load_model
 from contracts import keys
 from contracts.history import history_entry
 from contracts.scores import score_id
+from features.hits import STATE_NAMES, empty_state
 
 
 def test_predict_scores_through_the_shared_feature_code(client, model_path) -> None:
@@ -128,19 +130,26 @@ def test_an_oversized_batch_is_refused(client) -> None:
     assert "rows" in r.json()["detail"]
 
 
+def _event(sid: str, probability: float = 0.12, hit: int | None = 3) -> bytes:
+    """A latest score as the worker stores it: ScoreEvent JSON."""
+    return json.dumps(
+        {
+            "score_id": "x",
+            "session_id": sid,
+            "client_id": "1.2",
+            "probability": probability,
+            "model_version": "v1",
+            "trigger": "hit",
+            "hit_number": hit,
+            "event_time": "2021-11-24T14:36:32+03:00",
+            "scored_at": datetime.now(UTC).isoformat(),
+        }
+    ).encode()
+
+
 def test_latest_score_comes_from_redis(client, fake_redis) -> None:
-    event = {
-        "score_id": "x",
-        "session_id": "abc",
-        "client_id": "1.2",
-        "probability": 0.12,
-        "model_version": "v1",
-        "trigger": "hit",
-        "hit_number": 3,
-        "event_time": "2021-11-24T14:36:32+03:00",
-        "scored_at": datetime.now(UTC).isoformat(),
-    }
-    fake_redis.data[keys.latest_score_key("abc")] = json.dumps(event).encode()
+    layout = fake_redis.record_layout(4)
+    fake_redis.store_session(layout, "abc", {"row": row(), keys.LATEST_FIELD: _event("abc")})
     r = client.get("/sessions/abc/score")
     assert r.status_code == 200
     body = r.json()
@@ -149,10 +158,78 @@ def test_latest_score_comes_from_redis(client, fake_redis) -> None:
     assert 0 <= body["age_s"] < 60
 
 
-def test_unknown_session_is_a_404(client) -> None:
+def test_a_session_is_looked_for_on_its_own_partition_first(client, fake_redis) -> None:
+    layout = fake_redis.record_layout(8)
+    part = fake_redis.store_session(layout, "abc", {keys.LATEST_FIELD: _event("abc")})
+    assert client.get("/sessions/abc/score").status_code == 200
+    looked = [c for c in fake_redis.calls if c[1] != keys.layout_key()]
+    assert looked == [("hget", layout.session(part, "abc"))]  # one read, none elsewhere
+
+
+def test_latest_score_of_a_session_on_another_partition_is_found(client, fake_redis) -> None:
+    # A producer that partitions otherwise than Kafka's default: the session's hash is
+    # on another partition than its id gives; every partition is looked at.
+    layout = fake_redis.record_layout(4)
+    elsewhere = (layout.partition_of("abc") + 1) % 4
+    event = _event("abc", probability=0.33)
+    fake_redis.store_session(layout, "abc", {keys.LATEST_FIELD: event}, partition=elsewhere)
+    r = client.get("/sessions/abc/score")
+    assert r.status_code == 200, r.text
+    assert r.json()["probability"] == 0.33
+
+
+def test_unknown_session_is_a_404(client, fake_redis) -> None:
+    fake_redis.record_layout(4)
     r = client.get("/sessions/nope/score")
     assert r.status_code == 404
     assert "nope" in r.json()["detail"]
+
+
+def _stored_everywhere(fake_redis, layout: keys.Layout, sid: str) -> None:
+    """A whole session on every partition of a layout, with a parked hit each."""
+    for p in range(layout.partitions):
+        fake_redis.store_session(
+            layout,
+            sid,
+            {
+                "row": row(),
+                "ready": "1",
+                keys.LATEST_FIELD: _event(sid),
+                "session_start:": history_entry(0.1, "v1", True, 0),
+            },
+            partition=p,
+        )
+        fake_redis.lists[layout.pending(p, sid)] = [b"{}"]
+
+
+@pytest.mark.parametrize("path", ["/sessions/abc/score", "/sessions/abc"])
+def test_without_a_recorded_layout_a_session_is_a_404(client, fake_redis, path) -> None:
+    _stored_everywhere(fake_redis, keys.Layout(keys.KEY_PREFIX, 4), "abc")
+    r = client.get(path)
+    assert r.status_code == 404
+    assert "abc" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/sessions/abc/score", "/sessions/abc"])
+def test_a_layout_of_another_version_is_not_read(client, fake_redis, path) -> None:
+    layout = fake_redis.record_layout(4, version=keys.LAYOUT_VERSION + 1)
+    _stored_everywhere(fake_redis, layout, "abc")
+    assert client.get(path).status_code == 404
+
+
+def test_the_layout_and_sessions_are_read_under_the_configured_prefix(
+    model_path, fake_redis
+) -> None:
+    theirs = fake_redis.record_layout(4)  # another deployment's, under the default prefix
+    _stored_everywhere(fake_redis, theirs, "abc")
+    app = create_app(ApiSettings(model_path=model_path, redis_key_prefix="acme"), redis=fake_redis)
+    with TestClient(app) as c:
+        assert c.get("/sessions/abc/score").status_code == 404
+        ours = fake_redis.record_layout(3, prefix="acme")
+        fake_redis.store_session(ours, "abc", {keys.LATEST_FIELD: _event("abc", 0.5)})
+        r = c.get("/sessions/abc/score")
+        assert r.status_code == 200, r.text
+        assert r.json()["probability"] == 0.5
 
 
 def test_model_card_and_health_carry_the_version(client, model_path) -> None:
@@ -197,61 +274,93 @@ def _score(sid: str, trigger: str, hit: int | None, p: float) -> bytes:
 def test_session_state_shows_counters_and_bounded_history(client, fake_redis) -> None:
     from api.routes import HISTORY_LIMIT
 
+    layout = fake_redis.record_layout(4)
     sid = "s1"
-    fake_redis.hashes[keys.session_key(sid)] = {
-        b"client_id": b"1.2",
-        b"start": b"2021-11-24T14:36:32+03:00",
-        b"ready": b"1",
-        b"vec": b"\x00" * 8,
-        keys.state_field("hits").encode(): b"60.0",
-        keys.state_field("card_views").encode(): b"7.0",
+    fields: dict[str, bytes | str] = {
+        "row": row(client_id="1.2"),
+        "ready": "1",
+        keys.HIT_STATE_FIELD: hit_state(hits=60.0, card_views=7.0),
+        # The session hash's other fields are not scores.
+        keys.LATEST_FIELD: _score(sid, "hit", 60, 0.6),
+        "p": "0.6",
+        "hits": "60",
+        "session_start:": _score(sid, "session_start", None, 0.02),
     }
-    history = {b"session_start:0": _score(sid, "session_start", None, 0.02)}
     for k in range(1, 61):
-        history[f"hit:{k}".encode()] = _score(sid, "hit", k, k / 100)
-    fake_redis.hashes[keys.score_history_key(sid)] = history
+        fields[f"hit:{k}"] = _score(sid, "hit", k, k / 100)
+    fake_redis.store_session(layout, sid, fields)
     r = client.get(f"/sessions/{sid}")
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["client_id"] == "1.2" and body["ready"] is True
+    assert body["ready"] is True
     assert body["hits_applied"] == 60 and body["pending_hits"] == 0
     assert body["state"]["card_views"] == 7.0
     assert body["state"]["max_hit_time_ms"] == -1.0  # never written: the empty state's value
     assert body["scores_total"] == 61
     assert len(body["scores"]) == HISTORY_LIMIT
     assert [s["hit_number"] for s in body["scores"]] == list(range(11, 61))
+    # Its client id and start are what its packed row gave.
+    assert (body["client_id"], body["start"]) == ("1.2", START)
 
 
 def test_session_state_reads_the_packed_counters(client, fake_redis) -> None:
-    from features.hits import STATE_INDEX, empty_state
-
-    state = empty_state()
-    state[STATE_INDEX["hits"]] = 4.0
-    state[STATE_INDEX["photo_views"]] = 2.0
+    layout = fake_redis.record_layout(4)
     sid = "packed"
-    fake_redis.hashes[keys.session_key(sid)] = {
-        b"start": b"2021-11-24T14:36:32+03:00",
-        keys.HIT_STATE_FIELD.encode(): keys.pack_hit_state(state.tolist()),
-        keys.state_field("hits").encode(): b"1.0",  # stale: the packed field wins
-    }
-    fake_redis.hashes[keys.score_history_key(sid)] = {
-        b"session_start:": _score(sid, "session_start", None, 0.02)
-    }
+    fake_redis.store_session(
+        layout,
+        sid,
+        {
+            "row": row(),
+            keys.HIT_STATE_FIELD: hit_state(hits=4.0, photo_views=2.0, max_hit_time_ms=900.0),
+            "session_start:": _score(sid, "session_start", None, 0.02),
+        },
+    )
     body = client.get(f"/sessions/{sid}").json()
     assert body["state"]["hits"] == 4.0 and body["state"]["photo_views"] == 2.0
-    assert body["state"]["max_hit_time_ms"] == -1.0
+    assert body["state"]["max_hit_time_ms"] == 900.0
+    assert body["state"]["card_views"] == 0.0
+
+
+def test_counters_stored_before_a_counter_was_added_read_it_empty(client, fake_redis) -> None:
+    layout = fake_redis.record_layout(4)
+    sid = "older"
+    last = STATE_NAMES[-1]
+    stored = hit_state(hits=3.0, **{last: 5.0})[:-8]  # a vector one counter shorter
+    fake_redis.store_session(layout, sid, {"row": row(), keys.HIT_STATE_FIELD: stored})
+    body = client.get(f"/sessions/{sid}").json()
+    assert body["state"]["hits"] == 3.0
+    assert body["state"][last] == empty_state()[-1]
+
+
+def test_a_session_without_counters_shows_the_empty_state(client, fake_redis) -> None:
+    layout = fake_redis.record_layout(4)
+    fake_redis.store_session(layout, "fresh", {"row": row()})
+    body = client.get("/sessions/fresh").json()
+    assert body["state"] == dict(zip(STATE_NAMES, empty_state().tolist(), strict=True))
+    assert body["ready"] is False and body["hits_applied"] == 0 and body["scores"] == []
 
 
 def test_session_history_ends_with_its_closing_score(client, fake_redis) -> None:
+    layout = fake_redis.record_layout(4)
     sid = "s2"
-    fake_redis.hashes[keys.session_key(sid)] = {b"client_id": b"1.2", b"ready": b"1"}
-    fake_redis.hashes[keys.score_history_key(sid)] = {
-        b"session_end:": _score(sid, "session_end", None, 0.3),
-        b"hit:2": _score(sid, "hit", 2, 0.2),
-        b"session_start:0": _score(sid, "session_start", None, 0.01),
-        b"hit:1": _score(sid, "hit", 1, 0.1),
-    }
+    fake_redis.store_session(
+        layout,
+        sid,
+        {
+            "row": row(),
+            "ready": "1",
+            "closed": "1",
+            "conv": "1",
+            "outcome": b'{"session_id":"s2","converted":true}',
+            keys.LATEST_FIELD: _score(sid, "session_end", None, 0.3),
+            "session_end:": _score(sid, "session_end", None, 0.3),
+            "hit:2": _score(sid, "hit", 2, 0.2),
+            "session_start:": _score(sid, "session_start", None, 0.01),
+            "hit:1": _score(sid, "hit", 1, 0.1),
+        },
+    )
     body = client.get(f"/sessions/{sid}").json()
+    assert body["scores_total"] == 4
     assert [(s["trigger"], s["hit_number"]) for s in body["scores"]] == [
         ("session_start", None),
         ("hit", 1),
@@ -263,37 +372,74 @@ def test_session_history_ends_with_its_closing_score(client, fake_redis) -> None
 def test_session_history_kept_compact_comes_back_as_the_published_scores(
     client, fake_redis
 ) -> None:
+    layout = fake_redis.record_layout(4)
     sid, start = "s3", "2021-11-24T14:36:32+03:00"
-    fake_redis.hashes[keys.session_key(sid)] = {b"client_id": b"1.2", b"start": start.encode()}
     scored_ms = 1_764_357_116_645
-    fake_redis.hashes[keys.score_history_key(sid)] = {
-        b"hit:1": history_entry(0.25, "v2", 1_637_753_800_500.0, scored_ms),
-        b"session_start:": history_entry(0.125, "v1", True, scored_ms),
-    }
+    fake_redis.store_session(
+        layout,
+        sid,
+        {
+            "row": row(client_id="1.2", start=start),
+            "hit:1": history_entry(0.25, "v2", 1_637_753_800_500.0, scored_ms),
+            "session_start:": history_entry(0.125, "v1", True, scored_ms),
+        },
+    )
     body = client.get(f"/sessions/{sid}").json()
     first, hit = body["scores"]
-    assert (first["trigger"], first["event_time"], first["probability"]) == (
-        "session_start",
-        start,
-        0.125,
-    )
-    assert first["client_id"] == "1.2" and first["model_version"] == "v1"
-    assert first["score_id"] == score_id(sid, "session_start", None, "v1")
     assert (hit["hit_number"], hit["event_time"], hit["model_version"]) == (
         1,
         "2021-11-24T14:36:40.500+03:00",
         "v2",
     )
     assert hit["scored_at"] == "2025-11-28T19:11:56.645+00:00"
+    assert (first["trigger"], first["probability"], first["model_version"]) == (
+        "session_start",
+        0.125,
+        "v1",
+    )
+    assert first["score_id"] == score_id(sid, "session_start", None, "v1")
+    # The start score's event time is the session's start, and every score's client id
+    # the session's: both from its packed row.
+    assert first["event_time"] == start
+    assert first["client_id"] == "1.2" and hit["client_id"] == "1.2"
 
 
 def test_session_with_only_parked_hits_is_known_and_not_ready(client, fake_redis) -> None:
-    fake_redis.lists[keys.pending_hits_key("early")] = [b"{}", b"{}"]
+    layout = fake_redis.record_layout(4)
+    fake_redis.lists[layout.pending(layout.partition_of("early"), "early")] = [b"{}", b"{}"]
     body = client.get("/sessions/early").json()
     assert body["ready"] is False and body["pending_hits"] == 2 and body["scores"] == []
 
 
-def test_unknown_session_state_is_a_404(client) -> None:
+def test_session_state_of_a_session_on_another_partition_is_found(client, fake_redis) -> None:
+    layout = fake_redis.record_layout(4)
+    sid = "moved"
+    elsewhere = (layout.partition_of(sid) + 2) % 4
+    fake_redis.store_session(
+        layout,
+        sid,
+        {
+            "row": row(client_id="9.9"),
+            "ready": "1",
+            keys.HIT_STATE_FIELD: hit_state(hits=2.0),
+            "session_start:": _score(sid, "session_start", None, 0.02),
+            "hit:1": _score(sid, "hit", 1, 0.1),
+            "hit:2": _score(sid, "hit", 2, 0.2),
+        },
+        partition=elsewhere,
+    )
+    fake_redis.lists[layout.pending(elsewhere, sid)] = [b"{}"]
+    r = client.get(f"/sessions/{sid}")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["ready"] is True and body["hits_applied"] == 2
+    assert body["state"]["hits"] == 2.0 and body["pending_hits"] == 1
+    assert body["scores_total"] == 3
+    assert body["client_id"] == "9.9"
+
+
+def test_unknown_session_state_is_a_404(client, fake_redis) -> None:
+    fake_redis.record_layout(4)
     r = client.get("/sessions/never-seen")
     assert r.status_code == 404
     assert "never-seen" in r.json()["detail"]

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -88,21 +88,26 @@ def check_exactly_once(
         for h in hits:
             assert (sid, "hit", h["hit_number"]) in got, (sid, h["hit_number"])
     r = redis.Redis.from_url(settings.redis_url)
+    layout = keys.Layout(settings.redis_key_prefix, settings.topic_partitions)
     for sid in truth.sessions:
-        state, applied = stored_state(r, sid, settings.redis_key_prefix)
+        state, applied = stored_state(r, sid, layout)
         assert applied == {h["hit_number"] for h in truth.hits[sid]}, sid
         np.testing.assert_allclose(state, truth.state(sid), err_msg=sid)
 
 
-def stored_state(r: redis.Redis, sid: str, prefix: str) -> tuple[np.ndarray, set[int]]:
+def session_hash(r: redis.Redis, sid: str, layout: keys.Layout) -> dict[bytes, bytes]:
+    """Read a session's hash from Redis, on the partition its id is produced to."""
+    return cast(dict[bytes, bytes], r.hgetall(layout.session(layout.partition_of(sid), sid)))
+
+
+def stored_state(r: redis.Redis, sid: str, layout: keys.Layout) -> tuple[np.ndarray, set[int]]:
     """Read a session's hit state and applied hit numbers (its hit scores) from Redis."""
-    h = r.hgetall(keys.session_key(sid, prefix))
+    h = session_hash(r, sid, layout)
     state = empty_state()
     packed = h.get(keys.HIT_STATE_FIELD.encode())
     if packed is not None:
         state = np.array(keys.unpack_hit_state(packed, state.tolist()), dtype=np.float64)
-    history = r.hgetall(keys.score_history_key(sid, prefix))
-    applied = {int(name[4:]) for name in history if name.startswith(b"hit:")}
+    applied = {int(name[4:]) for name in h if name.startswith(b"hit:")}
     return state, applied
 
 

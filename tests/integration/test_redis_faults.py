@@ -27,7 +27,6 @@ from helpers import Truth, check_exactly_once, read_scores, supervise
 
 from bench.procs import WorkerProcess, free_port, metrics, total
 from contracts import keys
-from contracts.dashboard import dash_prefix
 from stream.replay import send_events
 from stream.settings import StreamSettings
 from training.generate import generate
@@ -149,11 +148,13 @@ def _check_rebuilt(truth: Truth, settings: StreamSettings, scores: list[dict]) -
     check_exactly_once(truth, settings, scores, strict=False)
     r = redis.Redis.from_url(settings.redis_url)
     # Every session counted once on the dashboard, though many were applied twice.
-    counted = r.hget(f"{dash_prefix(settings.redis_key_prefix)}:all", "n")
-    assert counted is not None and int(counted) == len(truth.sessions)
+    layout = keys.Layout(settings.redis_key_prefix, settings.topic_partitions)
+    parts = range(settings.topic_partitions)
+    counted = sum(int(r.hget(f"{layout.dash(p)}:all", "n") or 0) for p in parts)
+    assert counted == len(truth.sessions)
     # Redis says which input it reflects: all of it.
-    for partition in range(settings.topic_partitions):
-        held = r.hgetall(keys.applied_key(partition, settings.redis_key_prefix))
+    for partition in parts:
+        held = r.hgetall(layout.applied(partition))
         assert held, partition
 
 

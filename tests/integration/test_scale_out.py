@@ -12,6 +12,7 @@ import redis
 from helpers import Truth, read_scores, stored_state
 
 from bench.procs import WorkerProcess, free_port, metrics, total
+from contracts import keys
 from stream.replay import send_events
 from stream.settings import StreamSettings
 from training.generate import generate
@@ -68,6 +69,7 @@ def test_a_second_worker_joins_and_the_first_leaves_mid_stream(
         assert (sid, "session_start", None) in got
         assert {(sid, "hit", h["hit_number"]) for h in hits} <= got
     r = redis.Redis.from_url(stream_settings.redis_url)
+    layout = keys.Layout(stream_settings.redis_key_prefix, stream_settings.topic_partitions)
     for sid in truth.sessions:
-        _, applied = stored_state(r, sid, stream_settings.redis_key_prefix)
+        _, applied = stored_state(r, sid, layout)
         assert applied == {h["hit_number"] for h in truth.hits[sid]}, sid

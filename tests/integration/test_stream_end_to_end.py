@@ -82,8 +82,11 @@ def test_replayed_sessions_are_scored_end_to_end(
     # the scores: a closing score may have come since).
     r = redis.Redis.from_url(stream_settings.redis_url)
 
+    layout = keys.Layout(stream_settings.redis_key_prefix, stream_settings.topic_partitions)
+
     def r_latest(sid: str) -> dict:
-        return orjson.loads(r.get(keys.latest_score_key(sid, stream_settings.redis_key_prefix)))
+        found = r.hget(layout.session(layout.partition_of(sid), sid), keys.LATEST_FIELD)
+        return orjson.loads(found)
 
     for sid, published in by_session.items():
         stored = r_latest(sid)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from contracts import keys
 from stream.state import CloseWrite, RedisStore
 
 
 async def _open(store: RedisStore, partition: int, sessions: dict[str, float]) -> None:
-    await store.r.zadd(keys.open_sessions_key(partition, store.prefix), sessions)
+    await store.r.zadd(store.layout.open_sessions(partition), sessions)
 
 
 async def test_due_sessions_come_by_partition_up_to_each_partitions_time(
@@ -42,21 +41,24 @@ async def test_finishing_a_close_takes_sessions_out_of_every_partitions_open_set
 
 async def test_a_session_is_closed_as_its_final_score_is_stored(store: RedisStore) -> None:
     # The hits agent may run between storing and finishing: a hit then is late.
-    await _open(store, 0, {"a": 1.0})
-    await store.prepare_close([CloseWrite("a", b"{}", "session_end:", None, 0.07, 3)])
-    states, _ = await store.read(["a"])
+    await _open(store, 2, {"a": 1.0})
+    await store.prepare_close([CloseWrite("a", b"{}", "session_end:", None, 0.07, 3, partition=2)])
+    states, _ = await store.read({"a": 2})
     assert states["a"].closed
     # Still open until finished: a crash here finds it and publishes its stored copy.
-    assert await store.due({0: 10.0}, limit=10) == {0: [("a", 1.0)]}
-    assert await store.stored_scores([("a", "session_end:")]) == [b"{}"]
+    assert await store.due({2: 10.0}, limit=10) == {2: [("a", 1.0)]}
+    assert await store.stored_scores([("a", 2, "session_end:")]) == [b"{}"]
+    # Its partition's keys hold it; another partition's do not.
+    assert await store.stored_scores([("a", 0, "session_end:")]) == [None]
+    assert not (await store.read({"a": 0}))[0]["a"].closed
 
 
 async def test_a_close_racing_the_states_expiry_leaves_nothing_without_a_ttl(
     store: RedisStore,
 ) -> None:
-    state = keys.session_key("gone", store.prefix)
-    live = keys.session_key("live", store.prefix)
-    await store.r.hset(live, "start", "x")
+    state = store.layout.session(0, "gone")
+    live = store.layout.session(0, "live")
+    await store.r.hset(live, "hs", "x")
     await store.r.expire(live, 60)
     # "gone" expired between the sweep's read and its store step.
     await store.prepare_close(
@@ -71,7 +73,7 @@ async def test_a_close_racing_the_states_expiry_leaves_nothing_without_a_ttl(
 
 async def test_watermarks_are_read_for_several_partitions_in_one_call(store: RedisStore) -> None:
     await store.r.hset(
-        keys.watermark_key(1, store.prefix),
+        store.layout.watermark(1),
         mapping={"sessions_event_ms": 10, "sessions_wall_ms": 20, "hits_event_ms": 5},
     )
     marks = await store.watermarks([0, 1])

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from api.dashboard import Window, read_dashboard
-from contracts import keys
-from contracts.dashboard import HOT_MAX, HOUR_MS, dash_prefix
+from contracts.dashboard import HOT_MAX, HOUR_MS
 from contracts.history import history_entry, trajectory
 from features.hits import STATE_INDEX, empty_state
 from stream.dashboard import channel_values
@@ -32,7 +31,7 @@ def _row(medium: str, source: str = "src", city: str | None = "Moscow") -> dict:
     }
 
 
-def _start(sid: str, p: float, start_ms: float, row: dict) -> SessionWrite:
+def _start(sid: str, p: float, start_ms: float, row: dict, partition: int = 0) -> SessionWrite:
     return SessionWrite(
         session_id=sid,
         client_id="c",
@@ -44,11 +43,23 @@ def _start(sid: str, p: float, start_ms: float, row: dict) -> SessionWrite:
         event_ms=start_ms,
         probability=p,
         channel=channel_values(row),
+        partition=partition,
     )
 
 
-def _hits(sid: str, applied: list[int], points: list[float], converted: bool = False) -> HitWrite:
-    """The batch's hits ``applied`` scored ``points`` (the last ones, if fewer)."""
+def _hits(
+    sid: str,
+    applied: list[int],
+    points: list[float],
+    converted: bool = False,
+    *,
+    partition: int = 0,
+    closed: bool = False,
+) -> HitWrite:
+    """The batch's hits ``applied`` scored ``points`` (the last ones, if fewer).
+
+    ``closed``: hits read after the session's close, as the processor writes them.
+    """
     state = empty_state()
     state[STATE_INDEX["hits"]] = len(applied)
     scored = applied[-len(points) :]
@@ -61,7 +72,14 @@ def _hits(sid: str, applied: list[int], points: list[float], converted: bool = F
         outcome=b'{"outcome":"converted"}' if converted else None,
         probability=points[-1],
         entries=[history_entry(p, "v1", None, 0) for p in points],
+        partition=partition,
+        closed=closed,
     )
+
+
+def _scores(session: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """A session hash's score entries (fields ``trigger:hit_number``)."""
+    return {name: entry for name, entry in session.items() if b":" in name}
 
 
 def _medium(data: dict, value: str) -> dict:
@@ -70,7 +88,7 @@ def _medium(data: dict, value: str) -> dict:
 
 
 async def _data(store: RedisStore, window: Window = Window.all) -> dict:
-    return await read_dashboard(store.r, store.prefix, window, hot=10)
+    return await read_dashboard(store.r, store.layout, window, hot=10)
 
 
 async def test_sessions_count_once_per_channel_with_their_start_probability(
@@ -126,15 +144,36 @@ async def test_a_conversion_counts_once_and_leaves_the_hot_list(store: RedisStor
     assert d["now"]["active_sessions"] == 2  # converted, still open
 
 
-async def test_an_old_score_redelivered_does_not_roll_the_session_back(
+async def test_a_hits_batch_whose_first_score_is_stored_changes_nothing(
     store: RedisStore,
 ) -> None:
+    # The session hash takes a batch only with its first new score: a batch written
+    # again (a redelivery), or an earlier one, leaves state, latest score and hot set.
     await store.write([_start("a", 0.10, T0, _row("cpc"))], [])
-    await store.write([], [_hits("a", [1, 2, 3], [0.2, 0.3, 0.5])])
-    await store.write([], [_hits("a", [1], [0.2])])  # an earlier batch, again
-    d = await _data(store)
-    assert d["hot"][0]["probability"] == pytest.approx(0.5)
-    assert d["hot"][0]["trajectory"] == pytest.approx([0.1, 0.2, 0.3, 0.5])
+    first = _hits("a", [1, 2, 3], [0.2, 0.3, 0.5])
+    first.scores = [(name, f"latest {name}".encode()) for name, _ in first.scores]
+    await store.write([], [first])
+    key = store.layout.session(0, "a")
+    before = await store.r.hgetall(key)
+    assert before[b"latest"] == b"latest hit:3" and before[b"hits"] == b"3"
+    again = _hits("a", [1, 2, 3], [0.9, 0.9, 0.9])
+    again.state[0] += 100  # a state that would show if it were written
+    earlier = _hits("a", [1], [0.2])
+    earlier.scores = [("hit:1", b"latest hit:1")]
+    for batch in (again, earlier):
+        await store.write([], [batch])
+        assert await store.r.hgetall(key) == before
+        d = await _data(store)
+        assert [h["session_id"] for h in d["hot"]] == ["a"]
+        assert d["hot"][0]["probability"] == pytest.approx(0.5)
+        assert d["hot"][0]["hits"] == 3
+        assert d["hot"][0]["trajectory"] == pytest.approx([0.1, 0.2, 0.3, 0.5])
+    states, applied = await store.read({"a": 0}, [("a", 3), ("a", 4)])
+    assert states["a"].state.tolist() == first.state.tolist() and applied == [True, False]
+    assert states["a"].latest == b"latest hit:3"
+    # The next batch, with a score not stored yet, applies.
+    await store.write([], [_hits("a", [4], [0.6])])
+    assert (await _data(store))["hot"][0]["probability"] == pytest.approx(0.6)
 
 
 async def test_closing_takes_a_session_out_once(store: RedisStore) -> None:
@@ -146,16 +185,18 @@ async def test_closing_takes_a_session_out_once(store: RedisStore) -> None:
     assert [h["session_id"] for h in d["hot"]] == ["b"]
     assert d["now"]["active_sessions"] == 1
     # The final score is the last point of its trajectory.
-    history = await store.r.hgetall(keys.score_history_key("a", store.prefix))
+    history = _scores(await store.r.hgetall(store.layout.session(0, "a")))
     assert trajectory(history, 30) == pytest.approx([0.10, 0.07])
     await store.finish_close({0: ["a"]})
     d = await _data(store)
     assert [h["session_id"] for h in d["hot"]] == ["b"]
     assert d["now"]["active_sessions"] == 1
-    # A late hit after the close updates nothing on the hot list.
-    await store.write([], [_hits("a", [1], [0.8])])
+    # A late hit after the close (the processor writes it closed: see
+    # test_session_gate) updates nothing on the hot list or the open count.
+    await store.write([], [_hits("a", [1], [0.8], closed=True)])
     d = await _data(store)
     assert [h["session_id"] for h in d["hot"]] == ["b"]
+    assert d["now"]["active_sessions"] == 1
 
 
 async def test_windows_count_sessions_by_their_start_in_stream_time(store: RedisStore) -> None:
@@ -195,7 +236,7 @@ async def test_a_large_batch_sums_its_channels_and_keeps_the_hottest(store: Redi
         for i in range(n)
     ]
     await store.write(starts, [], events=n)
-    d = await read_dashboard(store.r, store.prefix, Window.all, hot=n)
+    d = await read_dashboard(store.r, store.layout, Window.all, hot=n)
     assert d["totals"]["sessions"] == n
     cpc = [i for i in range(n) if i % 3]
     assert _medium(d, "cpc")["sessions"] == len(cpc)
@@ -207,22 +248,70 @@ async def test_a_large_batch_sums_its_channels_and_keeps_the_hottest(store: Redi
     assert hot == [f"s{i:03d}" for i in range(n - 1, 9, -1)]
 
 
-async def test_buckets_hold_integer_sums_and_older_float_sums_still_count(
-    store: RedisStore,
-) -> None:
+async def test_buckets_hold_integer_sums(store: RedisStore) -> None:
     await store.write([_start("a", 0.1234567, T0, _row("cpc"))], [])
-    bucket = f"{dash_prefix(store.prefix)}:all"
+    bucket = f"{store.layout.dash(0)}:all"
     fields = await store.r.hgetall(bucket)
     assert fields[b"n"] == b"1" and fields[b"pu"] == b"123457"  # millionths, rounded
-    assert all(v.lstrip(b"-").isdigit() for v in fields.values())  # HINCRBY's integers
-    # A bucket written before the millionths kept its probabilities as a float sum.
-    await store.r.hset(bucket, mapping={"p": "0.25", "p|utm_medium|cpc": "0.25", "n": "2"})
+    assert all(v.lstrip(b"-").isdigit() for v in fields.values())  # integers only
+    # The next write adds to what the bucket holds, field by field.
+    await store.write(
+        [_start("b", 0.5, T0, _row("cpc")), _start("c", 0.25, T0, _row("organic"))], []
+    )
+    fields = await store.r.hgetall(bucket)
+    assert fields[b"n"] == b"3" and fields[b"pu"] == b"873457"
+    assert fields[b"n|utm_medium|cpc"] == b"2" and fields[b"pu|utm_medium|cpc"] == b"623457"
+    assert fields[b"n|utm_medium|organic"] == b"1"
+    assert all(v.lstrip(b"-").isdigit() for v in fields.values())
     d = await _data(store)
-    assert d["totals"]["expected"] == pytest.approx(0.373457)
-    assert _medium(d, "cpc")["expected"] == pytest.approx(0.373457)
-    # The next write adds to such a bucket without trouble.
-    await store.write([_start("b", 0.5, T0, _row("cpc"))], [])
-    assert (await _data(store))["totals"]["expected"] == pytest.approx(0.873457)
+    assert d["totals"]["expected"] == pytest.approx(0.873457)
+    assert _medium(d, "cpc")["expected"] == pytest.approx(0.623457)
+
+
+async def test_each_partition_keeps_its_share_and_the_page_adds_them_up(
+    store: RedisStore,
+) -> None:
+    layout = store.layout
+    await store.write(
+        [
+            _start("a", 0.10, T0, _row("cpc"), partition=0),
+            _start("b", 0.30, T0 + 5, _row("cpc"), partition=4),
+            _start("c", 0.05, T0 - 5, _row("organic", city="Kazan"), partition=4),
+        ],
+        [],
+        events={0: 1, 4: 2},
+    )
+    # Each partition's aggregates are under its own tag.
+    zero, four = [await store.r.hgetall(f"{layout.dash(p)}:all") for p in (0, 4)]
+    assert zero[b"n"] == b"1" and zero[b"n|utm_medium|cpc"] == b"1"
+    assert four[b"n"] == b"2" and four[b"n|utm_medium|organic"] == b"1"
+    metas = [await store.r.hgetall(f"{layout.dash(p)}:meta") for p in (0, 4)]
+    assert [m[b"active"] for m in metas] == [b"1", b"2"]
+    assert [float(m[b"now_ms"]) for m in metas] == [T0, T0 + 5]
+    for p in (1, 2, 3, 5):
+        assert not await store.r.exists(f"{layout.dash(p)}:all", f"{layout.dash(p)}:meta")
+    d = await _data(store)
+    assert d["totals"]["sessions"] == 3 and d["now"]["active_sessions"] == 3
+    assert d["now"]["event_time_ms"] == T0 + 5  # the latest of the partitions'
+    assert sum(d["now"]["events_per_minute"][-2:]) == 3
+    assert _medium(d, "cpc")["sessions"] == 2
+    assert _medium(d, "cpc")["expected"] == pytest.approx(0.40)
+    # The hot list merges the partitions', each session read under its own partition.
+    hot = d["hot"]
+    assert [h["session_id"] for h in hot] == ["b", "a", "c"]
+    assert [h["probability"] for h in hot] == pytest.approx([0.30, 0.10, 0.05])
+    assert hot[2]["geo_city"] == "Kazan" and hot[2]["started_ms"] == T0 - 5
+
+    # A conversion counts in its own partition's buckets; a close in its own count.
+    await store.write([], [_hits("b", [1], [0.9], converted=True, partition=4)])
+    await store.prepare_close([CloseWrite("a", b"{}", "session_end:", None, 0.07, 0, partition=0)])
+    assert (await store.r.hgetall(f"{layout.dash(4)}:all"))[b"c"] == b"1"
+    assert b"c" not in await store.r.hgetall(f"{layout.dash(0)}:all")
+    assert await store.r.hget(f"{layout.dash(0)}:meta", "active") == b"0"
+    assert await store.r.hget(f"{layout.dash(4)}:meta", "active") == b"2"
+    d = await _data(store)
+    assert [h["session_id"] for h in d["hot"]] == ["c"]
+    assert d["totals"]["observed"] == 1 and d["now"]["active_sessions"] == 2
 
 
 async def test_made_up_channel_values_beyond_the_cap_count_as_other(
@@ -256,7 +345,7 @@ async def test_made_up_channel_values_beyond_the_cap_count_as_other(
     assert d["totals"]["sessions"] == 10
     # No bucket took a value after it was full; conversions only add to values it has.
     r = store.r
-    for key in [k async for k in r.scan_iter(match=f"{dash_prefix(store.prefix)}:*")]:
+    for key in [k async for k in r.scan_iter(match=f"{store.layout.dash(0)}:*")]:
         if await r.type(key) == b"hash":
             fields = [f.decode() for f in await r.hkeys(key)]
             seen = {f.split("|", 2)[2] for f in fields if f.count("|") == 2}

@@ -10,13 +10,14 @@ batch at a time.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
 import pytest
 
 from artifact import load_model
-from contracts import keys, topics
+from contracts import topics
 from features.target import TARGET_ACTIONS
 from stream.processor import HitsBatch, HitsRun, Processor, Record
 from stream.replay import build_events
@@ -40,8 +41,20 @@ def rows_and_hits(data_dir: Path) -> tuple[list[bytes], list[bytes]]:
     return rows, hits
 
 
+# The input partition of every record here: the sessions' keys are under its hash tag.
+PARTITION = 2
+
+
 def _records(topic: str, values: list[bytes], first: int) -> list[Record]:
-    return [Record(v, topic, 2, first + i, timestamp_ms=1000.0 + i) for i, v in enumerate(values)]
+    return [
+        Record(v, topic, PARTITION, first + i, timestamp_ms=1000.0 + i)
+        for i, v in enumerate(values)
+    ]
+
+
+def _where(sids: Iterable[str]) -> dict[str, int]:
+    """Sessions with their partition, as the store's reads take them."""
+    return {sid: PARTITION for sid in sids}
 
 
 def _scores(batches: list[HitsBatch]) -> dict[tuple[str, int], dict]:
@@ -58,7 +71,7 @@ def _comparable(e: dict) -> tuple:
 
 
 async def _state(store: RedisStore, sids: list[str]) -> dict:
-    states, _ = await store.read(sids)
+    states, _ = await store.read(_where(sids))
     return {
         sid: (st.state.tolist(), st.latest is not None, st.outcome) for sid, st in states.items()
     }
@@ -168,17 +181,19 @@ async def test_a_hit_delivered_again_later_gets_its_stored_copy_from_the_compact
         copies = dict(((sid, orjson.loads(p)["hit_number"]), p) for sid, p in again.scores)
     assert again.duplicates == len(hits)
     assert copies == published and len(published) == len(hits)
-    # Each session's history is a compact listpack: its entries are small. So is its
-    # state hash, with the stack's hash-max-listpack-value of 1 KB (scripts/stack.sh).
+    # Each session is one compact listpack, with the stack's hash-max-listpack-value of
+    # 1 KB (scripts/stack.sh): its score entries are small, one per score published.
     r = processor.store.r
     sids = {sid for sid, _ in published}
     for sid in sids:
-        history = keys.score_history_key(sid, processor.store.prefix)
-        assert await r.object("encoding", history) == b"listpack"
-        entries = await r.hvals(history)
-        assert entries and all(len(e) < 64 for e in entries)
-        state = keys.session_key(sid, processor.store.prefix)
-        assert await r.object("encoding", state) == b"listpack"
+        session = processor.store.layout.session(PARTITION, sid)
+        assert await r.object("encoding", session) == b"listpack"
+        entries = {
+            name: entry for name, entry in (await r.hgetall(session)).items() if b":" in name
+        }
+        numbers = {n for s, n in published if s == sid}
+        assert set(entries) == {b"session_start:", *(f"hit:{n}".encode() for n in numbers)}
+        assert all(len(e) < 64 for e in entries.values())
 
 
 async def test_a_failed_batch_leaves_the_run_as_it_was(
@@ -192,14 +207,14 @@ async def test_a_failed_batch_leaves_the_run_as_it_was(
         def broken(*_: object) -> None:
             raise RuntimeError("model failed")
 
-        processor.model.score_in_session = broken  # type: ignore[method-assign]
+        processor.model.score_in_session = broken  # type: ignore[method-assign, assignment]
         b = await _computed(processor, run, hits[10:20], 20)
         assert b.failed and len(b.out.dead_letters) == 10
         assert {sid: s.state.state.tolist() for sid, s in run.sessions.items()} == before
         await (await processor.hits_write(a, run))
         await (await processor.hits_write(b, run))
     pairs = [(h["session_id"], h["hit_number"]) for h in map(orjson.loads, hits[:20])]
-    _, applied = await processor.store.read([], pairs)
+    _, applied = await processor.store.read(_where(s for s, _ in pairs), pairs)
     assert applied == [True] * 10 + [False] * 10
 
 
@@ -228,7 +243,7 @@ async def test_a_batch_reads_latest_scores_only_for_sessions_with_a_target_hit(
         assert batch.reading is not None
         states, _ = await batch.reading
     assert not states[plain].has_latest and states[plain].latest is None
-    stored = await processor.store.latest_scores([converting, plain])
+    stored = await processor.store.latest_scores(_where([converting, plain]))
     assert states[converting].has_latest and states[converting].latest == stored[0]
     assert stored[0] is not None and orjson.loads(stored[0])["trigger"] == "session_start"
 
@@ -238,7 +253,7 @@ async def test_a_conversion_first_in_its_batch_carries_the_stored_latest_score(
 ) -> None:
     processor, hits = started
     sid = orjson.loads(hits[0])["session_id"]
-    (start_score,) = await processor.store.latest_scores([sid])
+    (start_score,) = await processor.store.latest_scores(_where([sid]))
     # A batch of another session's hits first, in a run of its own, then the conversion.
     other = [h for h in hits if orjson.loads(h)["session_id"] != sid][:3]
     async with processor.hits_run() as run:
@@ -257,9 +272,11 @@ async def test_a_conversion_read_without_its_latest_score_reads_it(
 ) -> None:
     processor, hits = started
     sid = orjson.loads(hits[0])["session_id"]
-    (start_score,) = await processor.store.latest_scores([sid])
+    (start_score,) = await processor.store.latest_scores(_where([sid]))
     batch = processor.hits_parse(_records("t.hits", [_retarget(hits[0], 1)], 0))
-    batch.states, batch.applied = await processor.store.read([], [(sid, 1)], latest=False)
+    batch.states, batch.applied = await processor.store.read(
+        _where([sid]), [(sid, 1)], latest=False
+    )
     assert not batch.states[sid].has_latest
     await processor._apply_hits(batch, batch.states, batch.applied)
     ((_, raw),) = batch.out.outcomes

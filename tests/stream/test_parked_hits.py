@@ -57,25 +57,38 @@ async def test_park_is_refused_once_the_session_is_released(store: RedisStore) -
     a, b = ParkedHit("a", b"1", 0, 1), ParkedHit("b", b"2", 0, 2)
     assert await store.park([a, b, ParkedHit("a", b"3", 0, 3)]) == [True, True, True]
     # A session whose state is not in Redis (lost, or expired) is not released.
-    assert await store.release(["a"]) == []
+    assert await store.release({"a": 0}) == []
     assert await store.park([ParkedHit("a", b"x", 0, 9)]) == [True]
-    await store.r.lrem(
-        keys.pending_hits_key("a", store.prefix), 1, ParkedHit("a", b"x", 0, 9).pack()
-    )
+    await store.r.lrem(store.layout.pending(0, "a"), 1, ParkedHit("a", b"x", 0, 9).pack())
+    row = keys.StoredRow("2021-11-24T14:36:32+03:00", "c", b"", 0.0, ("(none)",) * 5)
     for sid in ("a", "b"):
-        await store.r.hset(
-            keys.session_key(sid, store.prefix), "start", "2021-11-24T14:36:32+03:00"
-        )
-    released = await store.release(["a"])
+        await store.r.hset(store.layout.session(0, sid), keys.ROW_FIELD, keys.pack_row(row))
+    released = await store.release({"a": 0})
     assert [(h.session_id, h.raw, h.offset) for h in released] == [("a", b"1", 1), ("a", b"3", 3)]
     # "a" is ready now: its hits are no longer parked, "b" still waits.
     assert await store.park([ParkedHit("a", b"4", 0, 4), ParkedHit("b", b"5", 0, 5)]) == [
         False,
         True,
     ]
-    await store.forget_pending(["a"])
-    assert await store.release(["a"]) == []
-    assert [h.raw for h in await store.release(["b"])] == [b"2", b"5"]
+    await store.forget_pending({"a": 0})
+    assert await store.release({"a": 0}) == []
+    assert [h.raw for h in await store.release({"b": 0})] == [b"2", b"5"]
+
+
+async def test_a_session_parks_and_releases_under_its_own_partition(store: RedisStore) -> None:
+    # The same session id on two partitions: two sessions, each with its own keys.
+    assert await store.park([ParkedHit("a", b"on 1", 1, 1), ParkedHit("a", b"on 4", 4, 1)]) == [
+        True,
+        True,
+    ]
+    row = keys.StoredRow("2021-11-24T14:36:32+03:00", "c", b"", 0.0, ("(none)",) * 5)
+    await store.r.hset(store.layout.session(4, "a"), keys.ROW_FIELD, keys.pack_row(row))
+    assert await store.release({"a": 1}) == []  # no row on partition 1
+    assert [(h.raw, h.partition) for h in await store.release({"a": 4})] == [(b"on 4", 4)]
+    assert await store.park([ParkedHit("a", b"again", 1, 2)]) == [True]
+    await store.forget_pending({"a": 4})
+    assert await store.r.llen(store.layout.pending(1, "a")) == 2
+    assert not await store.r.exists(store.layout.pending(4, "a"))
 
 
 async def test_hits_before_their_session_are_applied_when_it_is_released(
@@ -110,8 +123,10 @@ async def test_hits_before_their_session_are_applied_when_it_is_released(
     repeat = await processor.hits(await processor.release(again.released))
     assert repeat.duplicates == len(early)
     assert sorted(repeat.scores) == sorted(applied.scores)
-    await processor.forget_pending(list(hits))
-    assert await processor.release(list(hits)) == []
+    assert started.released == {sid: 3 for sid in hits}
+    await processor.forget_pending(started.released)
+    assert await processor.release(started.released) == []
+    assert not [k async for k in store.r.scan_iter(match=f"{store.layout.base(3)}q:*")]
 
 
 async def test_a_parked_hit_keeps_its_offset_and_its_kafka_timestamp(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contracts import keys
 from stream.recovery import Recovery
 from stream.settings import StreamSettings
 from stream.state import RedisLost, RedisStore, SessionWrite
@@ -18,7 +17,7 @@ from stream.state import RedisLost, RedisStore, SessionWrite
 pytestmark = pytest.mark.redis
 
 
-def _session(sid: str) -> SessionWrite:
+def _session(sid: str, partition: int = 0) -> SessionWrite:
     return SessionWrite(
         session_id=sid,
         client_id="c",
@@ -26,11 +25,12 @@ def _session(sid: str) -> SessionWrite:
         vector=np.zeros(3, dtype=np.float32),
         score_json=b"{}",
         history_field="session_start:",
+        partition=partition,
     )
 
 
 async def _applied(store: RedisStore, partition: int) -> dict[bytes, bytes]:
-    return await store.r.hgetall(keys.applied_key(partition, store.prefix))
+    return await store.r.hgetall(store.layout.applied(partition))
 
 
 async def test_offsets_rise_with_the_write_and_never_fall(store: RedisStore) -> None:
@@ -43,26 +43,29 @@ async def test_offsets_rise_with_the_write_and_never_fall(store: RedisStore) -> 
 
 
 async def test_a_write_on_a_redis_that_lost_writes_is_refused_whole(store: RedisStore) -> None:
-    await store.write([_session("a")], [], offsets={("hits", 1): 30})
+    await store.write([_session("a", 1)], [], offsets={("hits", 1): 30})
     # Redis loses its last writes: the offset goes back, or the key goes.
-    await store.r.hset(keys.applied_key(1, store.prefix), "hits", "20")
+    await store.r.hset(store.layout.applied(1), "hits", "20")
     with pytest.raises(RedisLost):
-        await store.write([_session("b")], [], offsets={("hits", 1): 40})
-    assert not await store.r.exists(keys.session_key("b", store.prefix))
-    await store.r.delete(keys.applied_key(1, store.prefix))
+        # On one Redis a batch is one call for all its partitions: none of it lands.
+        await store.write([_session("b", 1), _session("b0", 0)], [], offsets={("hits", 1): 40})
+    assert not await store.r.exists(store.layout.session(1, "b"))
+    assert not await store.r.exists(store.layout.session(0, "b0"))
+    assert (await _applied(store, 1))[b"hits"] == b"20"
+    await store.r.delete(store.layout.applied(1))
     with pytest.raises(RedisLost):  # the key is gone: Redis lost everything
-        await store.write([], [], events=1)
+        await store.write([], [], events={1: 1})
     # Redis ahead of what this worker wrote (another worker went on): not a loss.
-    await store.r.hset(keys.applied_key(1, store.prefix), "hits", "99")
-    await store.write([_session("c")], [])
-    assert await store.r.exists(keys.session_key("c", store.prefix))
+    await store.r.hset(store.layout.applied(1), "hits", "99")
+    await store.write([_session("c", 1)], [])
+    assert await store.r.exists(store.layout.session(1, "c"))
 
 
 async def test_the_check_rewinds_where_redis_is_behind_and_marks_what_it_lacks(
     store: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await store.r.hset(keys.applied_key(0, store.prefix), mapping={"sessions": "5"})
-    await store.r.hset(keys.applied_key(1, store.prefix), mapping={"sessions": "50", "hits": "70"})
+    await store.r.hset(store.layout.applied(0), mapping={"sessions": "5"})
+    await store.r.hset(store.layout.applied(1), mapping={"sessions": "50", "hits": "70"})
     recovery = Recovery(StreamSettings(), store, {"sessions": "s", "hits": "h"})
     asked = []
 
@@ -91,7 +94,7 @@ async def test_the_check_rewinds_where_redis_is_behind_and_marks_what_it_lacks(
 async def test_the_check_never_rewinds_before_the_first_record_kafka_still_has(
     store: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await store.r.hset(keys.applied_key(0, store.prefix), mapping={"sessions": "5", "hits": "5"})
+    await store.r.hset(store.layout.applied(0), mapping={"sessions": "5", "hits": "5"})
     recovery = Recovery(StreamSettings(), store, {"sessions": "s", "hits": "h"})
 
     async def bounds(wanted: list) -> dict:
@@ -124,12 +127,12 @@ async def test_parking_and_releasing_on_a_redis_that_lost_writes_are_refused(
 ) -> None:
     from stream.state import ParkedHit
 
-    await store.write([_session("a")], [], offsets={("hits", 3): 10})
-    await store.r.delete(keys.applied_key(3, store.prefix))  # Redis forgot
+    await store.write([_session("a", 3)], [], offsets={("hits", 3): 10})
+    await store.r.delete(store.layout.applied(3))  # Redis forgot
     # A hit parked on top of the loss would be applied out of its order in the rebuild.
     with pytest.raises(RedisLost):
         await store.park([ParkedHit("b", b"h", 3, 11)])
     with pytest.raises(RedisLost):
-        await store.release(["a"])
-    assert not await store.r.exists(keys.pending_hits_key("b", store.prefix))
-    assert await store.r.hget(keys.session_key("a", store.prefix), "ready") is None
+        await store.release({"a": 3})
+    assert not await store.r.exists(store.layout.pending(3, "b"))
+    assert await store.r.hget(store.layout.session(3, "a"), "ready") is None

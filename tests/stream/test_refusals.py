@@ -19,7 +19,7 @@ from features.hits import STATE_INDEX
 from stream import processor as processor_module
 from stream.processor import Processor
 from stream.state import ParkedHit, RedisStore
-from tests.stream.test_hits_run import _records, rows_and_hits  # noqa: F401
+from tests.stream.test_hits_run import PARTITION, _records, _where, rows_and_hits  # noqa: F401
 
 pytestmark = pytest.mark.redis
 
@@ -98,7 +98,7 @@ async def test_a_hit_that_fails_alone_is_left_out_and_its_session_goes_on_withou
     model = processor.model
     score = model.score_in_session
 
-    states_read, _ = await processor.store.read([target["session_id"]])
+    states_read, _ = await processor.store.read(_where([target["session_id"]]))
     target_vector = states_read[target["session_id"]].vector
 
     def failing(session_x: np.ndarray, states: np.ndarray) -> np.ndarray:
@@ -119,7 +119,7 @@ async def test_a_hit_that_fails_alone_is_left_out_and_its_session_goes_on_withou
     assert scored == expected - {(target["session_id"], target["hit_number"])}
     # Stored as applied: every hit but the refused one.
     pairs = sorted(expected)
-    _, applied = await processor.store.read([], pairs)
+    _, applied = await processor.store.read(_where(s for s, _ in pairs), pairs)
     assert dict(zip(pairs, applied, strict=True)) == {
         p: p != (target["session_id"], target["hit_number"]) for p in pairs
     }
@@ -157,18 +157,19 @@ async def test_a_hit_whose_features_fail_alone_is_the_only_dead_letter(
 async def test_a_session_takes_only_so_many_parked_hits(
     store: RedisStore, processor: Processor
 ) -> None:
-    waiting = [ParkedHit("s", b"h", 0, i) for i in range(limits.PARKED_HITS_MAX)]
+    # Parked on the partition the hit below is read from: a session's keys are there.
+    waiting = [ParkedHit("s", b"h", PARTITION, i) for i in range(limits.PARKED_HITS_MAX)]
     assert all(await store.park(waiting))
-    assert await store.park([ParkedHit("s", b"h", 0, 10_000), ParkedHit("t", b"h", 0, 1)]) == [
-        None,
-        True,
-    ]
+    assert await store.park(
+        [ParkedHit("s", b"h", PARTITION, 10_000), ParkedHit("t", b"h", PARTITION, 1)]
+    ) == [None, True]
     hit = {"session_id": "s", "hit_number": 9, "hit_time": None, "event_action": "view_card"}
     out = await processor.hits(_records("t.hits", [orjson.dumps(hit)], 500))
     assert [(d["stage"], d["kind"], d["offset"]) for d in _letters(out)] == [
         ("park", "parked_full", 500)
     ]
     assert out.parked == 0 and out.scores == []
+    assert await store.r.llen(store.layout.pending(PARTITION, "s")) == limits.PARKED_HITS_MAX
 
 
 async def test_a_batch_that_fails_only_as_a_whole_is_scored_hit_by_hit(

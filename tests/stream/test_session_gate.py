@@ -70,6 +70,12 @@ async def test_a_hit_for_a_session_being_closed_waits_for_the_close(idle: Idle) 
         order.append("close published")
     await waiter
     assert order == ["close published", "hit applied, late=1"]
+    # The late hit is written as such: its session stays off the dashboard's hot list
+    # and open count (the store takes the hit's word for it).
+    store, dash = processor.store, processor.store.layout.dash(3)
+    assert (await store.read({idle.a: 3}))[0][idle.a].closed
+    assert await store.r.zrange(f"{dash}:hot", 0, -1) == []
+    assert await store.r.hget(f"{dash}:meta", "active") == b"0"
 
 
 async def test_the_sweep_leaves_a_session_a_hits_batch_holds_and_closes_the_rest(

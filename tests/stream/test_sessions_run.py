@@ -16,7 +16,7 @@ from artifact import load_model
 from contracts.history import history_field
 from stream.processor import Processor, SessionsRun
 from stream.state import RedisStore
-from tests.stream.test_hits_run import _records, rows_and_hits  # noqa: F401
+from tests.stream.test_hits_run import PARTITION, _records, _where, rows_and_hits  # noqa: F401
 
 pytestmark = pytest.mark.redis
 
@@ -55,11 +55,13 @@ async def test_a_row_again_in_a_later_batch_of_the_run_is_a_duplicate_with_the_s
     assert sorted(again) == sorted(sids[3:9]) and len(b.out.scores) == 6
     assert [again[s] for s in sids[3:6]] == [first[s] for s in sids[3:6]]
     assert list(run.released) == sids
+    assert a.out.released == _where(sids[:6]) and b.out.released == _where(sids[3:9])
     # Redis holds one start score per session: the batch that stored it first.
-    stored = await store.stored_scores([(s, history_field("session_start", None)) for s in sids])
+    start_field = history_field("session_start", None)
+    stored = await store.stored_scores([(s, PARTITION, start_field) for s in sids])
     assert stored[:6] == [first[s] for s in sids[:6]]
     assert stored[6:] == [again[s] for s in sids[6:]]
-    states, _ = await store.read(sids)
+    states, _ = await store.read(_where(sids))
     assert all(st.known and not st.ready for st in states.values())  # released later
 
 
@@ -71,7 +73,7 @@ async def test_a_failed_batch_is_all_dead_letters_and_stores_nothing(
     def broken(*_: object) -> None:
         raise RuntimeError("model failed")
 
-    processor.model.score_session_vectors = broken  # type: ignore[method-assign]
+    processor.model.score_session_vectors = broken  # type: ignore[method-assign, assignment]
     run = SessionsRun()
     batch = await processor.sessions_read(
         processor.sessions_parse(_records("t.sessions", rows[:4], 0))
@@ -80,5 +82,5 @@ async def test_a_failed_batch_is_all_dead_letters_and_stores_nothing(
     await (await processor.sessions_write(batch))
     assert [stage for stage, _ in batch.out.dead_letters] == ["score"] * 4
     assert not batch.out.scores and not run.released
-    states, _ = await processor.store.read([orjson.loads(r)["session_id"] for r in rows[:4]])
+    states, _ = await processor.store.read(_where(orjson.loads(r)["session_id"] for r in rows[:4]))
     assert not any(st.known for st in states.values())

@@ -1,6 +1,7 @@
-"""The state hash's layout on the real Redis: the hit-state counters in one packed field.
+"""The session hash's layout on the real Redis: all of a session in one hash.
 
-States written before the packed field kept one field per counter; they still read.
+The hit-state counters are one packed field (``hs``), what the row gave another
+(``row``), and each score a field of its own beside them: no other key holds a session.
 """
 
 from __future__ import annotations
@@ -9,22 +10,26 @@ import numpy as np
 import pytest
 
 from contracts import keys
-from features.hits import STATE_INDEX, STATE_NAMES, empty_state
+from features.hits import STATE_INDEX, empty_state
 from stream.state import HitWrite, RedisStore, SessionWrite
 
 pytestmark = pytest.mark.redis
 
 START = "2021-11-24T14:36:32+03:00"
+PARTITION = 1
 
 
-def _session(sid: str) -> SessionWrite:
+def _session(sid: str, client_id: str | None = "1.2") -> SessionWrite:
     return SessionWrite(
         session_id=sid,
-        client_id="1.2",
+        client_id=client_id,
         start=START,
         vector=np.arange(4, dtype=np.float64),
         score_json=b"{}",
         history_field="session_start:",
+        partition=PARTITION,
+        event_ms=1.6377e12,
+        channel=["cpc", "google", "(none)", "mobile", "Moscow"],
     )
 
 
@@ -34,6 +39,7 @@ def _hits(sid: str, state: np.ndarray, numbers: list[int]) -> HitWrite:
         state=state,
         applied=numbers,
         scores=[(f"hit:{n}", b"{}") for n in numbers],
+        partition=PARTITION,
         event_ms=1.0e12,
     )
 
@@ -42,55 +48,71 @@ async def test_a_sessions_counters_are_one_packed_field(store: RedisStore) -> No
     state = empty_state()
     state[STATE_INDEX["hits"]] = 3.0
     state[STATE_INDEX["max_hit_time_ms"]] = 90_123.5
+    key = store.layout.session(PARTITION, "a")
     await store.write([_session("a")], [])
-    fresh = await store.r.hgetall(keys.session_key("a", store.prefix))
-    # Present from the session's start: an absent field means the earlier layout.
+    fresh = await store.r.hgetall(key)
+    # Present from the session's start, as the empty state.
     assert keys.unpack_hit_state(fresh[b"hs"], empty_state().tolist()) == empty_state().tolist()
     await store.write([], [_hits("a", state, [1, 2, 3])])
-    stored = await store.r.hgetall(keys.session_key("a", store.prefix))
-    assert not [f for f in stored if f.startswith(keys.STATE_FIELD_PREFIX.encode())]
-    (states, applied) = await store.read(["a"], [("a", 2), ("a", 4)])
+    stored = await store.r.hgetall(key)
+    assert keys.unpack_hit_state(stored[b"hs"], empty_state().tolist()) == state.tolist()
+    # One hash holds all of the session: row, counters, its scores and its latest.
+    assert set(stored) == {
+        b"row",
+        b"hs",
+        b"session_start:",
+        b"hit:1",
+        b"hit:2",
+        b"hit:3",
+        b"latest",
+        b"p",
+        b"hits",
+    }
+    assert stored[b"hits"] == b"3"
+    (states, applied) = await store.read({"a": PARTITION}, [("a", 2), ("a", 4)])
     assert states["a"].state.tolist() == state.tolist()
-    # A hit is applied exactly when its score is in the history: no set of its own.
+    assert states["a"].partition == PARTITION
+    # A hit is applied exactly when its score is in the hash: no set of its own.
     assert applied == [True, False]
-    session_keys = await store.r.keys(f"{store.prefix}:{{a}}:*")
-    assert sorted(session_keys) == sorted(
-        k.encode()
-        for k in (
-            keys.session_key("a", store.prefix),
-            keys.score_history_key("a", store.prefix),
-            keys.latest_score_key("a", store.prefix),
-        )
-    )
+    # No other key of the store names the session.
+    every = [k.decode() async for k in store.r.scan_iter(match=f"{store.prefix}:*")]
+    assert [k for k in every if {"a", "{a}"} & set(k.split(":"))] == [key]
+    assert 0 < await store.r.ttl(key) <= store.ttl
 
 
-async def test_a_state_written_one_field_per_counter_still_reads(store: RedisStore) -> None:
-    key = keys.session_key("old", store.prefix)
-    await store.r.hset(
-        key,
-        mapping={
-            "start": START,
-            "ready": "1",
-            keys.state_field("hits"): "7.0",
-            keys.state_field("card_views"): "2.0",
-        },
+async def test_a_sessions_row_is_one_packed_field(store: RedisStore) -> None:
+    await store.write([_session("a"), _session("anon", client_id=None)], [])
+    raw = await store.r.hget(store.layout.session(PARTITION, "a"), keys.ROW_FIELD)
+    row = keys.unpack_row(raw)
+    assert row == keys.StoredRow(
+        START,
+        "1.2",
+        np.arange(4, dtype=np.float32).tobytes(),  # the features kept as float32
+        1.6377e12,
+        ("cpc", "google", "(none)", "mobile", "Moscow"),
     )
-    states, _ = await store.read(["old"])
-    got = dict(zip(STATE_NAMES, states["old"].state.tolist(), strict=True))
-    assert got["hits"] == 7.0 and got["card_views"] == 2.0
-    assert got["max_hit_time_ms"] == -1.0  # never written: the empty state's value
-    # Its next write stores the packed field, which is what is read from then on.
-    newer = states["old"].state.copy()
-    newer[STATE_INDEX["hits"]] = 8.0
-    await store.write([], [_hits("old", newer, [8])])
-    states, _ = await store.read(["old"])
-    assert states["old"].state.tolist() == newer.tolist()
+    states, _ = await store.read({"a": PARTITION, "anon": PARTITION})
+    a = states["a"]
+    assert a.known and not a.ready and a.start == START and a.client_id == "1.2"
+    assert a.vector is not None and a.vector.tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert states["anon"].known and states["anon"].client_id is None
+    # A second row for a known session changes nothing (the hash has its row).
+    again = _session("a", client_id="other")
+    again.vector = np.ones(4)
+    await store.write([again], [])
+    assert await store.r.hget(store.layout.session(PARTITION, "a"), keys.ROW_FIELD) == raw
+
+
+def test_a_row_packs_and_unpacks_whatever_its_bytes() -> None:
+    row = keys.StoredRow(START, None, bytes(range(256)), 1.5, ("é", "", "x|y", "a:b", "(none)"))
+    assert keys.unpack_row(keys.pack_row(row)) == row
 
 
 async def test_an_unknown_session_reads_as_empty(store: RedisStore) -> None:
-    states, _ = await store.read(["nobody"])
-    assert not states["nobody"].known
+    states, applied = await store.read({"nobody": PARTITION}, [("nobody", 1)])
+    assert not states["nobody"].known and not states["nobody"].ready
     assert states["nobody"].state.tolist() == empty_state().tolist()
+    assert states["nobody"].latest is None and applied == [False]
 
 
 def test_a_shorter_packed_vector_reads_with_the_later_counters_empty() -> None:
