@@ -215,6 +215,13 @@ async def test_a_sessions_keys_are_found_only_under_its_partitions_tag(store: Re
     await store.finish_close({3: ["s"]})
 
     found = [k.decode() async for k in store.r.scan_iter(match=f"{store.prefix}:*")]
+    # The one key of no partition: the layout, recorded before the first write.
+    assert keys.layout_key(store.prefix) in found
+    assert await store.r.hgetall(keys.layout_key(store.prefix)) == {
+        b"version": str(keys.LAYOUT_VERSION).encode(),
+        b"partitions": str(layout.partitions).encode(),
+    }
+    found.remove(keys.layout_key(store.prefix))
     assert found
     assert {_tag(k) for k in found} == {tag}
     assert {key_slot(k.encode()) for k in found} == {key_slot(tag.encode())}
