@@ -24,6 +24,7 @@ from contracts import keys
 from contracts.dashboard import (
     DAY_MS,
     DIMENSIONS,
+    HOT_ANCHOR,
     HOUR_MS,
     M5_MS,
     TRAJECTORY,
@@ -70,6 +71,7 @@ async def _require_key(
 router = APIRouter(dependencies=[Depends(_require_key)], tags=["dashboard"])
 
 
+_ANCHOR = HOT_ANCHOR.encode()  # the hot set's first member, never a session
 STATS = ("n", "p", "pu", "c")  # a bucket's figures; other fields are bookkeeping
 
 
@@ -179,7 +181,7 @@ async def read_dashboard(
             rate[0] += int(_f(e))
             rate[1] += int(_f(sc))
         at += len(minutes)
-        hot_entries += [(score, p, sid) for sid, score in results[at]]
+        hot_entries += [(score, p, sid) for sid, score in results[at] if sid != _ANCHOR]
         at += 1
     hot_entries.sort(key=lambda e: (-e[0], e[2]))
 

@@ -30,7 +30,7 @@ import os
 import socket
 from typing import Any
 
-from contracts.dashboard import DIMENSIONS, HOT_MAX, NONE_VALUE, RATE_TTL_S
+from contracts.dashboard import DIMENSIONS, HOT_ANCHOR, HOT_MAX, NONE_VALUE, RATE_TTL_S
 from contracts.limits import DASH_BUCKET_FIELDS_MAX, OTHER_VALUE
 
 # Lua, run at the start of APPLY_SCRIPT: the session commands S (start), H (hits) and C
@@ -40,14 +40,14 @@ from contracts.limits import DASH_BUCKET_FIELDS_MAX, OTHER_VALUE
 # written once per call (HMGET, then HSET of the sums), whatever the number of fields.
 # ARGV[2] is MessagePack of [session TTL, hot-set size, TTL of 5-minute, hourly and
 # longer buckets, the fields a bucket takes new channel values up to, the name of the
-# rest, the TTL of a minute's rates]; ARGV[4], of the dashboard prefixes of the
-# partitions the call writes (commands name them by their place in it).
+# rest, the TTL of a minute's rates, the hot set's anchor]; ARGV[4], of the dashboard
+# prefixes of the partitions the call writes (commands name them by their place in it).
 LUA = """
 local cfg = cmsgpack.unpack(ARGV[2])
 -- Numbers handed to redis.call go as text: Redis formats a Lua number with snprintf.
 local STTL, HOT_MAX = cfg[1], cfg[2]
 local TTL = {cfg[3], cfg[4], cfg[5], cfg[5]}
-local FIELDS_MAX, OTHER, RATE_TTL = cfg[6], cfg[7], cfg[8]
+local FIELDS_MAX, OTHER, RATE_TTL, ANCHOR = cfg[6], cfg[7], cfg[8], cfg[9]
 local DASH = cmsgpack.unpack(ARGV[4])
 local fmt, floor = string.format, math.floor
 local DIMS = {'utm_medium', 'utm_source', 'utm_campaign'}
@@ -227,9 +227,11 @@ local function flush()
     if x.active ~= 0 or x.now then redis.call('EXPIRE', meta, TTL[4]) end
     local hot = P .. ':hot'
     if #x.add > 0 then
+      -- The anchor goes first, so a new set is made a skip list (see HOT_ANCHOR).
+      redis.call('ZADD', hot, '-inf', ANCHOR)
       chunks('ZADD', hot, x.add, 1000)
-      if redis.call('ZCARD', hot) > HOT_MAX then
-        redis.call('ZREMRANGEBYRANK', hot, 0, -(HOT_MAX + 1))
+      if redis.call('ZCARD', hot) > HOT_MAX + 1 then
+        redis.call('ZREMRANGEBYRANK', hot, 1, -(HOT_MAX + 1))
       end
       redis.call('EXPIRE', hot, TTL[4])
     end
@@ -250,6 +252,7 @@ def config(session_ttl_s: int, retention_s: int) -> list[Any]:
         DASH_BUCKET_FIELDS_MAX,
         OTHER_VALUE,
         str(RATE_TTL_S),
+        HOT_ANCHOR,
     ]
 
 
