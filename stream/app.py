@@ -296,7 +296,7 @@ class Pipeline:
             except RedisLost as exc:
                 log.error("%s: reading the input again from where Redis's state ends", exc)
                 self.metrics.redis_losses.inc()
-                self.processor.forget_starting()
+                self.processor.forget_state()
                 self.checked.clear()
                 await self.check(going_on)
                 raise Rewind({}) from None  # a partition not rewound: the fetch again
@@ -419,6 +419,7 @@ class Pipeline:
                 self.checked.discard(key)
                 self.read_from.pop(key, None)
                 self.processor.store.expected.pop(key, None)
+                self.processor.cache.drop_partitions([tp.partition])
         cast(Any, self.app.consumer).forget(set(revoked))
 
     async def run_sessions(
@@ -698,6 +699,7 @@ class Pipeline:
         except RedisLost as exc:
             log.error("%s: closes wait until Redis is rebuilt", exc)
             self.metrics.redis_losses.inc()
+            self.processor.forget_state()
             self.checked.clear()
             return closed
         self.metrics.open_sessions.set(open_total)

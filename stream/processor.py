@@ -36,6 +36,7 @@ from features.columns import SESSION_COLUMNS
 from features.hits import STATE_INDEX, combine_values, empty_state, hit_increments
 from features.session import rows_to_columns
 from features.target import is_target_action
+from stream.cache import Cached, SessionCache
 from stream.dashboard import channel_values
 from stream.gate import SessionGate
 from stream.logic import (
@@ -104,6 +105,21 @@ class Output:
 
 def _converted(outcome: bytes | None) -> bool:
     return outcome is not None and b'"outcome":"converted"' in outcome
+
+
+def _stored_session(w: SessionWrite) -> SessionState:
+    """A session as its start write leaves it in Redis (and a read would return it)."""
+    return SessionState(
+        known=True,
+        ready=False,
+        client_id=w.client_id,
+        start=w.start,
+        vector=np.frombuffer(w.vector.astype(np.float32).tobytes(), dtype=np.float32),
+        state=np.array(empty_state(), dtype=np.float64),
+        partition=w.partition,
+        latest=w.score_json,
+        has_latest=True,
+    )
 
 
 def _counts(records: Sequence[Record]) -> dict[int, int]:
@@ -288,6 +304,8 @@ class HitsBatch:
     duplicates: list[tuple[str, int]] = field(default_factory=list)
     counts: dict[int, int] = field(default_factory=dict)  # records by partition
     events: dict[int, int] = field(default_factory=dict)  # the same, less the parked hits
+    known: set[str] = field(default_factory=set)  # sessions the run or the cache knew: not read
+    cached: dict[str, Cached] = field(default_factory=dict)  # those the cache knew
     failed: bool = False  # a feature or model failure: all dead letters, nothing to store
 
 
@@ -300,7 +318,12 @@ class Processor:
     """Turns batches of records into state, scores and dead letters."""
 
     def __init__(
-        self, model: ConversionModel, store: RedisStore, hits_topic: str = "ga.hits"
+        self,
+        model: ConversionModel,
+        store: RedisStore,
+        hits_topic: str = "ga.hits",
+        cache_sessions: int = 50_000,
+        cache_age_s: float = 600.0,
     ) -> None:
         self.model = model
         self.store = store
@@ -316,6 +339,8 @@ class Processor:
         self.starting: dict[str, asyncio.Event] = {}
         # Sessions a hits batch or a close round is working on (see stream/gate.py).
         self.gate = SessionGate()
+        # What Redis holds of this worker's sessions (stream/cache.py).
+        self.cache = SessionCache(cache_sessions, cache_age_s)
 
     @contextlib.contextmanager
     def releasing_sessions(self, sids: Collection[str]) -> Iterator[None]:
@@ -328,6 +353,11 @@ class Processor:
             for sid in sids:
                 if self.releasing[sid] <= 0:
                     del self.releasing[sid]
+
+    def forget_state(self) -> None:
+        """Forget what this worker knew of the sessions in Redis: Redis lost writes."""
+        self.cache.clear()
+        self.forget_starting()
 
     def forget_starting(self) -> None:
         """Stop waiting for start scores that an abandoned fetch was to publish."""
@@ -408,7 +438,12 @@ class Processor:
     async def sessions_read(self, batch: SessionsBatch) -> SessionsBatch:
         """Send the read of a parsed batch's sessions; ``sessions_compute`` awaits it."""
         if batch.parsed:
-            where = {row["session_id"]: rec.partition for rec, row in batch.parsed}
+            # A session this worker knows is stored is a duplicate without a read.
+            where = {
+                row["session_id"]: rec.partition
+                for rec, row in batch.parsed
+                if self.cache.get(row["session_id"], rec.partition) is None
+            }
             batch.reading = await self.store.send_read(where, latest=False)
         return batch
 
@@ -431,7 +466,7 @@ class Processor:
         sids = [row["session_id"] for _, row in batch.parsed]
         for i, (rec, row) in enumerate(batch.parsed):
             sid = sids[i]
-            if sid in writes or known[sid].known or sid in run.started:
+            if sid in writes or sid not in known or known[sid].known or sid in run.started:
                 out.duplicates += 1
                 continue
             start = start_time(row).isoformat()
@@ -480,6 +515,8 @@ class Processor:
                 out.score(sid, copy, "session_start")
         batch.writes = list(writes.values())
         run.started.update((w.session_id, w.score_json) for w in batch.writes)
+        for w in batch.writes:
+            self.cache.put(w.session_id, _stored_session(w), set())
         batch.marks = self._raise_marks("sessions", batch.writes)
         batch.computed = True
         out.released = where
@@ -501,7 +538,11 @@ class Processor:
         then drops them with ``forget_pending``. Until then they stay in Redis: after a
         crash the session's row is delivered again and releases them again.
         """
-        parked = await self.store.release(sids)
+        parked, ready = await self.store.release_sessions(sids)
+        for sid in ready:
+            known = self.cache.get(sid, sids[sid])
+            if known is not None:
+                known.state.ready = True
         for sid in sids:
             started = self.starting.pop(sid, None)
             if started is not None:
@@ -628,11 +669,29 @@ class Processor:
         if need:
             run.held.update(await self.gate.hold(need))
         if batch.parsed:
+            # Sessions the run or the cache knows are not read: what they say is what
+            # Redis holds, or will once the run's writes land.
+            where: dict[str, int] = {}
+            for rec, h in batch.parsed:
+                sid = h["session_id"]
+                if sid in where or sid in batch.known:
+                    continue
+                if sid not in run.sessions:
+                    cached = self.cache.get(sid, rec.partition)
+                    if cached is None:
+                        where[sid] = rec.partition
+                        continue
+                    batch.cached[sid] = cached
+                batch.known.add(sid)
             # A session's latest score goes into the outcome of its conversion: read it
             # only where a hit of the batch is a target.
             batch.reading = await self.store.send_read(
-                {h["session_id"]: rec.partition for rec, h in batch.parsed},
-                [(h["session_id"], h["hit_number"]) for _, h in batch.parsed],
+                where,
+                [
+                    (h["session_id"], h["hit_number"])
+                    for _, h in batch.parsed
+                    if h["session_id"] in where
+                ],  # noqa: E501
                 latest={
                     h["session_id"]
                     for _, h in batch.parsed
@@ -650,8 +709,19 @@ class Processor:
         computed before this one's write lands.
         """
         if batch.reading is not None:
-            batch.states, batch.applied = await batch.reading
+            batch.states, read = await batch.reading
             batch.reading = None
+            flags = iter(read)
+            batch.applied = [
+                False if h["session_id"] in batch.known else next(flags) for _, h in batch.parsed
+            ]
+            for sid in batch.known:
+                cached = batch.cached.get(sid)
+                batch.states[sid] = (
+                    dataclasses.replace(cached.state)
+                    if cached is not None
+                    else run.sessions[sid].state
+                )
         if not batch.parsed:
             return batch
         states, applied = batch.states, batch.applied
@@ -661,8 +731,12 @@ class Processor:
                 # A copy: the run keeps the old state if this batch fails.
                 states[sid] = dataclasses.replace(known.state)
         for i, (_, hit) in enumerate(batch.parsed):
-            known = run.sessions.get(hit["session_id"])
-            if known is not None and hit["hit_number"] in known.applied:
+            sid = hit["session_id"]
+            known = run.sessions.get(sid)
+            done = known.applied if known is not None else None
+            if done is None and sid in batch.cached:
+                done = batch.cached[sid].applied
+            if done is not None and hit["hit_number"] in done:
                 applied[i] = True
         await self._apply_hits(batch, states, applied)
         for w in batch.updates:
@@ -671,10 +745,15 @@ class Processor:
             st.latest, st.has_latest = w.scores[-1][1], True
             if w.outcome is not None:
                 st.outcome = w.outcome
-            known = run.sessions.setdefault(w.session_id, _RunSession(st))
+            known = run.sessions.get(w.session_id)
+            if known is None:
+                cached = batch.cached.get(w.session_id)
+                done = set() if cached is None else set(cached.applied)
+                known = run.sessions[w.session_id] = _RunSession(st, done)
             known.state = st
             known.applied.update(w.applied)
             known.history.update(w.scores)
+            self.cache.put(w.session_id, st, known.applied)
         return batch
 
     async def hits_write(
@@ -1028,11 +1107,20 @@ class Processor:
         # Read together: a session's state, and its final score if a crash came between
         # storing and publishing it.
         where = {sid: p for p, rows in due_by_partition.items() for sid, _ in rows}
-        (states, _), copies = await asyncio.gather(
-            self.store.read({sid: where[sid] for sid, _ in due}),
-            self.store.stored_scores([(sid, where[sid], end_field) for sid, _ in due]),
+        # A session the cache knows open has no final score stored: it is not read.
+        states: dict[str, SessionState] = {}
+        for sid, _ in due:
+            cached = self.cache.get(sid, where[sid])
+            if cached is not None and not cached.state.closed:
+                states[sid] = dataclasses.replace(cached.state)
+        unknown = [sid for sid, _ in due if sid not in states]
+        (read, _), copies = await asyncio.gather(
+            self.store.read({sid: where[sid] for sid in unknown}),
+            self.store.stored_scores([(sid, where[sid], end_field) for sid in unknown]),
         )
-        stored = {sid: copy for (sid, _), copy in zip(due, copies, strict=True)}
+        states.update(read)
+        stored: dict[str, bytes | None] = dict.fromkeys(states)
+        stored.update(zip(unknown, copies, strict=True))
         # A session whose start score is not out yet, or which is being released, is not
         # closed: the hits parked for it are applied at its release and move its last
         # event on. (Under a backlog its hits may have been read long before it, and the
@@ -1104,7 +1192,16 @@ class Processor:
                 )
                 out.score(sid, payload, "session_end")
             await self.store.prepare_close(closes)
+            for c in closes:
+                st = states[c.session_id]
+                st.closed, st.latest, st.has_latest = True, c.score_json, True
+                if c.outcome is not None:
+                    st.outcome = c.outcome
+                known = self.cache.get(c.session_id, c.partition)
+                self.cache.put(c.session_id, st, set() if known is None else known.applied)
 
     async def finish_close(self, closed: Mapping[int, list[str]]) -> None:
         """Take closed sessions out of the open sets once their final events are on Kafka."""
         await self.store.finish_close(closed)
+        for sids in closed.values():
+            self.cache.drop(sids)

@@ -28,6 +28,7 @@ class StreamSettings(BaseSettings):
     topic_partitions: int = 6
     topic_replication: int = 1  # replicas of each topic created (3 on a three-node cluster)
     session_ttl_s: int = 6 * 3600
+    state_cache_sessions: int = 50_000  # sessions whose Redis state the worker keeps in memory
     batch_max: int = 500
     redis_retries: int = 8  # attempts (backoff 0.1 s doubling to 5 s) before the worker exits
     session_gap_s: float = 1800.0  # event-time inactivity after which a session is closed

@@ -98,8 +98,9 @@ return out
 # Release sessions to their hits (their session-start scores are on Kafka) and hand
 # over the hits parked so far; no hit parks after this. KEYS: session and pending key
 # of each session, in pairs, then the fence's keys; ARGV: the number of pairs, the
-# fence. A session whose state is not in Redis (it expired, or Redis lost it) is not
-# marked ready: a hit must never find a ready session without its row's fields.
+# fence. Returns, per session, its parked hits, or false if its state is not in Redis
+# (it expired, or Redis lost it): such a session is not marked ready, since a hit must
+# never find a ready session without its row.
 RELEASE_SCRIPT = (
     FENCE_LUA
     + """
@@ -110,7 +111,7 @@ for i = 1, 2 * tonumber(ARGV[1]), 2 do
     redis.call('HSET', KEYS[i], 'ready', '1')
     out[#out + 1] = redis.call('LRANGE', KEYS[i + 1], 0, -1)
   else
-    out[#out + 1] = {}
+    out[#out + 1] = false
   end
 end
 return out
@@ -598,8 +599,14 @@ class RedisStore:
 
     async def release(self, sessions: Sessions) -> list[ParkedHit]:
         """Mark sessions ready for their hits; return the hits parked for them."""
+        return (await self.release_sessions(sessions))[0]
+
+    async def release_sessions(self, sessions: Sessions) -> tuple[list[ParkedHit], set[str]]:
+        """Mark sessions ready for their hits; return the hits parked for them, and the
+        sessions marked (those whose state Redis holds)."""
         if not sessions:
-            return []
+            return [], set()
+        ready: set[str] = set()
         groups: dict[int, list[str]] = {}
         for sid, partition in sessions.items():
             groups.setdefault(self._group(partition), []).append(sid)
@@ -615,13 +622,12 @@ class RedisStore:
             ]
             fence = self._fence(names, None, group)
             replied = await (await self._send("release", self._release, names, [len(sids), fence]))
-            results = _fenced("release", replied)
-            out += [
-                ParkedHit.unpack(sid, item)
-                for sid, items in zip(sids, results, strict=True)
-                for item in items
-            ]
-        return out
+            for sid, items in zip(sids, _fenced("release", replied), strict=True):
+                if items is None:  # redis-py gives Lua's false as None
+                    continue
+                ready.add(sid)
+                out += [ParkedHit.unpack(sid, item) for item in items]
+        return out, ready
 
     async def forget_pending(self, sessions: Sessions) -> None:
         """Drop the parked hits of sessions once they are applied."""

@@ -58,7 +58,14 @@ def run_worker(settings: StreamSettings) -> int:
     app = create_app(settings)
     metrics = WorkerMetrics()
     hits_topic = topics.topic_name(topics.HITS, settings.topic_prefix)
-    attach_pipeline(app, settings, Processor(model, store, hits_topic), metrics)
+    processor = Processor(
+        model,
+        store,
+        hits_topic,
+        cache_sessions=settings.state_cache_sessions,
+        cache_age_s=min(600.0, settings.session_ttl_s / 4),
+    )
+    attach_pipeline(app, settings, processor, metrics)
     metrics.serve(settings.metrics_port)
     log.info(
         "worker %s: model %s, topics prefixed %r",

@@ -238,6 +238,7 @@ async def test_a_batch_reads_latest_scores_only_for_sessions_with_a_target_hit(
         *(h for h in by_session[plain][:2] if not _is_target(h)),
         _retarget(by_session[converting][0], 1000),
     ]
+    processor.cache.clear()  # a worker that has not seen them: it reads them from Redis
     async with processor.hits_run() as run:
         batch = await processor.hits_read(processor.hits_parse(_records("t.hits", values, 0)), run)
         assert batch.reading is not None

@@ -1,0 +1,135 @@
+"""The worker's memory of what Redis holds of its sessions (stream/cache.py).
+
+A session the worker wrote is not read back: its next hits and its close work on what
+the worker knows. That must come to exactly what reading Redis every time would.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from artifact import load_model
+from stream.cache import SessionCache
+from stream.processor import Processor
+from stream.state import RedisStore, SessionState
+from tests.stream.test_hits_run import PARTITION, _records, _started, rows_and_hits  # noqa: F401
+
+
+def _state(partition: int) -> SessionState:
+    return SessionState(
+        known=True,
+        ready=True,
+        client_id=None,
+        start="2021-11-24T14:36:32+03:00",
+        vector=np.zeros(3, dtype=np.float32),
+        state=np.zeros(2),
+        partition=partition,
+    )
+
+
+def test_the_least_recently_used_session_goes_first() -> None:
+    cache = SessionCache(capacity=2)
+    cache.put("a", _state(0), set())
+    cache.put("b", _state(0), set())
+    assert cache.get("a", 0) is not None  # a is used: b is the oldest now
+    cache.put("c", _state(1), set())
+    assert len(cache) == 2
+    assert cache.get("b", 0) is None
+    assert cache.get("a", 0) is not None and cache.get("c", 1) is not None
+
+
+def test_a_session_is_known_only_on_its_partition_and_while_fresh() -> None:
+    cache = SessionCache(max_age_s=0.05)
+    cache.put("a", _state(3), {1, 2})
+    assert cache.get("a", 2) is None  # asked for on another partition: not this one
+    assert cache.get("a", 3) is None  # and that forgot it
+    cache.put("a", _state(3), {1, 2})
+    found = cache.get("a", 3)
+    assert found is not None and found.applied == {1, 2}
+    time.sleep(0.06)
+    assert cache.get("a", 3) is None
+
+
+def test_partitions_given_up_are_forgotten_alone() -> None:
+    cache = SessionCache()
+    for sid, partition in (("a", 0), ("b", 1), ("c", 1), ("d", 2)):
+        cache.put(sid, _state(partition), set())
+    cache.drop_partitions([1])
+    assert [sid for sid in "abcd" if cache.get(sid, {"a": 0, "b": 1, "c": 1, "d": 2}[sid])] == [
+        "a",
+        "d",
+    ]
+    cache.clear()
+    assert len(cache) == 0
+
+
+class CountingStore(RedisStore):
+    """A store that counts the sessions its reads ask Redis for."""
+
+    read_sessions = 0
+
+    async def send_read(self, sessions, hits=(), *, latest=True):  # type: ignore[no-untyped-def]
+        self.read_sessions += len(sessions)
+        return await super().send_read(sessions, hits, latest=latest)
+
+
+async def test_hits_of_sessions_it_wrote_come_out_as_if_read_from_redis(
+    store: RedisStore,
+    model_path: Path,
+    rows_and_hits: tuple[list[bytes], list[bytes]],  # noqa: F811
+) -> None:
+    rows, hits = rows_and_hits
+    model = load_model(model_path)
+    stores = [
+        CountingStore(store.r, prefix=f"{store.prefix}:{name}", ttl_s=600, retries=2)
+        for name in ("kept", "read")
+    ]
+    kept, read = (Processor(model, s) for s in stores)
+    for p in (kept, read):
+        await _started(p, rows)
+    batches = [hits[i : i + 7] for i in range(0, len(hits), 7)]
+    out: dict[str, list[bytes]] = {"kept": [], "read": []}
+    for k, batch in enumerate(batches):
+        read.cache.clear()  # this one reads Redis every time
+        for name, p in (("kept", kept), ("read", read)):
+            async with p.hits_batch(_records("t.hits", batch, 100 + 7 * k)) as o:
+                out[name] += [payload for _, payload in o.scores]
+    for p in (kept, read):
+        closing = await p.close_due({PARTITION: float("inf")}, 1000)
+        out["kept" if p is kept else "read"] += [payload for _, payload in closing.scores]
+        await p.finish_close(closing.closed)
+
+    def comparable(payloads: list[bytes]) -> list[tuple]:
+        events = [orjson.loads(x) for x in payloads]
+        return [(e["score_id"], e["probability"], e["trigger"], e["event_time"]) for e in events]
+
+    assert comparable(out["kept"]) == comparable(out["read"])
+    assert len(out["kept"]) == len(hits) + len(rows)
+    # The same state in Redis, and the worker that kept what it wrote read no session
+    # after their rows (those it reads to find duplicates).
+    sids = {orjson.loads(r)["session_id"]: PARTITION for r in rows}
+    a, _ = await stores[0].read(sids)
+    b, _ = await stores[1].read(sids)
+    for sid in sids:
+        assert a[sid].state.tolist() == b[sid].state.tolist()
+        assert a[sid].closed and b[sid].closed
+    assert stores[0].read_sessions == 2 * len(rows)  # the rows' reads, and the two above
+    assert stores[1].read_sessions > stores[0].read_sessions
+    assert len(kept.cache) == 0  # closed and out of the open sets: forgotten
+
+
+async def test_a_redis_that_lost_writes_is_not_trusted_from_memory(
+    store: RedisStore,
+    model_path: Path,
+    rows_and_hits: tuple[list[bytes], list[bytes]],  # noqa: F811
+) -> None:
+    rows, _ = rows_and_hits
+    processor = Processor(load_model(model_path), store)
+    await _started(processor, rows)
+    assert len(processor.cache) == len(rows)
+    processor.forget_state()  # what the worker does on RedisLost
+    assert len(processor.cache) == 0
