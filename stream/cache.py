@@ -34,6 +34,7 @@ class Cached:
     state: SessionState
     applied: set[int]
     at: float  # when it was put (monotonic seconds)
+    ttl_at: float  # when a write last set its TTL in Redis (monotonic seconds)
 
 
 class SessionCache:
@@ -59,17 +60,34 @@ class SessionCache:
         self._entries.move_to_end(sid)
         return found
 
-    def put(self, sid: str, state: SessionState, applied: set[int]) -> None:
-        """Keep a session's state (its ``partition`` set) and the hits applied to it."""
+    def put(
+        self, sid: str, state: SessionState, applied: set[int], ttl_at: float | None = None
+    ) -> None:
+        """Keep a session's state (its ``partition`` set) and the hits applied to it.
+
+        ``ttl_at`` is when its TTL was last set, if not by the write that puts it.
+        """
         assert state.partition is not None, "a cached state names its partition"
         old = self._entries.pop(sid, None)
         if old is not None and old.state.partition != state.partition:
             self._unindex(sid, old.state.partition)
-        self._entries[sid] = Cached(state, applied, time.monotonic())
+        now = time.monotonic()
+        self._entries[sid] = Cached(state, applied, now, now if ttl_at is None else ttl_at)
         self._by_partition.setdefault(state.partition, set()).add(sid)
         while len(self._entries) > self.capacity:
             gone, entry = self._entries.popitem(last=False)
             self._unindex(gone, entry.state.partition)
+
+    def ttl_due(self, sid: str, partition: int, every_s: float) -> bool:
+        """Whether a write to a session should set its TTL again: the cache does not
+        know it, or its TTL was set more than ``every_s`` ago."""
+        found = self.get(sid, partition)
+        return found is None or time.monotonic() - found.ttl_at > every_s
+
+    def ttl_set_at(self, sid: str) -> float | None:
+        """When a session's TTL was last set, if the cache knows it."""
+        found = self._entries.get(sid)
+        return None if found is None else found.ttl_at
 
     def drop(self, sids: Iterable[str]) -> None:
         """Forget sessions."""

@@ -138,11 +138,12 @@ local function add(P, ms, channel, stats)
 end
 -- S: a session's row. a[i..]: dashboard index, session id, start probability and
 -- start ms (as text), utm medium, source and campaign, the packed row
--- (contracts.keys.pack_row), then the hash's other fields and values. Nothing happens
--- if the hash has a row already.
+-- (contracts.keys.pack_row), the packed counters, the start score's field and entry,
+-- the start score's JSON. Nothing happens if the hash has a row already.
 local function start(key, a, i, c)
   if redis.call('HSETNX', key, 'row', a[i + 7]) == 0 then return end
-  redis.call('HSET', key, unpack(a, i + 8, i + c - 1))
+  redis.call('HSET', key, 'hs', a[i + 8], a[i + 9], a[i + 10], 'latest', a[i + 11],
+    'p', a[i + 2], 'hits', '0')
   redis.call('EXPIRE', key, STTL)
   local x = part(a[i])
   local ms = tonumber(a[i + 3])
@@ -155,12 +156,15 @@ local function start(key, a, i, c)
 end
 -- H: a session's hits. a[i..]: dashboard index, session id, latest probability (text),
 -- converted (1: a hit of the batch converted), hot (1: open and not converted), the
--- first new score's field and entry, then the hash's other fields and values. Nothing
--- happens if the hash has that score already (the batch was applied).
+-- first new score's field and entry, the packed counters, the latest score's JSON, the
+-- hits applied (text), whether to set the TTL again (1), then the other new scores'
+-- fields and entries, and the outcome's. Nothing happens if the hash has the first new
+-- score already (the batch was applied).
 local function hits(key, a, i, c)
   if redis.call('HSETNX', key, a[i + 5], a[i + 6]) == 0 then return end
-  if c > 7 then redis.call('HSET', key, unpack(a, i + 7, i + c - 1)) end
-  redis.call('EXPIRE', key, STTL)
+  redis.call('HSET', key, 'hs', a[i + 7], 'latest', a[i + 8], 'p', a[i + 2], 'hits', a[i + 9],
+    unpack(a, i + 11, i + c - 1))
+  if a[i + 10] == 1 then redis.call('EXPIRE', key, STTL) end
   local x = part(a[i])
   if a[i + 3] == 1 then
     if redis.call('HSETNX', key, 'conv', '1') == 1 then

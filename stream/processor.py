@@ -310,6 +310,10 @@ class HitsBatch:
 
 
 INPUT_KINDS = ("sessions", "hits")
+# A hits write sets its session's TTL again once this share of the TTL has passed since
+# it was last set (the session start sets it; so does any write of a session the
+# worker did not know).
+TTL_REFRESH_SHARE = 0.25
 START_WAIT_S = 2.0  # longest a hit waits for its session's start score in this worker
 IDLE_MS = 5000.0  # an input topic without events for this long is quiet
 
@@ -753,7 +757,8 @@ class Processor:
             known.state = st
             known.applied.update(w.applied)
             known.history.update(w.scores)
-            self.cache.put(w.session_id, st, known.applied)
+            ttl_at = None if w.refresh_ttl else self.cache.ttl_set_at(w.session_id)
+            self.cache.put(w.session_id, st, known.applied, ttl_at)
         return batch
 
     async def hits_write(
@@ -954,6 +959,9 @@ class Processor:
                     event_ms=event_ms,
                     closed=st.closed,
                     converted=st.outcome is not None,
+                    refresh_ttl=self.cache.ttl_due(
+                        sid, _partition(st), self.store.ttl * TTL_REFRESH_SHARE
+                    ),
                 )
             if outcome is not None:
                 w.outcome = outcome

@@ -297,6 +297,7 @@ class HitWrite:
     outcome: bytes | None = None  # OutcomeEvent JSON when a hit of the batch converted
     closed: bool = False  # a late hit: the session stays closed
     converted: bool = False  # converted in an earlier batch: not hot any more
+    refresh_ttl: bool = True  # set the session's TTL again (else it was set lately)
     probability: float = 0.0  # the latest of the batch's scores
     entries: list[bytes] = field(default_factory=list)  # history entries of ``scores``, if any
 
@@ -702,16 +703,10 @@ class RedisStore:
                 _num(s.event_ms),
                 *values[:3],
                 keys.pack_row(row),
-                keys.HIT_STATE_FIELD,
                 _PACKED_EMPTY,
                 s.history_field,
                 entry,
-                keys.LATEST_FIELD,
                 s.score_json,
-                "p",
-                probability,
-                "hits",
-                "0",
             )
             opened.setdefault(part, []).extend((repr(s.event_ms), s.session_id))
             scores[part] = scores.get(part, 0) + 1
@@ -725,17 +720,7 @@ class RedisStore:
                 continue
             entries = h.entries or [json for _, json in h.scores]
             names = [name for name, _ in h.scores]
-            fields = [keys.HIT_STATE_FIELD, keys.pack_hit_state(h.state.tolist())]
-            for name, entry in zip(names[1:], entries[1:], strict=True):
-                fields += [name, entry]
-            fields += [
-                keys.LATEST_FIELD,
-                h.scores[-1][1],
-                "p",
-                repr(float(h.probability)),
-                "hits",
-                str(int(h.state[HITS])),
-            ]
+            fields = [x for pair in zip(names[1:], entries[1:], strict=True) for x in pair]
             if h.outcome is not None:
                 fields += ["outcome", h.outcome]
             hot = not h.closed and not h.converted and h.outcome is None
@@ -749,6 +734,10 @@ class RedisStore:
                 int(hot),
                 names[0],
                 entries[0],
+                keys.pack_hit_state(h.state.tolist()),
+                h.scores[-1][1],
+                str(int(h.state[HITS])),
+                int(h.refresh_ttl),
                 *fields,
             )
             scores[part] = scores.get(part, 0) + len(h.scores)

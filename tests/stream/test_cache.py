@@ -133,3 +133,33 @@ async def test_a_redis_that_lost_writes_is_not_trusted_from_memory(
     assert len(processor.cache) == len(rows)
     processor.forget_state()  # what the worker does on RedisLost
     assert len(processor.cache) == 0
+
+
+def test_a_ttl_is_set_again_only_when_due() -> None:
+    cache = SessionCache()
+    assert cache.ttl_due("a", 0, 60.0)  # unknown: set it
+    cache.put("a", _state(0), set())
+    assert not cache.ttl_due("a", 0, 60.0)
+    assert cache.ttl_due("a", 0, 0.0)
+    # A write that did not set it keeps the time it was last set.
+    cache.put("a", _state(0), set(), ttl_at=time.monotonic() - 100.0)
+    assert cache.ttl_due("a", 0, 60.0)
+
+
+async def test_a_hits_write_sets_the_ttl_only_when_asked(store: RedisStore) -> None:
+    from stream.state import HitWrite, SessionWrite
+
+    start = SessionWrite(
+        "s", None, "2021-11-24T14:36:32+03:00", np.zeros(3), b"{}", "session_start:"
+    )
+    await store.write([start], [])
+    key = store.layout.session(0, "s")
+    assert 590 < await store.r.ttl(key) <= 600
+    await store.r.expire(key, 100)
+    state = np.zeros(2)
+    kept = HitWrite("s", state, [1], [("hit:1", b"{}")], refresh_ttl=False)
+    await store.write([], [kept])
+    assert await store.r.ttl(key) <= 100
+    refreshed = HitWrite("s", state, [2], [("hit:2", b"{}")], refresh_ttl=True)
+    await store.write([], [refreshed])
+    assert await store.r.ttl(key) > 590
