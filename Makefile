@@ -28,6 +28,9 @@ stack-status: ## Say whether the local Kafka broker and Redis server are running
 test: install ## Run every test, the integration tests against the real local stack
 	@bash scripts/test.sh
 
+test-cluster: install ## Run the state and failover tests against the cluster stack (SCORER_STACK=cluster)
+	@bash scripts/test-cluster.sh
+
 lint: install ## Lint, check formatting and types
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -42,13 +45,14 @@ bench-train: install ## Benchmark: generate 1.86M sessions, check them, train; t
 bench-api: install ## Benchmark: /predict and a 10,000-row batch on one uvicorn process, against a pandas+sklearn baseline
 	$(PY) -m bench.api
 
-bench-stream: stack-up ## Benchmark: worker throughput (1 and 2 processes) and latency on the local stack
-	$(PY) -m bench.stream
+bench-stream: stack-up ## Benchmark: worker throughput (1 and 2 processes) and latency on the local stack (SCORER_STACK=cluster: on the cluster stack)
+	eval "$$(bash scripts/stack.sh env)" && $(PY) -m bench.stream
 
-bench-cost: stack-up ## Benchmark: instructions per event of the worker's processing and of Redis (callgrind)
+bench-cost: stack-up ## Benchmark: instructions per event of the worker and of Redis (callgrind): one Redis, then a Redis Cluster of 3 masters
 	$(PY) -m bench.cost
+	$(PY) -m bench.cost --masters 3
 
 clean: ## Remove generated data, models and test output (not the venv or the stack)
 	rm -rf data models test-artifacts .pytest_cache
 
-.PHONY: help install stack-up stack-down stack-status test lint demo bench-train bench-api bench-stream bench-cost clean
+.PHONY: help install stack-up stack-down stack-status test test-cluster lint demo bench-train bench-api bench-stream bench-cost clean

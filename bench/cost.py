@@ -1,6 +1,6 @@
 """The worker's processing cost in instructions, counted by valgrind's callgrind.
 
-    python -m bench.cost [--data DIR] [--model PATH] [--sessions N]
+    python -m bench.cost [--data DIR] [--model PATH] [--sessions N] [--masters M]
 
 Throughput on this shared 2-core machine moves by a fifth or more from one run to the
 next (the same run's CPU seconds too), so a change of a few per cent cannot be seen in
@@ -12,7 +12,9 @@ a redis-server of its own, both under callgrind, and prints instructions per eve
 the worker's process and for Redis. Only the processing is counted: the worker's start
 (imports, the model, reading the data) is not, and Redis's counters start at zero when
 the run begins. Kafka is left out: consuming and publishing cost the same for any
-change to the processing.
+change to the processing. With ``--masters 3``, Redis is a Redis Cluster of three
+masters (each under callgrind; no replicas) and the store runs in cluster mode: the
+figures add each master's instructions per event and its share of them.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -52,16 +56,19 @@ def _records(data: Path, sessions: int) -> list[Any]:
     return out
 
 
-async def _process(records: list[Any], model_path: Path, redis_url: str) -> dict[str, int]:
+async def _process(
+    records: list[Any], model_path: Path, redis_url: str, cluster: bool = False
+) -> dict[str, int]:
     """Run the records through a processor, fetch by fetch; return what it produced."""
-    import redis.asyncio as aioredis
-
     from artifact import load_model
+    from stream.nodes import connect
     from stream.processor import Processor
     from stream.state import RedisStore
 
-    client = aioredis.Redis.from_url(redis_url)
-    store = RedisStore(client, prefix=f"cost-{uuid.uuid4().hex[:8]}", ttl_s=3600, retries=2)
+    client, lanes = connect(redis_url, cluster=cluster)
+    store = RedisStore(
+        client, prefix=f"cost-{uuid.uuid4().hex[:8]}", ttl_s=3600, retries=2, lanes=lanes
+    )
     proc = Processor(load_model(model_path), store, "cost.hits")
     counts = {"events": len(records), "scores": 0, "closed": 0}
     for start in range(0, len(records), FETCH):
@@ -91,6 +98,8 @@ async def _process(records: list[Any], model_path: Path, redis_url: str) -> dict
             counts["scores"] += len(out.scores)
             counts["closed"] += sum(len(s) for s in out.closed.values())
             await proc.finish_close(out.closed)
+    if lanes is not None:
+        await lanes.aclose()
     await client.aclose()
     return counts
 
@@ -100,7 +109,7 @@ def child(args: argparse.Namespace) -> int:
     records = _records(args.data, args.sessions)
     print("ready", flush=True)
     sys.stdin.readline()
-    counts = asyncio.run(_process(records, args.model, args.redis_url))
+    counts = asyncio.run(_process(records, args.model, args.redis_url, args.cluster))
     print(json.dumps(counts), flush=True)
     sys.stdin.readline()
     return 0
@@ -119,91 +128,175 @@ def _control(*args: str) -> None:
     subprocess.run(["callgrind_control", *args], check=True, capture_output=True, timeout=120)
 
 
-def measure(data: Path, model: Path, sessions: int, work: Path) -> dict[str, Any]:
-    """Count the instructions of one run; return the figures."""
-    port = free_port()
-    redis_out = work / "redis.callgrind"
-    valgrind = ["valgrind", "--tool=callgrind", "--dump-instr=no"]
-    redis_proc = subprocess.Popen(
+def _redis_server(work: Path, port: int, cluster: bool) -> subprocess.Popen[bytes]:
+    """A redis-server under callgrind (a Redis Cluster node when ``cluster``)."""
+    options = [
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(work),
+        "--hash-max-listpack-value",
+        "1024",
+    ]
+    if cluster:
+        options += [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            f"nodes-{port}.conf",
+            "--cluster-node-timeout",
+            "60000",  # callgrind slows the node: no failover meanwhile
+        ]
+    return subprocess.Popen(
         [
-            *valgrind,
-            f"--callgrind-out-file={redis_out}",
+            "valgrind",
+            "--tool=callgrind",
+            "--dump-instr=no",
+            f"--callgrind-out-file={work / f'redis-{port}.callgrind'}",
             shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(work),
-            "--hash-max-listpack-value",
-            "1024",
+            *options,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    worker_out = work / "worker.callgrind"
-    worker = subprocess.Popen(
+
+
+def _cluster_port() -> int:
+    """A free port for a Redis Cluster node, whose bus port (10,000 above) is free too."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, 45000)
+        if all(_free(p) for p in (port, port + 10000)):
+            return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _make_cluster(ports: list[int]) -> None:
+    """Join the nodes into a Redis Cluster, the slots in equal ranges, no replicas."""
+    subprocess.run(
         [
-            *valgrind,
-            "--instr-atstart=no",
-            f"--callgrind-out-file={worker_out}",
-            sys.executable,
-            "-m",
-            "bench.cost",
-            "--child",
-            "--data",
-            str(data),
-            "--model",
-            str(model),
-            "--sessions",
-            str(sessions),
-            "--redis-url",
-            f"redis://127.0.0.1:{port}/0",
+            "redis-cli",
+            "--cluster",
+            "create",
+            *(f"127.0.0.1:{p}" for p in ports),
+            "--cluster-yes",
         ],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=(work / "worker.log").open("w"),
-        text=True,
-        env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict orders every run
+        check=True,
+        capture_output=True,
+        timeout=600,
+        env={**os.environ, "TERM": "dumb"},
     )
-    assert worker.stdin is not None and worker.stdout is not None
+    import redis
+
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        states = [
+            redis.Redis(port=p, socket_timeout=30).cluster("info").get("cluster_state")
+            for p in ports
+        ]
+        if all(state == "ok" for state in states):
+            return
+        time.sleep(1.0)
+    raise RuntimeError("the cluster under callgrind did not become ready")
+
+
+def measure(data: Path, model: Path, sessions: int, work: Path, masters: int = 1) -> dict[str, Any]:
+    """Count the instructions of one run; return the figures.
+
+    With ``masters`` > 1, Redis is a Redis Cluster of that many masters, each under
+    callgrind, and the worker's side runs in cluster mode.
+    """
+    cluster = masters > 1
+    ports = [_cluster_port() if cluster else free_port() for _ in range(masters)]
+    servers = [_redis_server(work, port, cluster) for port in ports]
+    worker_out = work / "worker.callgrind"
+    worker: subprocess.Popen[str] | None = None
     try:
-        _wait_for_redis(port)
+        for port in ports:
+            _wait_for_redis(port)
+        if cluster:
+            _make_cluster(ports)
+        worker = subprocess.Popen(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--dump-instr=no",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={worker_out}",
+                sys.executable,
+                "-m",
+                "bench.cost",
+                "--child",
+                "--data",
+                str(data),
+                "--model",
+                str(model),
+                "--sessions",
+                str(sessions),
+                "--redis-url",
+                f"redis://127.0.0.1:{ports[0]}/0",
+                *(["--cluster"] if cluster else []),
+            ],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=(work / "worker.log").open("w"),
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict orders every run
+        )
+        assert worker.stdin is not None and worker.stdout is not None
         if worker.stdout.readline().strip() != "ready":
             raise RuntimeError("the worker's side did not start")
-        _control("-z", str(redis_proc.pid))  # Redis counts from here
+        for server in servers:
+            _control("-z", str(server.pid))  # Redis counts from here
         _control("-i", "on", str(worker.pid))
         worker.stdin.write("go\n")
         worker.stdin.flush()
         counts = json.loads(worker.stdout.readline())
         _control("-i", "off", str(worker.pid))
-        _control("-d", str(redis_proc.pid))
+        for server in servers:
+            _control("-d", str(server.pid))
         worker.stdin.write("exit\n")
         worker.stdin.flush()
         if worker.wait(timeout=600) != 0:
             raise RuntimeError("the worker's side failed")
     finally:
-        if worker.poll() is None:
+        if worker is not None and worker.poll() is None:
             worker.kill()
-        _shutdown_redis(port)
-        redis_proc.wait(timeout=120)
+        for port, server in zip(ports, servers, strict=True):
+            _shutdown_redis(port)
+            server.wait(timeout=120)
     worker_ir = _totals(worker_out)
     # The dump asked for (part 1) has the run; the one at exit, only the shutdown.
-    redis_ir = _totals(work / "redis.callgrind.1")
+    nodes = [_totals(work / f"redis-{port}.callgrind.1") for port in ports]
+    redis_ir = sum(nodes)
     events = counts["events"]
     return {
         "sessions": sessions,
         **counts,
+        "masters": masters,
         "worker_instructions": worker_ir,
         "redis_instructions": redis_ir,
         "worker_per_event": round(worker_ir / events),
         "redis_per_event": round(redis_ir / events),
         "total_per_event": round((worker_ir + redis_ir) / events),
+        "redis_per_event_by_master": [round(n / events) for n in nodes],
+        "redis_share_by_master": [round(n / redis_ir, 4) for n in nodes],
     }
 
 
@@ -239,7 +332,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="keep callgrind's output files in this folder (for callgrind_annotate)",
     )
+    parser.add_argument(
+        "--masters",
+        type=int,
+        default=1,
+        help="Redis: one server (1), or a Redis Cluster of this many masters",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cluster", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -255,10 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     model = _prepare(args.data, args.model).resolve()
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
-        result = measure(args.data.resolve(), model, args.sessions, args.keep.resolve())
+        result = measure(
+            args.data.resolve(), model, args.sessions, args.keep.resolve(), args.masters
+        )
     else:
         with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
-            result = measure(args.data.resolve(), model, args.sessions, Path(tmp))
+            result = measure(args.data.resolve(), model, args.sessions, Path(tmp), args.masters)
     print(json.dumps(result))
     print(
         f"{result['events']:,} events ({result['sessions']:,} sessions), "
@@ -266,6 +368,14 @@ def main(argv: list[str] | None = None) -> int:
         f"an event, Redis {result['redis_per_event']:,}, together "
         f"{result['total_per_event']:,}"
     )
+    if args.masters > 1:
+        shares = ", ".join(
+            f"{n:,} ({share:.1%})"
+            for n, share in zip(
+                result["redis_per_event_by_master"], result["redis_share_by_master"], strict=True
+            )
+        )
+        print(f"Redis Cluster of {args.masters} masters, instructions an event each: {shares}")
     return 0
 
 

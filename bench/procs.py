@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
+from redis.cluster import RedisCluster
 
 from stream.settings import StreamSettings
 
@@ -31,7 +34,7 @@ def drop_run(settings: StreamSettings) -> None:
     """Delete a run's topics (by its topic prefix) and Redis keys (by its key prefix)."""
 
     async def drop() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","))
         await admin.start()
         try:
             # Faust adds a topic of its own per app, named after the app id.
@@ -51,12 +54,26 @@ def drop_run(settings: StreamSettings) -> None:
     drop_keys(settings)
 
 
+def redis_client(settings: StreamSettings, **options: Any) -> Any:
+    """A Redis client for these settings: one server, or a Redis Cluster."""
+    if settings.redis_cluster:
+        return RedisCluster.from_url(settings.redis_url, **options)
+    return redis.Redis.from_url(settings.redis_url, **options)
+
+
+def scan(r: Any, match: str, count: int = 10_000) -> Iterator[bytes]:
+    """Every key matching a pattern, on every master of a Redis Cluster."""
+    if isinstance(r, RedisCluster):
+        return cast(Iterator[bytes], r.scan_iter(match, count=count, target_nodes=r.PRIMARIES))
+    return cast(Iterator[bytes], r.scan_iter(match, count=count))
+
+
 def drop_keys(settings: StreamSettings) -> None:
     """Delete a run's Redis keys (by its key prefix): what a Redis that forgot has."""
-    r = redis.Redis.from_url(settings.redis_url)
+    r = redis_client(settings)
     try:
         batch: list[bytes] = []
-        for key in r.scan_iter(f"{settings.redis_key_prefix}:*", count=10_000):
+        for key in scan(r, f"{settings.redis_key_prefix}:*"):
             batch.append(key)
             if len(batch) >= 10_000:
                 r.unlink(*batch)

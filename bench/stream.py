@@ -39,9 +39,9 @@ from typing import Any, cast
 
 import numpy as np
 import orjson
-import redis
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
+from redis.cluster import RedisCluster
 
 from bench.api import _prepare
 from bench.procs import (
@@ -51,6 +51,8 @@ from bench.procs import (
     drop_run,
     free_port,
     metrics,
+    redis_client,
+    scan,
     settings_env,
     total,
 )
@@ -203,7 +205,7 @@ def throughput(
     for k in range(workers):
         s = settings if k == 0 else settings.model_copy(update={"metrics_port": free_port()})
         procs.append(WorkerProcess(s, work / f"{settings.app_id}-{k}.log", root))
-    store = redis.Redis.from_url(settings.redis_url)
+    store = redis_client(settings)
     redis_before = _redis_use(store)
     try:
         for p in procs:
@@ -269,7 +271,7 @@ def rebuild(base: StreamSettings, model: Path, events: list[Event], work: Path) 
     settings = _settings(base, model, work)
     asyncio.run(send_events(settings, events, progress=False))
     worker = WorkerProcess(settings, work / f"{settings.app_id}-rebuild.log")
-    store = redis.Redis.from_url(settings.redis_url)
+    store = redis_client(settings)
     try:
         worker.start()
         _poll_first_consumed([worker], expected_scores(events), timeout_s=3600)
@@ -294,7 +296,7 @@ def rebuild(base: StreamSettings, model: Path, events: list[Event], work: Path) 
             raise RuntimeError("the rebuild did not finish in an hour")
         seconds = time.perf_counter() - started
         reread = _counter(settings.metrics_port, "scorer_worker_reread_records_total")
-        sessions = sum(1 for _ in store.scan_iter(f"{settings.redis_key_prefix}:{{*}}:state"))
+        sessions = sum(1 for _ in scan(store, f"{settings.redis_key_prefix}:{{*}}:s:*"))
     finally:
         worker.stop()
     drop_run(settings)
@@ -324,10 +326,19 @@ async def _end_offsets(settings: StreamSettings) -> dict[tuple[str, int], int]:
     return {key: ends[tp] for key, tp in tps.items()}
 
 
-def _redis_use(store: redis.Redis) -> tuple[float, float]:
-    """Return Redis's CPU seconds so far (user and system) and its memory in bytes."""
-    cpu, memory = store.info("cpu"), store.info("memory")
-    return cpu["used_cpu_user"] + cpu["used_cpu_sys"], float(memory["used_memory"])
+def _redis_use(store: Any) -> tuple[float, float]:
+    """Return Redis's CPU seconds so far (user and system) and its memory in bytes.
+
+    On a Redis Cluster, of all its masters together.
+    """
+    if isinstance(store, RedisCluster):
+        nodes = store.get_primaries()
+        cpus = [store.info("cpu", target_nodes=n) for n in nodes]
+        memories = [store.info("memory", target_nodes=n) for n in nodes]
+    else:
+        cpus, memories = [store.info("cpu")], [store.info("memory")]
+    cpu = sum(c["used_cpu_user"] + c["used_cpu_sys"] for c in cpus)
+    return cpu, float(sum(m["used_memory"] for m in memories))
 
 
 def faust_ceiling(
@@ -506,7 +517,7 @@ def full_replay(
     that sessions are stored only shortly before their hits.
     """
     settings = _settings(base, model, work)
-    store = redis.Redis.from_url(settings.redis_url)
+    store = redis_client(settings)
     load_started = time.perf_counter()
     # Loaded in a child process: the 17.6M events' tables and objects (over 10 GB) go
     # back to the system before the workers start.

@@ -26,7 +26,7 @@ from aiokafka.structs import TopicPartition
 from faust.types import TP
 
 from artifact import ArtifactError, load_model, read_card
-from contracts import limits, topics
+from contracts import keys, limits, topics
 from contracts.dashboard import WORKER_TTL_S, workers_key
 from stream.dashboard import worker_name
 from stream.intake import BatchApp, Fetch, Rewind
@@ -734,10 +734,16 @@ class Pipeline:
             }
         )
         key = workers_key(self.settings.redis_key_prefix)
+        layout = {
+            "version": keys.LAYOUT_VERSION,
+            "partitions": self.processor.store.layout.partitions,
+        }
         try:
             r = self.processor.store.r
             await r.hset(key, worker_name(), status)
             await r.expire(key, WORKER_TTL_S)
+            # The layout again, in case the node holding it lost it (the API needs it).
+            await r.hset(keys.layout_key(self.settings.redis_key_prefix), mapping=layout)
         except Exception as exc:  # noqa: BLE001 - the status is best effort
             log.debug("status not reported: %s", exc)
 

@@ -52,7 +52,10 @@ class NodeLanes:
 
     async def refresh(self) -> None:
         """Read the cluster's slot map again (after a failover or a moved slot)."""
-        await self.cluster.nodes_manager.initialize()
+        if self.ready:
+            await self.cluster.nodes_manager.initialize()
+        else:  # the client's first look: its command parser too
+            await self.cluster.initialize()
         self.ready = True
         masters = {n.name for n in self.cluster.get_primaries()}
         for name in [n for n in self._lanes if n not in masters]:
@@ -65,12 +68,6 @@ class NodeLanes:
         for lane in self._lanes.values():
             await lane.client.aclose()
         self._lanes.clear()
-
-
-async def initialise(client: Any) -> None:
-    """Read a Redis Cluster's slot map before the first call (no-op on one server)."""
-    if isinstance(client, RedisCluster):
-        await client.initialize()
 
 
 def connect(url: str, *, cluster: bool, timeout_s: float = 5.0) -> tuple[Any, NodeLanes | None]:

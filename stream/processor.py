@@ -361,6 +361,7 @@ class Processor:
     def forget_state(self) -> None:
         """Forget what this worker knew of the sessions in Redis: Redis lost writes."""
         self.cache.clear()
+        self.store.layout_recorded = False  # it may have lost that too
         self.forget_starting()
 
     def forget_starting(self) -> None:

@@ -359,7 +359,7 @@ class RedisStore:
         # partition). Every write checks them first (APPLY_SCRIPT) and raises RedisLost
         # where Redis holds less.
         self.expected: dict[tuple[str, int], int] = {}
-        self._recorded = False  # the layout is recorded in Redis (``record_layout``)
+        self.layout_recorded = False  # the layout is recorded in Redis (``record_layout``)
 
     @property
     def clustered(self) -> bool:
@@ -412,7 +412,7 @@ class RedisStore:
             )
 
         await self._retry("layout", run)
-        self._recorded = True
+        self.layout_recorded = True
 
     def session_key(self, session_id: str, partition: int) -> str:
         """Return a session's hash."""
@@ -675,7 +675,7 @@ class RedisStore:
         """``write``, returning once the calls are sent: await the result for them to land."""
         if not sessions and not hits and not watermarks and not events and not offsets:
             return asyncio.sleep(0)
-        if not self._recorded:
+        if not self.layout_recorded:
             await self.record_layout()
         batch = _Batch(self)
         layout = self.layout

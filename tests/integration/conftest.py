@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench.procs import WorkerProcess, drop_run, free_port
+from bench.procs import WorkerProcess, drop_run, free_port, redis_client
 from stream.settings import StreamSettings
 
 
@@ -27,7 +27,7 @@ def _reachable(host: str, port: int) -> bool:
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
     bootstrap = os.environ.get("SCORER_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
-    host, port = bootstrap.split(":")
+    host, port = bootstrap.split(",")[0].rsplit(":", 1)
     if not _reachable(host, int(port)):
         pytest.fail(f"Kafka is not reachable at {bootstrap}: run `make stack-up` first")
     return bootstrap
@@ -37,7 +37,7 @@ def kafka_bootstrap() -> str:
 def redis_url() -> str:
     url = os.environ.get("SCORER_REDIS_URL", "redis://127.0.0.1:6379/0")
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+        redis_client(StreamSettings(redis_url=url), socket_connect_timeout=2).ping()
     except redis.exceptions.ConnectionError:
         pytest.fail(f"Redis is not reachable at {url}: run `make stack-up` first")
     return url

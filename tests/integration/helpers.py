@@ -10,8 +10,8 @@ from typing import Any, cast
 
 import numpy as np
 import orjson
-import redis
 
+from bench.procs import redis_client
 from contracts import keys, topics
 from features.hits import combine, empty_state, hit_increments
 from features.target import TARGET_ACTIONS
@@ -87,7 +87,7 @@ def check_exactly_once(
         assert (sid, "session_start", None) in got, sid
         for h in hits:
             assert (sid, "hit", h["hit_number"]) in got, (sid, h["hit_number"])
-    r = redis.Redis.from_url(settings.redis_url)
+    r = redis_client(settings)
     layout = keys.Layout(settings.redis_key_prefix, settings.topic_partitions)
     for sid in truth.sessions:
         state, applied = stored_state(r, sid, layout)
@@ -95,12 +95,12 @@ def check_exactly_once(
         np.testing.assert_allclose(state, truth.state(sid), err_msg=sid)
 
 
-def session_hash(r: redis.Redis, sid: str, layout: keys.Layout) -> dict[bytes, bytes]:
+def session_hash(r: Any, sid: str, layout: keys.Layout) -> dict[bytes, bytes]:
     """Read a session's hash from Redis, on the partition its id is produced to."""
     return cast(dict[bytes, bytes], r.hgetall(layout.session(layout.partition_of(sid), sid)))
 
 
-def stored_state(r: redis.Redis, sid: str, layout: keys.Layout) -> tuple[np.ndarray, set[int]]:
+def stored_state(r: Any, sid: str, layout: keys.Layout) -> tuple[np.ndarray, set[int]]:
     """Read a session's hit state and applied hit numbers (its hit scores) from Redis."""
     h = session_hash(r, sid, layout)
     state = empty_state()

@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 from helpers import Truth, read_scores, stored_state
 
-from bench.procs import WorkerProcess, free_port, metrics, total
+from bench.procs import WorkerProcess, free_port, metrics, redis_client, total
 from contracts import keys
 from stream.replay import send_events
 from stream.settings import StreamSettings
@@ -68,7 +67,7 @@ def test_a_second_worker_joins_and_the_first_leaves_mid_stream(
     for sid, hits in truth.hits.items():
         assert (sid, "session_start", None) in got
         assert {(sid, "hit", h["hit_number"]) for h in hits} <= got
-    r = redis.Redis.from_url(stream_settings.redis_url)
+    r = redis_client(stream_settings)
     layout = keys.Layout(stream_settings.redis_key_prefix, stream_settings.topic_partitions)
     for sid in truth.sessions:
         _, applied = stored_state(r, sid, layout)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import ApiSettings
+from bench.procs import redis_client
 from contracts import keys, topics
 from stream.replay import build_events, send_events
 from stream.settings import StreamSettings
@@ -80,7 +80,7 @@ def test_replayed_sessions_are_scored_end_to_end(
 
     # The latest score in Redis is the last one published for the session (read after
     # the scores: a closing score may have come since).
-    r = redis.Redis.from_url(stream_settings.redis_url)
+    r = redis_client(stream_settings)
 
     layout = keys.Layout(stream_settings.redis_key_prefix, stream_settings.topic_partitions)
 
