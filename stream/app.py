@@ -444,7 +444,7 @@ class Pipeline:
                 batches,
                 lambda records: proc.sessions_read(proc.sessions_parse(records)),
                 lambda batch: proc.sessions_compute(batch, run),
-                lambda batch, _: proc.sessions_write(batch),
+                lambda batch, _: proc.sessions_write(batch, run),
                 pending,
             )
             released = dict(run.released)

@@ -139,9 +139,10 @@ end
 -- S: a session's row. a[i..]: dashboard index, session id, start probability and
 -- start ms (as text), utm medium, source and campaign, the packed row
 -- (contracts.keys.pack_row), the packed counters, the start score's field and entry,
--- the start score's JSON. Nothing happens if the hash has a row already.
+-- the start score's JSON. Nothing happens if the hash has a row already, and it says so
+-- (true).
 local function start(key, a, i, c)
-  if redis.call('HSETNX', key, 'row', a[i + 7]) == 0 then return end
+  if redis.call('HSETNX', key, 'row', a[i + 7]) == 0 then return true end
   redis.call('HSET', key, 'hs', a[i + 8], a[i + 9], a[i + 10], 'latest', a[i + 11],
     'p', a[i + 2], 'hits', '0')
   redis.call('EXPIRE', key, STTL)

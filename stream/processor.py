@@ -122,6 +122,11 @@ def _stored_session(w: SessionWrite) -> SessionState:
     )
 
 
+async def _done(landed: Awaitable[object]) -> None:
+    """Wait for a write to land, whatever it says."""
+    await landed
+
+
 def _counts(records: Sequence[Record]) -> dict[int, int]:
     """Count records by partition."""
     return dict(collections.Counter(r.partition for r in records))
@@ -254,6 +259,8 @@ class SessionsBatch:
     n_records: int
     parsed: list[tuple[Record, dict[str, Any]]] = field(default_factory=list)
     counts: dict[int, int] = field(default_factory=dict)  # records by partition
+    placed: dict[str, int] = field(default_factory=dict)  # new start scores' place in out
+    from_run: dict[str, int] = field(default_factory=dict)  # the run's copies' place in out
     model: ConversionModel | None = None  # the model that scored it
     vectors: np.ndarray | None = None
     probs: np.ndarray | None = None
@@ -386,9 +393,10 @@ class Processor:
 
     async def sessions(self, records: list[Record]) -> Output:
         """Process session-start records: one batch, read, computed and written."""
+        run = SessionsRun()
         batch = await self.sessions_read(self.sessions_parse(records))
-        batch = await self.sessions_compute(batch, SessionsRun())
-        await (await self.sessions_write(batch))
+        batch = await self.sessions_compute(batch, run)
+        await (await self.sessions_write(batch, run))
         return batch.out
 
     def sessions_parse(self, records: list[Record]) -> SessionsBatch:
@@ -441,15 +449,9 @@ class Processor:
             batch.vectors, batch.probs = np.vstack(vectors), np.asarray(probs)
 
     async def sessions_read(self, batch: SessionsBatch) -> SessionsBatch:
-        """Send the read of a parsed batch's sessions; ``sessions_compute`` awaits it."""
-        if batch.parsed:
-            # A session this worker knows is stored is a duplicate without a read.
-            where = {
-                row["session_id"]: rec.partition
-                for rec, row in batch.parsed
-                if self.cache.get(row["session_id"], rec.partition) is None
-            }
-            batch.reading = await self.store.send_read(where, latest=False)
+        """Nothing is read for session rows: their write stores only those Redis does not
+        hold yet and says which it held (``sessions_write``). Kept as the first step of
+        a batch, as for hits."""
         return batch
 
     async def sessions_compute(self, batch: SessionsBatch, run: SessionsRun) -> SessionsBatch:
@@ -458,10 +460,8 @@ class Processor:
         A session already stored, in Redis or by an earlier batch of the run, is a
         duplicate: its stored start score is published again, the very same copy.
         """
-        if batch.reading is None:
+        if not batch.parsed:
             return batch
-        known, _ = await batch.reading
-        batch.reading = None
         out, model, vectors, probs = batch.out, batch.model, batch.vectors, batch.probs
         assert model is not None and vectors is not None and probs is not None
         hfield = history_field("session_start", None)
@@ -471,7 +471,11 @@ class Processor:
         sids = [row["session_id"] for _, row in batch.parsed]
         for i, (rec, row) in enumerate(batch.parsed):
             sid = sids[i]
-            if sid in writes or sid not in known or known[sid].known or sid in run.started:
+            if (
+                sid in writes
+                or sid in run.started
+                or self.cache.get(sid, rec.partition) is not None
+            ):
                 out.duplicates += 1
                 continue
             start = start_time(row).isoformat()
@@ -499,6 +503,7 @@ class Processor:
                 probability=float(probs[i]),
                 channel=channel_values(row),
             )
+            batch.placed[sid] = len(out.scores)
             out.score(sid, payload, "session_start")
             if rec.timestamp_ms is not None:
                 out.event_ts_ms.append(rec.timestamp_ms)
@@ -517,6 +522,8 @@ class Processor:
         for sid in again:
             copy = run.started.get(sid, stored.get(sid))
             if copy is not None:
+                if sid in run.started:
+                    batch.from_run[sid] = len(out.scores)
                 out.score(sid, copy, "session_start")
         batch.writes = list(writes.values())
         run.started.update((w.session_id, w.score_json) for w in batch.writes)
@@ -530,11 +537,39 @@ class Processor:
             self.starting.setdefault(sid, asyncio.Event())
         return batch
 
-    async def sessions_write(self, batch: SessionsBatch) -> Awaitable[None]:
-        """Send a computed batch's write to Redis (one atomic call); return what to await."""
+    async def sessions_write(self, batch: SessionsBatch, run: SessionsRun) -> Awaitable[None]:
+        """Send a computed batch's write to Redis (one atomic call); return what to await.
+
+        Awaiting it waits for the write to land; then a row Redis held already (a
+        redelivery the worker did not know of) has its stored start score published
+        instead of the one just made, the very same copy as the first time.
+        """
         if not batch.computed:
             return asyncio.sleep(0)
-        return await self.store.send_write(batch.writes, [], batch.marks, events=batch.counts)
+        landed = await self.store.send_write(batch.writes, [], batch.marks, events=batch.counts)
+        return self._sessions_landed(batch, run, landed)
+
+    async def _sessions_landed(
+        self, batch: SessionsBatch, run: SessionsRun, landed: Awaitable[set[str]]
+    ) -> None:
+        held = await landed
+        out = batch.out
+        if held:
+            where = {row["session_id"]: rec.partition for rec, row in batch.parsed}
+            self.cache.drop(held)
+            order = sorted(held)
+            hfield = history_field("session_start", None)
+            stored = await self.store.stored_scores([(s, where[s], hfield) for s in order])
+            for sid, copy in zip(order, stored, strict=True):
+                out.duplicates += 1
+                at = batch.placed[sid]
+                if copy is None:  # it expired since: what was just made is all there is
+                    continue
+                out.scores[at] = (sid, copy)
+                run.started[sid] = copy
+        # Copies taken from the run before an earlier batch found its row held.
+        for sid, at in batch.from_run.items():
+            out.scores[at] = (sid, run.started[sid])
 
     async def release(self, sids: Mapping[str, int]) -> list[Record]:
         """Let hits through for sessions whose start score is on Kafka; return parked hits.
@@ -774,13 +809,13 @@ class Processor:
         if batch.failed:
             if not offsets:
                 return asyncio.sleep(0)
-            return await self.store.send_write([], [], offsets=offsets)
+            return _done(await self.store.send_write([], [], offsets=offsets))
         landed = await self.store.send_write(
             [], batch.updates, batch.marks, events=batch.events, offsets=offsets
         )
         return self._written(batch, run, landed)
 
-    async def _written(self, batch: HitsBatch, run: HitsRun, landed: Awaitable[None]) -> None:
+    async def _written(self, batch: HitsBatch, run: HitsRun, landed: Awaitable[set[str]]) -> None:
         await landed
         if not batch.duplicates:
             return

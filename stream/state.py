@@ -126,13 +126,14 @@ return out
 # (``Layout.applied``) to the offset, never lowers it. ARGV[3], the fence, is
 # MessagePack of [index in KEYS, field, offset] triples: the offsets this worker knows
 # Redis holds. If Redis holds less (it lost writes), nothing is written and the call
-# returns 'LOST'.
+# returns 'LOST'; else the ids of the sessions whose rows it held already (S).
 APPLY_SCRIPT = (
     dashboard.LUA
     + FENCE_LUA
     + """
 if lost(ARGV[3]) then return 'LOST' end
 local ops = cmsgpack.unpack(ARGV[1])
+local held = {}
 local i, n = 1, #ops
 while i <= n do
   local name, c = ops[i], ops[i + 2]
@@ -140,7 +141,7 @@ while i <= n do
   if name == 'H' then
     hits(key, ops, i + 3, c)
   elseif name == 'S' then
-    start(key, ops, i + 3, c)
+    if start(key, ops, i + 3, c) then held[#held + 1] = ops[i + 4] end
   elseif name == 'C' then
     close(key, ops, i + 3, c)
   elseif name == 'R' then
@@ -155,7 +156,7 @@ while i <= n do
   i = i + 3 + c
 end
 flush()
-return 1
+return held
 """
 )
 
@@ -650,7 +651,7 @@ class RedisStore:
         watermarks: dict[tuple[str, int], tuple[float, float]] | None = None,
         events: int | Mapping[int, int] = 0,
         offsets: Offsets | None = None,
-    ) -> None:
+    ) -> set[str]:
         """Write a batch's sessions, states, applied hits and scores atomically.
 
         Open sessions are kept in their partition's sorted set, scored by their latest
@@ -660,9 +661,10 @@ class RedisStore:
         number of records by partition (or all in partition 0), for its events per
         minute. ``offsets`` raises the applied offsets of input partitions
         (``Layout.applied``): the state now reflects every record before them. Raises
-        RedisLost, having written nothing, if Redis lost writes.
+        RedisLost, having written nothing, if Redis lost writes. Returns the sessions
+        whose rows Redis held already (none of their row's writes happened).
         """
-        await (await self.send_write(sessions, hits, watermarks, events, offsets))
+        return await (await self.send_write(sessions, hits, watermarks, events, offsets))
 
     async def send_write(
         self,
@@ -671,10 +673,10 @@ class RedisStore:
         watermarks: dict[tuple[str, int], tuple[float, float]] | None = None,
         events: int | Mapping[int, int] = 0,
         offsets: Offsets | None = None,
-    ) -> Awaitable[None]:
+    ) -> Awaitable[set[str]]:
         """``write``, returning once the calls are sent: await the result for them to land."""
         if not sessions and not hits and not watermarks and not events and not offsets:
-            return asyncio.sleep(0)
+            return _nothing()
         if not self.layout_recorded:
             await self.record_layout()
         batch = _Batch(self)
@@ -973,8 +975,10 @@ class _Batch:
             dashes.append(dash)
         return ops, dashes.index(dash) + 1
 
-    async def send(self, what: str, offsets: Offsets | None = None) -> Awaitable[None]:
+    async def send(self, what: str, offsets: Offsets | None = None) -> Awaitable[set[str]]:
         """Send every group's call now; return what to await for all to have landed.
+
+        The awaited result is the sessions whose rows Redis held already (see S).
 
         Each call carries the fence of its partitions (``expected``); once they have
         landed, the offsets raised are what this worker knows Redis holds.
@@ -995,14 +999,20 @@ class _Batch:
             ]
             replies.append(await store._send(what, store._apply, names, args))
 
-        async def landed() -> None:
+        async def landed() -> set[str]:
+            held: set[str] = set()
             for replied in replies:
-                _fenced(what, await replied)
+                held.update(sid.decode() for sid in _fenced(what, await replied))
             for key, offset in (offsets or {}).items():
                 if offset > store.expected.get(key, -1):
                     store.expected[key] = offset
+            return held
 
         return landed()
+
+
+async def _nothing() -> set[str]:
+    return set()
 
 
 def _transient(exc: BaseException) -> bool:

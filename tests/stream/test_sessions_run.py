@@ -44,8 +44,8 @@ async def test_a_row_again_in_a_later_batch_of_the_run_is_a_duplicate_with_the_s
     a, b = await processor.sessions_read(a), await processor.sessions_read(b)
     a = await processor.sessions_compute(a, run)
     b = await processor.sessions_compute(b, run)
-    await (await processor.sessions_write(a))
-    await (await processor.sessions_write(b))
+    await (await processor.sessions_write(a, run))
+    await (await processor.sessions_write(b, run))
 
     first = dict(a.out.scores)
     assert list(first) == sids[:6]
@@ -79,8 +79,41 @@ async def test_a_failed_batch_is_all_dead_letters_and_stores_nothing(
         processor.sessions_parse(_records("t.sessions", rows[:4], 0))
     )
     batch = await processor.sessions_compute(batch, run)
-    await (await processor.sessions_write(batch))
+    await (await processor.sessions_write(batch, run))
     assert [stage for stage, _ in batch.out.dead_letters] == ["score"] * 4
     assert not batch.out.scores and not run.released
     states, _ = await processor.store.read(_where(orjson.loads(r)["session_id"] for r in rows[:4]))
     assert not any(st.known for st in states.values())
+
+
+async def test_a_row_redis_held_before_this_worker_is_published_as_the_stored_copy(
+    fresh: tuple[Processor, list[bytes]], model_path: Path
+) -> None:
+    first, rows = fresh
+    # A worker stores the first six rows, then goes (a restart: its memory is gone).
+    await first.sessions(_records("t.sessions", rows[:6], 0))
+    start_field = history_field("session_start", None)
+    sids = [orjson.loads(r)["session_id"] for r in rows[:9]]
+    stored_before = await first.store.stored_scores([(s, PARTITION, start_field) for s in sids])
+    again = Processor(load_model(model_path), first.store)
+    # The same rows come again, with three new ones; rows 3 to 5 twice, in two batches
+    # of one run, both computed before either write lands.
+    run = SessionsRun()
+    a = again.sessions_parse(_records("t.sessions", rows[:6], 0))
+    b = again.sessions_parse(_records("t.sessions", rows[3:9], 6))
+    a, b = await again.sessions_read(a), await again.sessions_read(b)
+    a = await again.sessions_compute(a, run)
+    b = await again.sessions_compute(b, run)
+    await (await again.sessions_write(a, run))
+    await (await again.sessions_write(b, run))
+    # Every copy of a row stored before is the stored start score, byte for byte.
+    for batch in (a, b):
+        for sid, payload in batch.out.scores:
+            k = sids.index(sid)
+            if k < 6:
+                assert payload == stored_before[k], sid
+    assert a.out.duplicates == 6 and b.out.duplicates == 3
+    stored_after = await again.store.stored_scores([(s, PARTITION, start_field) for s in sids])
+    assert stored_after[:6] == stored_before[:6]
+    new = dict(b.out.scores)
+    assert stored_after[6:] == [new[s] for s in sids[6:]]
