@@ -278,6 +278,10 @@ class _RunSession:
     state: SessionState
     applied: set[int] = field(default_factory=set)
     history: dict[str, bytes] = field(default_factory=dict)  # score JSON by history field
+    # ``applied`` holds every hit applied, not only the run's: the session came from the
+    # cache. One read from Redis knows only the hits its batch asked about, so it is
+    # not cached (its later batches read it again).
+    complete: bool = False
 
 
 @dataclass
@@ -527,8 +531,6 @@ class Processor:
                 out.score(sid, copy, "session_start")
         batch.writes = list(writes.values())
         run.started.update((w.session_id, w.score_json) for w in batch.writes)
-        for w in batch.writes:
-            self.cache.put(w.session_id, _stored_session(w), set())
         batch.marks = self._raise_marks("sessions", batch.writes)
         batch.computed = True
         out.released = where
@@ -554,9 +556,12 @@ class Processor:
     ) -> None:
         held = await landed
         out = batch.out
+        # What Redis now holds of the sessions this write stored.
+        for w in batch.writes:
+            if w.session_id not in held:
+                self.cache.put(w.session_id, _stored_session(w), set())
         if held:
             where = {row["session_id"]: rec.partition for rec, row in batch.parsed}
-            self.cache.drop(held)
             order = sorted(held)
             hfield = history_field("session_start", None)
             stored = await self.store.stored_scores([(s, where[s], hfield) for s in order])
@@ -788,13 +793,17 @@ class Processor:
             known = run.sessions.get(w.session_id)
             if known is None:
                 cached = batch.cached.get(w.session_id)
-                done = set() if cached is None else set(cached.applied)
-                known = run.sessions[w.session_id] = _RunSession(st, done)
+                if cached is None:
+                    known = _RunSession(st)
+                else:
+                    known = _RunSession(st, set(cached.applied), complete=True)
+                run.sessions[w.session_id] = known
             known.state = st
             known.applied.update(w.applied)
             known.history.update(w.scores)
-            ttl_at = None if w.refresh_ttl else self.cache.ttl_set_at(w.session_id)
-            self.cache.put(w.session_id, st, known.applied, ttl_at)
+            if known.complete:
+                ttl_at = None if w.refresh_ttl else self.cache.ttl_set_at(w.session_id)
+                self.cache.put(w.session_id, st, known.applied, ttl_at)
         return batch
 
     async def hits_write(
@@ -1242,7 +1251,8 @@ class Processor:
                 if c.outcome is not None:
                     st.outcome = c.outcome
                 known = self.cache.get(c.session_id, c.partition)
-                self.cache.put(c.session_id, st, set() if known is None else known.applied)
+                if known is not None:  # a state read from Redis is not cached (_RunSession)
+                    self.cache.put(c.session_id, st, known.applied)
 
     async def finish_close(self, closed: Mapping[int, list[str]]) -> None:
         """Take closed sessions out of the open sets once their final events are on Kafka."""

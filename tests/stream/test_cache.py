@@ -163,3 +163,26 @@ async def test_a_hits_write_sets_the_ttl_only_when_asked(store: RedisStore) -> N
     refreshed = HitWrite("s", state, [2], [("hit:2", b"{}")], refresh_ttl=True)
     await store.write([], [refreshed])
     assert await store.r.ttl(key) > 590
+
+
+async def test_a_session_read_from_redis_is_not_taken_to_have_only_the_hits_it_was_read_for(
+    store: RedisStore,
+    model_path: Path,
+    rows_and_hits: tuple[list[bytes], list[bytes]],  # noqa: F811
+) -> None:
+    rows, hits = rows_and_hits
+    processor = Processor(load_model(model_path), store)
+    await _started(processor, rows[:1])
+    sid = orjson.loads(rows[0])["session_id"]
+    mine = [h for h in hits if orjson.loads(h)["session_id"] == sid]
+    async with processor.hits_batch(_records("t.hits", mine[:2], 100)) as first:
+        stored = dict(first.scores)
+    # A restart: the worker knows nothing. The next hit comes, then the first again.
+    processor.cache.clear()
+    async with processor.hits_batch(_records("t.hits", mine[2:3], 102)):
+        pass
+    async with processor.hits_batch(_records("t.hits", mine[:1], 103)) as again:
+        assert again.duplicates == 1
+    # The same copy as the first time, not a score made again on a later state.
+    (copy,) = [payload for s, payload in again.scores]
+    assert copy == [p for s, p in first.scores][0] and sid in stored
