@@ -18,6 +18,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -60,10 +61,9 @@ def _stack_up() -> None:
     subprocess.run(["bash", "scripts/stack.sh", "up"], cwd=ROOT, env=env, check=True)
 
 
-def _kill(name: str) -> float:
+def _kill(name: str) -> None:
     pid = int((RUN / f"{name}.pid").read_text())
     os.kill(pid, signal.SIGKILL)
-    return time.time()
 
 
 def _outage_s(scores: list[dict], killed_at: float) -> float:
@@ -84,9 +84,11 @@ def _record(name: str, figures: dict) -> None:
     REPORT.write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")
 
 
-def _replay_with_a_kill(
-    settings: StreamSettings, truth: Truth, tmp_path: Path, victim: str
-) -> tuple[list[dict], float, WorkerProcess]:
+def _replay_with_a_fault(
+    settings: StreamSettings, truth: Truth, tmp_path: Path, fault: Callable[[], object]
+) -> tuple[list[dict], float, dict[str, float]]:
+    """Replay the truth through a worker, with ``fault`` 4 s in; return the scores, when
+    the fault came, and the worker's metrics at the end (it must still run)."""
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     worker.start()
     worker.wait_ready()
@@ -96,14 +98,27 @@ def _replay_with_a_kill(
     sender.start()
     try:
         time.sleep(4.0)
-        killed_at = _kill(victim)
+        fault_at = time.time()
+        fault()
         sender.join()
         scores = read_scores(settings, truth.expected_scores, timeout_s=300)
         assert worker.alive(), "the worker exited: " + worker.log_path.read_text()[-3000:]
+        return scores, fault_at, metrics(settings.metrics_port)
     finally:
         worker.stop()
+
+
+def _replay_with_a_kill(
+    settings: StreamSettings, truth: Truth, tmp_path: Path, victim: str
+) -> tuple[list[dict], float]:
+    """Replay with a process of the stack killed 4 s in, started again afterwards."""
+    try:
+        scores, killed_at, _ = _replay_with_a_fault(
+            settings, truth, tmp_path, lambda: _kill(victim)
+        )
+    finally:
         _stack_up()
-    return scores, killed_at, worker
+    return scores, killed_at
 
 
 def _counted_sessions(settings: StreamSettings) -> int:
@@ -119,7 +134,7 @@ def test_a_redis_master_killed_mid_replay_loses_nothing(
     r = redis_client(settings)
     layout = keys.Layout(settings.redis_key_prefix, settings.topic_partitions)
     node = r.get_node_from_key(layout.open_sessions(0))
-    scores, killed_at, _ = _replay_with_a_kill(settings, truth, tmp_path, f"redis-{node.port}")
+    scores, killed_at = _replay_with_a_kill(settings, truth, tmp_path, f"redis-{node.port}")
     # The replica took over: the slot has another master now.
     r = redis_client(settings)
     assert r.get_node_from_key(layout.open_sessions(0)).port != node.port
@@ -137,7 +152,7 @@ def test_a_kafka_broker_killed_mid_replay_loses_nothing(
     cluster_settings: StreamSettings, truth: Truth, tmp_path: Path
 ) -> None:
     settings = cluster_settings
-    scores, killed_at, _ = _replay_with_a_kill(settings, truth, tmp_path, "kafka-2")
+    scores, killed_at = _replay_with_a_kill(settings, truth, tmp_path, "kafka-2")
     check_exactly_once(truth, settings, scores)
     assert _counted_sessions(settings) == len(truth.sessions)
     _record("kafka_broker", {"outage_s": round(_outage_s(scores, killed_at), 2), "rate": RATE})
@@ -147,26 +162,15 @@ def test_a_redis_cluster_that_forgot_everything_is_rebuilt_from_the_topics(
     cluster_settings: StreamSettings, truth: Truth, tmp_path: Path
 ) -> None:
     settings = cluster_settings
-    worker = WorkerProcess(settings, tmp_path / "worker.log")
-    worker.start()
-    worker.wait_ready()
-    sender = threading.Thread(
-        target=lambda: asyncio.run(send_events(settings, truth.events, rate=RATE, progress=False))
-    )
-    sender.start()
     r = redis_client(settings)
-    try:
-        time.sleep(4.0)
+
+    def forget() -> None:
         # Every master loses everything, as masters restarted without persistence
         # would (each at once; one after the other).
         assert list(scan(r, f"{settings.redis_key_prefix}:*"))
         r.flushall(target_nodes=r.PRIMARIES)
-        sender.join()
-        scores = read_scores(settings, truth.expected_scores, timeout_s=300)
-        assert worker.alive(), "the worker exited: " + worker.log_path.read_text()[-3000:]
-        m = metrics(settings.metrics_port)
-    finally:
-        worker.stop()
+
+    scores, _, m = _replay_with_a_fault(settings, truth, tmp_path, forget)
     # It noticed, and read partitions again from the topics.
     assert m["scorer_worker_rebuilt_partitions_total{}"] > 0
     check_exactly_once(truth, settings, scores, strict=False)
