@@ -1,20 +1,29 @@
 """The worker's processing cost in instructions, counted by valgrind's callgrind.
 
-    python -m bench.cost [--data DIR] [--model PATH] [--sessions N] [--masters M]
+    python -m bench.cost [--sessions N] [--sample window|file] [--from DAY] [--masters M]
 
 Throughput on this shared 2-core machine moves by a fifth or more from one run to the
 next (the same run's CPU seconds too), so a change of a few per cent cannot be seen in
 ``bench.stream``. Instructions can: callgrind counts the same total for the same code
-and input. This runs the first N sessions of the benchmark's data (events in event-time
-order, cut into fetches of 3,000 events) through the processor as the worker does
-(session batches, their release, the parked hits, hit batches, the close sweep) against
-a redis-server of its own, both under callgrind, and prints instructions per event for
-the worker's process and for Redis. Only the processing is counted: the worker's start
-(imports, the model, reading the data) is not, and Redis's counters start at zero when
-the run begins. Kafka is left out: consuming and publishing cost the same for any
-change to the processing. With ``--masters 3``, Redis is a Redis Cluster of three
-masters (each under callgrind; no replicas) and the store runs in cluster mode: the
-figures add each master's instructions per event and its share of them.
+and input. This runs N sessions (events in event-time order, cut into fetches of 3,000
+events) through the processor as the worker does (session batches, their release, the
+parked hits, hit batches, the close sweep) against a redis-server of its own, both under
+callgrind, and prints instructions per event for the worker's process and for Redis.
+
+The sessions are those a worker sees in a stretch of time: the first N to start on or
+after ``--from``, in a data set generated at the real export's size (1.86M sessions,
+about 8,000 a day; made once, 73 s). How many share a batch's dashboard buckets follows
+from that density. ``--sample file`` takes the first N rows of bench.stream's file
+instead (100,000 sessions over the period: four a day in the sample, each alone in its
+buckets), as this benchmark did before.
+
+Only the processing is counted: the worker's start (imports, the model, reading the
+data) is not, and Redis's counters start at zero when the run begins; Redis's clock-
+driven housekeeping runs once a second (``--hz 1``). Kafka is left out: consuming and
+publishing cost the same for any change to the processing. With ``--masters 3``, Redis
+is a Redis Cluster of three masters (each under callgrind; no replicas) and the store
+runs in cluster mode: the figures add each master's instructions per event and its
+share of them.
 """
 
 from __future__ import annotations
@@ -41,6 +50,46 @@ from bench.procs import ROOT, free_port
 FETCH = 3000  # events per fetch, about what the worker's fetches hold under a backlog
 BATCH = 500  # the worker's batch_max
 GAP_MS = 1800 * 1000.0  # the inactivity gap
+
+
+SITE_DATA = Path("data/bench-cost")  # generated at the real export's size (seed 11)
+WINDOW_FROM = "2021-10-05"  # a Tuesday: the window's sessions start on or after it
+
+
+def window(data: Path, first_day: str, sessions: int) -> Path:
+    """Return a data set of the first ``sessions`` sessions (by start) from ``first_day`` on.
+
+    A worker sees the sessions of a stretch of time, as many to the hour as the site has:
+    a batch's sessions share their dashboard buckets. The first rows of a file are spread
+    over the whole period instead (four a day at this size), each session alone in its
+    buckets. Written once beside the data, with the hits of those sessions.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    from features.columns import HIT_COLUMNS, SESSION_COLUMNS
+    from stream.replay import _read
+
+    out = data / f"window-{first_day}-{sessions}"
+    if (out / "ga_hits.csv").is_file():
+        return out
+    table = _read(data / "ga_sessions.csv", SESSION_COLUMNS)
+    table = table.filter(pc.greater_equal(table["visit_date"], first_day))
+    order = pc.sort_indices(table, [("visit_date", "ascending"), ("visit_time", "ascending")])
+    chosen = table.take(order[:sessions])
+    hits = _read(data / "ga_hits.csv", HIT_COLUMNS)
+    hits = hits.filter(pc.is_in(hits["session_id"], value_set=chosen["session_id"]))
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name, part in (("ga_sessions.csv", chosen), ("ga_hits.csv", hits)):
+        pacsv.write_csv(
+            part.cast(pa.schema([(c, pa.string()) for c in part.column_names])),
+            tmp / name,
+            pacsv.WriteOptions(quoting_style="needed"),
+        )
+    tmp.rename(out)
+    return out
 
 
 def _records(data: Path, sessions: int) -> list[Any]:
@@ -143,6 +192,13 @@ def _redis_server(work: Path, port: int, cluster: bool) -> subprocess.Popen[byte
         str(work),
         "--hash-max-listpack-value",
         "1024",
+        # Redis's timer work (statistics, expiry sampling) runs by the clock, not per
+        # event: once a second instead of ten times, a busy machine's slower run does not
+        # count more of it.
+        "--hz",
+        "1",
+        "--dynamic-hz",
+        "no",
     ]
     if cluster:
         options += [
@@ -323,9 +379,17 @@ def _shutdown_redis(port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Count the processing's instructions and print them per event."""
     parser = argparse.ArgumentParser(prog="python -m bench.cost", description=__doc__)
-    parser.add_argument("--data", type=Path, default=Path("data/bench-stream"))
+    parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument(
+        "--sample",
+        choices=("window", "file"),
+        default="window",
+        help="window: the first sessions from --from on, of a data set of the site's size "
+        "(default); file: the first sessions of bench.stream's file, spread over the period",
+    )
+    parser.add_argument("--from", dest="first_day", default=WINDOW_FROM)
     parser.add_argument(
         "--keep",
         type=Path,
@@ -350,9 +414,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     from bench.api import _prepare
     from bench.stream import ensure_data
+    from training.generate import FULL_SESSIONS, generate
 
-    ensure_data(args.data)  # bench.stream's data set
-    model = _prepare(args.data, args.model).resolve()
+    stream_data = Path("data/bench-stream")
+    ensure_data(stream_data)  # bench.stream's data set, and its model
+    model = _prepare(stream_data, args.model).resolve()
+    if args.sample == "file":
+        data = args.data or stream_data
+    else:
+        full = args.data or SITE_DATA
+        if not (full / "ga_hits.csv").is_file():
+            print(f"generating {FULL_SESSIONS:,} sessions into {full} (once)", flush=True)
+            generate(full, FULL_SESSIONS, seed=11, progress=False)
+        data = window(full, args.first_day, args.sessions)
+    args.data = data
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
         result = measure(
@@ -361,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
             result = measure(args.data.resolve(), model, args.sessions, Path(tmp), args.masters)
+    result["sample"] = args.sample
+    result["first_day"] = args.first_day if args.sample == "window" else None
     print(json.dumps(result))
     print(
         f"{result['events']:,} events ({result['sessions']:,} sessions), "
