@@ -31,6 +31,7 @@ from contracts.dashboard import (
     workers_key,
 )
 from contracts.history import trajectory
+from features.hits import STATE_NAMES, empty_state
 
 PAGE = Path(__file__).with_name("static") / "dashboard.html"
 WORKER_FRESH_MS = 30_000.0  # a worker status older than this is not counted
@@ -238,10 +239,32 @@ async def _hot(
 ) -> list[dict]:
     if not entries:
         return []
-    pipe = redis.pipeline(transaction=False)
-    for _, partition, sid in entries:
-        pipe.hgetall(layout.session(partition, sid.decode()))
-    replies = await pipe.execute()
+    # A hot set holds the sessions of the partitions sharing its dashboard (all of them
+    # on a single Redis): each is looked for on the partition its id gives, then on the
+    # set's own, then on every other at once.
+    ids = [sid.decode() for _, _, sid in entries]
+    rounds: list[list[list[int]]] = []
+    for sid, (_, shard, _) in zip(ids, entries, strict=True):
+        first = layout.partition_of(sid)
+        second = [shard] if shard != first else []
+        rest = [p for p in range(layout.partitions) if p not in (first, shard)]
+        rounds.append([[first], second, rest])
+    replies: list[dict[bytes, bytes]] = [{} for _ in entries]
+    for step in range(3):
+        wanted = [
+            (k, partition)
+            for k, tries in enumerate(rounds)
+            if not replies[k]
+            for partition in tries[step]
+        ]
+        if not wanted:
+            continue
+        pipe = redis.pipeline(transaction=False)
+        for k, partition in wanted:
+            pipe.hgetall(layout.session(partition, ids[k]))
+        for (k, _), found in zip(wanted, await pipe.execute(), strict=True):
+            if found and not replies[k]:
+                replies[k] = found
     out = []
     for (p, _, sid), h in zip(entries, replies, strict=True):
         raw = h.get(keys.ROW_FIELD.encode())
@@ -259,12 +282,23 @@ async def _hot(
                 "utm_campaign": campaign,
                 "device_category": device,
                 "geo_city": city,
-                "hits": int(float(h.get(b"hits") or 0)),
+                "hits": _hits_applied(h.get(keys.HIT_STATE_FIELD.encode())),
                 "started_ms": row.start_ms,
                 "trajectory": [round(x, 4) for x in trajectory(history, TRAJECTORY)],
             }
         )
     return out
+
+
+_EMPTY_STATE = empty_state().tolist()
+_HITS = STATE_NAMES.index("hits")
+
+
+def _hits_applied(packed: bytes | None) -> int:
+    """The hits applied to a session, from its packed counters."""
+    if packed is None:
+        return 0
+    return int(keys.unpack_hit_state(packed, _EMPTY_STATE)[_HITS])
 
 
 def _prefix(request: Request) -> str:

@@ -1,7 +1,8 @@
 """The dashboard's keys in Redis: what the worker keeps up to date and the API reads.
 
-Each input partition keeps its share under its own hash tag (``contracts.keys.Layout.dash``),
-written in the same atomic call as its sessions; the API adds the partitions up. Per
+On Redis Cluster each input partition keeps its share under its own hash tag
+(``contracts.keys.Layout.dash``), written in the same atomic call as its sessions; on a
+single Redis all partitions count in partition 0's. The API adds the partitions up. Per
 time bucket of session starts (event time) a hash of totals and per-channel figures,
 ``:m5:<n>`` (5 minutes), ``:h:<n>`` (hours), ``:d:<n>`` (days) and ``:all``; ``:hot``, the
 open, unconverted sessions by current probability; ``:meta`` (open sessions, stream

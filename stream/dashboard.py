@@ -11,15 +11,18 @@ takes new channel values while its hash has fewer than DASH_BUCKET_FIELDS_MAX fi
 later new values count together as "(other)", so no stream of made-up values grows it
 unbounded.
 
-Each input partition keeps its own share (``contracts.keys.Layout.dash``), updated in
-the partition's batch write: the same Lua call, atomic with the session state. What a
+On Redis Cluster each input partition keeps its own share (``contracts.keys.Layout.dash``),
+updated in the partition's batch write: the same Lua call, atomic with the session
+state. On a single Redis, where one call writes every partition, the partitions share
+one (partition 0's): each bucket is written once a call, not once per partition. What a
 session contributed is told by its session hash, in the same call: its start counts
 when the hash takes its ``start`` field (HSETNX), its conversion when it takes ``conv``,
 its close when it takes ``closed``, and a batch of hits applies only if the hash takes
 the first of their score entries. A redelivered batch therefore changes nothing.
 
 Besides: a sorted set of the open, not yet converted sessions by current probability
-(the in-session model's, after every hit; bounded: the hot list), the count of open
+(the in-session model's, after every hit; bounded: the hot list; once full, it takes
+only sessions at or above its lowest), the count of open
 sessions, the partition's event time, events and scores per wall-clock minute. A hot
 session's trajectory is not kept here: the page reads it from the session's scores.
 """
@@ -143,8 +146,7 @@ end
 -- (true).
 local function start(key, a, i, c)
   if redis.call('HSETNX', key, 'row', a[i + 7]) == 0 then return true end
-  redis.call('HSET', key, 'hs', a[i + 8], a[i + 9], a[i + 10], 'latest', a[i + 11],
-    'p', a[i + 2], 'hits', '0')
+  redis.call('HSET', key, 'hs', a[i + 8], a[i + 9], a[i + 10], 'latest', a[i + 11])
   redis.call('EXPIRE', key, STTL)
   local x = part(a[i])
   local ms = tonumber(a[i + 3])
@@ -157,15 +159,14 @@ local function start(key, a, i, c)
 end
 -- H: a session's hits. a[i..]: dashboard index, session id, latest probability (text),
 -- converted (1: a hit of the batch converted), hot (1: open and not converted), the
--- first new score's field and entry, the packed counters, the latest score's JSON, the
--- hits applied (text), whether to set the TTL again (1), then the other new scores'
--- fields and entries, and the outcome's. Nothing happens if the hash has the first new
--- score already (the batch was applied).
+-- first new score's field and entry, the packed counters, the latest score's JSON,
+-- whether to set the TTL again (1), then the other new scores' fields and entries, and
+-- the outcome's. Nothing happens if the hash has the first new score already (the batch
+-- was applied).
 local function hits(key, a, i, c)
   if redis.call('HSETNX', key, a[i + 5], a[i + 6]) == 0 then return end
-  redis.call('HSET', key, 'hs', a[i + 7], 'latest', a[i + 8], 'p', a[i + 2], 'hits', a[i + 9],
-    unpack(a, i + 11, i + c - 1))
-  if a[i + 10] == 1 then redis.call('EXPIRE', key, STTL) end
+  redis.call('HSET', key, 'hs', a[i + 7], 'latest', a[i + 8], unpack(a, i + 10, i + c - 1))
+  if a[i + 9] == 1 then redis.call('EXPIRE', key, STTL) end
   local x = part(a[i])
   if a[i + 3] == 1 then
     if redis.call('HSETNX', key, 'conv', '1') == 1 then
@@ -231,16 +232,45 @@ local function flush()
     end
     if x.active ~= 0 or x.now then redis.call('EXPIRE', meta, TTL[4]) end
     local hot = P .. ':hot'
-    if #x.add > 0 then
-      -- The anchor goes first, so a new set is made a skip list (see HOT_ANCHOR).
-      redis.call('ZADD', hot, '-inf', ANCHOR)
-      chunks('ZADD', hot, x.add, 1000)
-      if redis.call('ZCARD', hot) > HOT_MAX + 1 then
-        redis.call('ZREMRANGEBYRANK', hot, 1, -(HOT_MAX + 1))
-      end
-      redis.call('EXPIRE', hot, TTL[4])
+    -- Sessions that converted or closed leave first; of the others, each with its last
+    -- probability of the call, a full set takes those at or above its lowest: one
+    -- below leaves (or stays out) rather than go in only to be cut again.
+    local gone = {}
+    if #x.rem > 0 then
+      for _, m in ipairs(x.rem) do gone[m] = true end
+      chunks('ZREM', hot, x.rem, 1000)
     end
-    if #x.rem > 0 then chunks('ZREM', hot, x.rem, 1000) end
+    if #x.add > 0 then
+      local last, order = {}, {}
+      for j = 1, #x.add, 2 do
+        local m = x.add[j + 1]
+        if not gone[m] then
+          if not last[m] then order[#order + 1] = m end
+          last[m] = x.add[j]
+        end
+      end
+      local edge = redis.call('ZREVRANGE', hot, HOT_MAX - 1, HOT_MAX - 1, 'WITHSCORES')
+      local lowest = edge[1] and edge[1] ~= ANCHOR and tonumber(edge[2])
+      local add, drop = {}, {}
+      for _, m in ipairs(order) do
+        if lowest and tonumber(last[m]) < lowest then
+          drop[#drop + 1] = m
+        else
+          add[#add + 1] = last[m]
+          add[#add + 1] = m
+        end
+      end
+      if #drop > 0 then chunks('ZREM', hot, drop, 1000) end
+      if #add > 0 then
+        -- The anchor goes first, so a new set is made a skip list (see HOT_ANCHOR).
+        redis.call('ZADD', hot, '-inf', ANCHOR)
+        chunks('ZADD', hot, add, 1000)
+        if redis.call('ZCARD', hot) > HOT_MAX + 1 then
+          redis.call('ZREMRANGEBYRANK', hot, 1, -(HOT_MAX + 1))
+        end
+        redis.call('EXPIRE', hot, TTL[4])
+      end
+    end
   end
 end
 """

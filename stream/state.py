@@ -44,7 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from contracts import keys, limits
 from contracts.dashboard import minute
 from contracts.history import score_from_history
-from features.hits import STATE_NAMES, empty_state
+from features.hits import empty_state
 from stream import dashboard
 from stream.lane import ScriptLane
 from stream.nodes import NodeLanes, is_moving
@@ -52,7 +52,6 @@ from stream.nodes import NodeLanes, is_moving
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-HITS = STATE_NAMES.index("hits")
 
 # The fence, run first by every script that writes: ``lost(packed)`` is true when Redis
 # holds less of an applied-offsets field than this worker knows it wrote (it lost
@@ -334,10 +333,18 @@ class RedisStore:
         dashboard_retention_s: int = 30 * 86400,
         partitions: int = 6,
         lanes: NodeLanes | None = None,
+        dashboard_per_partition: bool | None = None,
     ) -> None:
         """``lanes``, on Redis Cluster, gives the lane of the master holding a key's slot;
         then each partition's calls go alone, to its master. Without it, every call
-        goes on one lane of ``client``."""
+        goes on one lane of ``client``.
+
+        The dashboard's aggregates are kept per partition where partitions are written
+        in calls of their own (Redis Cluster: the aggregates must share the call's slot)
+        and once for all of them on a single Redis, where one call writes every
+        partition (each partition a share of its own would cost Redis every bucket's
+        writes once per partition). ``dashboard_per_partition`` says otherwise.
+        """
         self.r = client
         self.prefix = prefix
         self.layout = keys.Layout(prefix, partitions)
@@ -361,6 +368,14 @@ class RedisStore:
         # where Redis holds less.
         self.expected: dict[tuple[str, int], int] = {}
         self.layout_recorded = False  # the layout is recorded in Redis (``record_layout``)
+        per_partition = (
+            lanes is not None if dashboard_per_partition is None else dashboard_per_partition
+        )
+        self._dashes = [self.layout.dash(p if per_partition else 0) for p in range(partitions)]
+
+    def dash(self, partition: int) -> str:
+        """Return the prefix of the dashboard aggregates a partition's sessions count in."""
+        return self._dashes[partition]
 
     @property
     def clustered(self) -> bool:
@@ -738,7 +753,6 @@ class RedisStore:
                 entries[0],
                 keys.pack_hit_state(h.state.tolist()),
                 h.scores[-1][1],
-                str(int(h.state[HITS])),
                 int(h.refresh_ttl),
                 *fields,
             )
@@ -925,10 +939,6 @@ class RedisStore:
                 entry,
                 keys.LATEST_FIELD,
                 c.score_json,
-                "p",
-                repr(float(c.probability)),
-                "hits",
-                str(int(c.hits)),
             ]
             if c.outcome is not None:
                 fields += ["outcome", c.outcome]
@@ -970,7 +980,7 @@ class _Batch:
         if found is None:
             found = self.groups[group] = (_Ops(), [])
         ops, dashes = found
-        dash = self.store.layout.dash(partition)
+        dash = self.store._dashes[partition]
         if dash not in dashes:
             dashes.append(dash)
         return ops, dashes.index(dash) + 1

@@ -17,14 +17,22 @@ from api.settings import ApiSettings
 from contracts import keys
 from contracts.dashboard import DAY_MS, HOUR_MS, workers_key
 from contracts.history import history_entry
+from features.hits import STATE_INDEX, empty_state
 
 NOW = 1_640_000_000_000.0
 DAY = math.floor(NOW / DAY_MS)
 HOUR = math.floor(NOW / HOUR_MS)
 
 
+def _counters(hits: int) -> bytes:
+    """A session's packed counters (``hs``) after ``hits`` hits."""
+    state = empty_state()
+    state[STATE_INDEX["hits"]] = hits
+    return keys.pack_hit_state(state.tolist())
+
+
 def _session(fake_redis, layout: keys.Layout, partition: int, sid: str, **fields) -> None:
-    fake_redis.store_session(layout, sid, {"row": row(), "hits": "1", **fields}, partition)
+    fake_redis.store_session(layout, sid, {"row": row(), "hs": _counters(1), **fields}, partition)
 
 
 def _fill(fake_redis) -> keys.Layout:
@@ -52,11 +60,9 @@ def _fill(fake_redis) -> keys.Layout:
         1,
         "s1",
         row=row(channel=("cpc", "src", "(none)", "mobile", "Moscow"), start_ms=NOW),
-        p="0.4",
-        hits="3",
         ready="1",
         latest=b'{"probability":0.4}',
-        hs=b"\x00" * 8,
+        hs=_counters(3),
         **{
             "hit:10": history_entry(0.4, "v1", None, 0),
             "session_start:": history_entry(0.1, "v1", True, 0),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from api.dashboard import Window, read_dashboard
-from contracts.dashboard import HOT_MAX, HOUR_MS
+from contracts.dashboard import HOT_ANCHOR, HOT_MAX, HOUR_MS
 from contracts.history import history_entry, trajectory
 from features.hits import STATE_INDEX, empty_state
 from stream.dashboard import channel_values
@@ -155,7 +155,7 @@ async def test_a_hits_batch_whose_first_score_is_stored_changes_nothing(
     await store.write([], [first])
     key = store.layout.session(0, "a")
     before = await store.r.hgetall(key)
-    assert before[b"latest"] == b"latest hit:3" and before[b"hits"] == b"3"
+    assert before[b"latest"] == b"latest hit:3" and b"hits" not in before
     again = _hits("a", [1, 2, 3], [0.9, 0.9, 0.9])
     again.state[0] += 100  # a state that would show if it were written
     earlier = _hits("a", [1], [0.2])
@@ -248,6 +248,32 @@ async def test_a_large_batch_sums_its_channels_and_keeps_the_hottest(store: Redi
     assert hot == [f"s{i:03d}" for i in range(n - 1, 9, -1)]
 
 
+async def test_a_full_hot_set_takes_only_sessions_at_or_above_its_lowest(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stream import dashboard
+
+    monkeypatch.setattr(dashboard, "HOT_MAX", 3)
+    small = RedisStore(store.r, prefix=store.prefix, ttl_s=600, retries=2)
+    row = _row("cpc")
+    await small.write([_start(s, p, T0, row) for s, p in (("a", 0.5), ("b", 0.4), ("c", 0.3))], [])
+    hot = store.layout.dash(0) + ":hot"
+
+    async def members() -> list[bytes]:
+        return [m for m in await store.r.zrevrange(hot, 0, -1) if m != HOT_ANCHOR.encode()]
+
+    assert await members() == [b"a", b"b", b"c"]
+    # Below the lowest (0.3): "d" stays out, "b" falling there leaves; "e" starts low
+    # and rises in the same call: its last probability counts.
+    await small.write(
+        [_start("d", 0.1, T0, row), _start("e", 0.05, T0, row)],
+        [_hits("b", [1], [0.2]), _hits("e", [1], [0.45])],
+    )
+    assert await members() == [b"a", b"e", b"c"]
+    await small.write([], [_hits("c", [1], [0.3])])  # at the lowest: it stays
+    assert await members() == [b"a", b"e", b"c"]
+
+
 async def test_buckets_hold_integer_sums(store: RedisStore) -> None:
     await store.write([_start("a", 0.1234567, T0, _row("cpc"))], [])
     bucket = f"{store.layout.dash(0)}:all"
@@ -268,9 +294,40 @@ async def test_buckets_hold_integer_sums(store: RedisStore) -> None:
     assert _medium(d, "cpc")["expected"] == pytest.approx(0.623457)
 
 
+async def test_on_one_redis_the_partitions_share_one_dashboard(store: RedisStore) -> None:
+    layout = store.layout
+    await store.write(
+        [
+            _start("a", 0.10, T0, _row("cpc"), partition=0),
+            _start("b", 0.30, T0 + 5, _row("cpc"), partition=4),
+            _start("c", 0.05, T0 - 5, _row("organic", city="Kazan"), partition=4),
+        ],
+        [],
+        events={0: 1, 4: 2},
+    )
+    shared = await store.r.hgetall(f"{layout.dash(0)}:all")
+    assert shared[b"n"] == b"3" and shared[b"n|utm_medium|cpc"] == b"2"
+    assert await store.r.hget(f"{layout.dash(0)}:meta", "active") == b"3"
+    for p in range(1, 6):
+        assert not await store.r.exists(f"{layout.dash(p)}:all", f"{layout.dash(p)}:meta")
+    d = await _data(store)
+    assert d["totals"]["sessions"] == 3 and d["now"]["event_time_ms"] == T0 + 5
+    # The hot list finds each session under its own partition.
+    hot = d["hot"]
+    assert [h["session_id"] for h in hot] == ["b", "a", "c"]
+    assert hot[2]["geo_city"] == "Kazan" and hot[0]["started_ms"] == T0 + 5
+    await store.write([], [_hits("b", [1], [0.9], converted=True, partition=4)])
+    assert (await store.r.hgetall(f"{layout.dash(0)}:all"))[b"c"] == b"1"
+    assert [h["session_id"] for h in (await _data(store))["hot"]] == ["a", "c"]
+
+
 async def test_each_partition_keeps_its_share_and_the_page_adds_them_up(
     store: RedisStore,
 ) -> None:
+    # As on Redis Cluster, where each partition's calls go alone.
+    store = RedisStore(
+        store.r, prefix=store.prefix, ttl_s=600, retries=2, dashboard_per_partition=True
+    )
     layout = store.layout
     await store.write(
         [

@@ -183,7 +183,11 @@ T0 = 1_640_000_000_000.0
 
 @pytest.mark.redis
 async def test_a_sessions_keys_are_found_only_under_its_partitions_tag(store: RedisStore) -> None:
-    """Everything the store writes for sessions of partition 3 is under partition 3's tag."""
+    """Everything the store writes for sessions of partition 3 is under partition 3's tag,
+    its dashboard share too when partitions keep their own (as on Redis Cluster)."""
+    store = RedisStore(
+        store.r, prefix=store.prefix, ttl_s=600, retries=2, dashboard_per_partition=True
+    )
     layout = store.layout
     tag = keys.partition_tag(3, layout.partitions)
     await store.park([ParkedHit("early", b"{}", 3, 7, 1.0)])

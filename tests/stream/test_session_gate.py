@@ -73,7 +73,7 @@ async def test_a_hit_for_a_session_being_closed_waits_for_the_close(idle: Idle) 
     assert order == ["close published", "hit applied, late=1"]
     # The late hit is written as such: its session stays off the dashboard's hot list
     # and open count (the store takes the hit's word for it).
-    store, dash = processor.store, processor.store.layout.dash(3)
+    store, dash = processor.store, processor.store.dash(3)
     assert (await store.read({idle.a: 3}))[0][idle.a].closed
     assert await store.r.zrange(f"{dash}:hot", 0, -1) in ([], [HOT_ANCHOR.encode()])
     assert await store.r.hget(f"{dash}:meta", "active") == b"0"
