@@ -1,6 +1,4 @@
-import hashlib
 import json
-import pickle
 import shutil
 from pathlib import Path
 
@@ -89,47 +87,26 @@ def test_card_is_json_with_metrics(model_path: Path) -> None:
     assert card["metrics"]["in_session"]["by_hits_seen"]
 
 
-class _Payload:
-    """What a hostile pickle does when it is loaded: here, touch a marker file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (Path.touch, (self.marker,))
-
-
-def _plant(model_path: Path, marker: Path) -> str:
-    """Replace the artifact with a hostile pickle and a card that matches it."""
-    data = pickle.dumps(_Payload(marker))
-    model_path.write_bytes(data)
-    card_file = model_path.with_name("model_card.json")
-    card = json.loads(card_file.read_text())
-    card["artifact_sha256"] = hashlib.sha256(data).hexdigest()
-    card_file.write_text(json.dumps(card))
-    return card["artifact_sha256"]
-
-
 def test_the_card_alone_does_not_stop_whoever_writes_the_folder(
-    model_copy: Path, tmp_path: Path
+    model_copy: Path, tmp_path: Path, plant
 ) -> None:
     # The threat the pin is for: a pickle and a card written together pass the card check.
     marker = tmp_path / "ran"
-    _plant(model_copy, marker)
+    plant(model_copy, marker)
     with pytest.raises(ArtifactError, match="not a ConversionModel"):
         load_model(model_copy)
     assert marker.exists()
 
 
 def test_a_pinned_digest_refuses_a_planted_artifact_before_unpickling(
-    model_copy: Path, tmp_path: Path
+    model_copy: Path, tmp_path: Path, plant
 ) -> None:
     genuine = read_card(model_copy)["artifact_sha256"]
     assert (
         load_model(model_copy, expected_sha256=genuine).version == read_card(model_copy)["version"]
     )
     marker = tmp_path / "ran"
-    planted = _plant(model_copy, marker)
+    planted = plant(model_copy, marker)
     with pytest.raises(PinnedDigestError, match="pinned digest"):
         load_model(model_copy, expected_sha256=genuine)
     assert not marker.exists()
@@ -145,12 +122,12 @@ def test_the_pin_is_read_as_hex_in_any_case_and_must_be_a_digest(model_copy: Pat
 
 
 def test_the_bytes_hashed_are_the_bytes_unpickled(
-    model_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    model_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hostile_pickle
 ) -> None:
     # Every read of the file after the first one sees a planted pickle: a loader that
     # hashed one read and unpickled another would run it.
     marker = tmp_path / "ran"
-    planted = pickle.dumps(_Payload(marker))
+    planted = hostile_pickle(marker)
     genuine = read_card(model_copy)["artifact_sha256"]
     original = model_copy.read_bytes()
     reads = []
