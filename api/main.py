@@ -11,9 +11,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from redis.asyncio.cluster import RedisCluster
 
 from api.dashboard import router as dashboard_router
+from api.errors import validation_error
 from api.fastpath import PredictFastPath
 from api.metrics import ApiMetrics, BodyLimitMiddleware, MetricsMiddleware
 from api.routes import router
@@ -119,6 +121,7 @@ def create_app(
     )
     app.include_router(router)
     app.include_router(dashboard_router)
+    app.add_exception_handler(RequestValidationError, validation_error)
     # The last added runs first: every request is counted, oversized bodies included,
     # and those are refused before anything parses them; then a valid one-row /predict
     # is answered without the framework's layers.

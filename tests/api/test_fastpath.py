@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import orjson
 import pytest
 from fakes import FakeRedis
 from fastapi.testclient import TestClient
@@ -61,6 +62,14 @@ def test_scores_are_byte_for_byte_those_of_the_route(
         (b'{"session_id": ', {"content-type": "application/json"}),  # not JSON
         (b"[1, 2]", {"content-type": "application/json"}),  # not an object
         (b'{"session_id": "x"}', {"content-type": "application/json"}),  # fields missing
+        (  # a boolean is no visit number
+            orjson.dumps(dict(EXAMPLE_ROW, visit_number=True)),
+            {"content-type": "application/json"},
+        ),
+        (  # a large invalid value: the 422 names it without repeating it
+            orjson.dumps(dict(EXAMPLE_ROW, visit_date="9" * 90_000)),
+            {"content-type": "application/json"},
+        ),
         (None, {"content-type": "text/plain"}),  # a valid row, but not said to be JSON
         (None, {}),  # a valid row without a content type
     ],
@@ -75,6 +84,7 @@ def test_errors_are_the_routes_own(model_path: Path, body: bytes | None, headers
         b = plain.post("/predict", content=payload, headers=headers)
     assert a.status_code == b.status_code == 422
     assert a.json() == b.json()
+    assert len(a.content) < 1_000 and "input" not in a.json()["detail"][0]
 
 
 def test_a_json_subtype_and_a_chunked_body_are_scored(model_path: Path) -> None:

@@ -103,6 +103,56 @@ def test_invalid_rows_get_a_422_naming_the_field(client, change, field) -> None:
     assert field in json.dumps(r.json()["detail"])
 
 
+def test_a_boolean_is_not_a_visit_number_but_a_numeric_string_is(client) -> None:
+    for value in (True, False):
+        r = client.post("/predict", json=dict(EXAMPLE_ROW, visit_number=value))
+        assert r.status_code == 422
+        assert r.json()["detail"][0]["loc"] == ["body", "visit_number"]
+        batch = client.post(
+            "/predict/batch", json={"rows": [dict(EXAMPLE_ROW, visit_number=value)]}
+        )
+        assert batch.status_code == 422
+        assert batch.json()["detail"][0]["loc"] == ["body", "rows", 0, "visit_number"]
+    as_text = client.post("/predict", json=dict(EXAMPLE_ROW, visit_number="7"))
+    as_number = client.post("/predict", json=dict(EXAMPLE_ROW, visit_number=7))
+    assert as_text.status_code == 200 and as_text.json() == as_number.json()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"visit_date": "9" * 90_000},  # a value
+        {"geo_city": "9" * 90_000},  # a value over its length limit
+        {"x" * 90_000: 1},  # an unknown field's name
+        {"visit_number": "9" * 90_000},  # a number that is not one
+    ],
+)
+def test_a_422_names_the_field_without_echoing_a_large_input(client, change) -> None:
+    r = client.post("/predict", json=dict(EXAMPLE_ROW, **change))
+    assert r.status_code == 422
+    assert len(r.content) < 1_000, len(r.content)
+    error = r.json()["detail"][0]
+    assert "input" not in error
+    field = next(iter(change))
+    assert error["loc"][0] == "body"
+    assert str(error["loc"][1]).startswith(field[:100])
+
+
+def test_a_batch_of_bad_rows_gets_a_bounded_422_with_the_count(client) -> None:
+    from api.errors import MAX_ERRORS
+
+    rows = [dict(EXAMPLE_ROW, session_id=f"s{i}", visit_date="x" * 500) for i in range(10_000)]
+    r = client.post("/predict/batch", json={"rows": rows})
+    assert r.status_code == 422
+    body = r.json()
+    assert len(r.content) < 10_000, len(r.content)  # FastAPI's own answer: over 6 MB
+    assert body["errors_total"] == 10_000
+    assert [e["loc"] for e in body["detail"]] == [
+        ["body", "rows", i, "visit_date"] for i in range(MAX_ERRORS)
+    ]
+    assert "visit_date must be a date" in body["detail"][0]["msg"]
+
+
 def test_a_missing_session_id_is_named(client) -> None:
     row = {k: v for k, v in EXAMPLE_ROW.items() if k != "session_id"}
     r = client.post("/predict", json=row)
