@@ -83,12 +83,13 @@ def load_model(
 
     The file is read once; the bytes hashed are the bytes unpickled, so the file cannot
     change between the check and the load. ``expected_sha256`` is a digest pinned
-    outside the model folder: a file that does not have it is refused before anything
-    is unpickled, whatever its card says. The card's own digest is checked too, which
-    catches a file damaged or half-written beside an intact card.
+    outside the model folder (None or empty: none): a file that does not have it is
+    refused before anything is unpickled, whatever its card says. The card's own digest
+    is checked too, which catches a file damaged or half-written beside an intact card.
     """
     path = Path(model_path)
-    pinned = None if expected_sha256 is None else check_pin(expected_sha256)
+    # An empty pin (as an unset variable of docker-compose gives it) is no pin.
+    pinned = check_pin(expected_sha256) if expected_sha256 and expected_sha256.strip() else None
     if not path.is_file():
         raise ArtifactError(f"no model file at {path}; run `python -m training train` first")
     card = read_card(path)

@@ -113,12 +113,14 @@ def test_a_pinned_digest_refuses_a_planted_artifact_before_unpickling(
     assert planted != genuine
 
 
-def test_the_pin_is_read_as_hex_in_any_case_and_must_be_a_digest(model_copy: Path) -> None:
+def test_the_pin_is_read_as_hex_in_any_case_and_must_be_a_digest_or_empty(model_copy: Path) -> None:
     genuine = read_card(model_copy)["artifact_sha256"]
     assert load_model(model_copy, expected_sha256=f" {genuine.upper()} ").version
-    for bad in ("", "abc", genuine[:-1] + "g", genuine + "0"):
+    for bad in ("abc", genuine[:-1] + "g", genuine + "0"):
         with pytest.raises(ArtifactError, match="not 64 hex digits"):
             load_model(model_copy, expected_sha256=bad)
+    for unset in ("", "  "):  # an empty variable is no pin
+        assert load_model(model_copy, expected_sha256=unset).version
 
 
 def test_the_bytes_hashed_are_the_bytes_unpickled(
