@@ -3,23 +3,31 @@
 Everything it shows is read from the aggregates the worker keeps in Redis
 (stream/dashboard.py): a fixed number of bucket hashes per window, the hot set's top
 entries and their sessions' records. No key is ever scanned.
+
+The page and its data want the dashboard's login cookie (set by its login form) or the
+dashboard key in ``X-API-Key`` (api/access.py); the page's script and style are files
+of their own, so that its Content-Security-Policy allows no inline code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
+import logging
 import math
 import time
 from collections.abc import AsyncIterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, Security
-from fastapi.responses import HTMLResponse, StreamingResponse
-from fastapi.security import APIKeyHeader
+from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
+from fastapi.security import APIKeyCookie, APIKeyHeader
 
+from api.access import COOKIE, COOKIE_PATH, LOGIN_S, Access, header_bytes
 from contracts import keys
 from contracts.dashboard import (
     DAY_MS,
@@ -34,6 +42,12 @@ from contracts.history import trajectory
 from features.hits import STATE_NAMES, empty_state
 
 PAGE = Path(__file__).with_name("static") / "dashboard.html"
+LOGIN_PAGE = PAGE.with_name("login.html")
+STATIC_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+LOGIN_BODY_MAX = 4096  # bytes of the login form
+PROBLEM = orjson.dumps({"error": "data unavailable; the API's log says why"})
+log = logging.getLogger(__name__)
+
 WORKER_FRESH_MS = 30_000.0  # a worker status older than this is not counted
 CHANNEL_ROWS = 100  # rows per dimension, the largest by sessions
 RATE_MINUTES = 15
@@ -55,21 +69,35 @@ CHART_BUCKETS = {
     Window.all: ("d", DAY_MS, 30),
 }
 
-_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    scheme_name="DashboardKey",
+    description="the dashboard key (SCORER_DASHBOARD_KEY), for tools",
+)
+_cookie = APIKeyCookie(
+    name=COOKIE,
+    auto_error=False,
+    scheme_name="DashboardLogin",
+    description="set by POST /dashboard/login, for a browser",
+)
+Header = Annotated[str | None, Security(_header)]
+Cookie = Annotated[str | None, Security(_cookie)]
 
 
-async def _require_key(
-    request: Request,
-    header: Annotated[str | None, Security(_header)],
-    key: Annotated[str | None, Query(description="the API key, for a browser")] = None,
-) -> None:
-    """The page and its data want the API key when one is set: header or ``?key=``."""
-    expected = request.app.state.settings.api_key
-    if expected and expected not in (header, key):
-        raise HTTPException(status_code=401, detail="missing or wrong API key (X-API-Key or ?key=)")
+def _denial(request: Request, header: str | None, cookie: str | None) -> HTTPException | None:
+    access: Access = request.app.state.access
+    return access.dashboard_denial(header_bytes(header), cookie)
 
 
-router = APIRouter(dependencies=[Depends(_require_key)], tags=["dashboard"])
+async def _require_dashboard(request: Request, header: Header, cookie: Cookie) -> None:
+    """The dashboard's data wants its login cookie or the dashboard key in X-API-Key."""
+    denied = _denial(request, header, cookie)
+    if denied is not None:
+        raise denied
+
+
+router = APIRouter(tags=["dashboard"])
 
 
 _ANCHOR = HOT_ANCHOR.encode()  # the hot set's first member, never a session
@@ -315,13 +343,73 @@ WindowQuery = Annotated[Window, Query(description="the channel table's window")]
 HotQuery = Annotated[int, Query(ge=1, le=200, description="how many hot sessions")]
 
 
-@router.get("/dashboard", response_class=HTMLResponse, include_in_schema=True)
-async def page() -> HTMLResponse:
-    """The live page for marketing and sales."""
-    return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+def _login_page(status: int, message: str) -> HTMLResponse:
+    text = LOGIN_PAGE.read_text(encoding="utf-8")
+    return HTMLResponse(text.replace("{message}", html.escape(message)), status_code=status)
 
 
-@router.get("/dashboard/data")
+@router.get(
+    "/dashboard",
+    response_class=HTMLResponse,
+    responses={401: {"description": "the login form"}, 403: {"description": "the login form"}},
+)
+async def page(request: Request, header: Header, cookie: Cookie) -> HTMLResponse:
+    """The live page for marketing and sales; its login form until the browser logs in."""
+    denied = _denial(request, header, cookie)
+    if denied is None:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+    first_visit = header is None and cookie is None and denied.status_code == 401
+    return _login_page(denied.status_code, "" if first_visit else str(denied.detail))
+
+
+# The login form's POST: the key goes in the body, never in a URL, and comes back as a
+# cookie that carries a signed expiry rather than the key.
+@router.post("/dashboard/login", include_in_schema=False)
+async def login(request: Request) -> Response:
+    """Check the dashboard key from the login form; set the login cookie."""
+    access: Access = request.app.state.access
+    body = await request.body()
+    if len(body) > LOGIN_BODY_MAX:
+        return _login_page(413, "the form was too large")
+    given = parse_qs(body.decode("utf-8", "replace")).get("key", [""])[0].strip()
+    if access.demo:
+        return RedirectResponse(COOKIE_PATH, status_code=303)
+    denied = access.dashboard_denial(given.encode("utf-8"), None)
+    if denied is not None:
+        return _login_page(denied.status_code, str(denied.detail))
+    response = RedirectResponse(COOKIE_PATH, status_code=303)
+    response.set_cookie(
+        COOKIE,
+        access.login_token(),
+        max_age=LOGIN_S,
+        path=COOKIE_PATH,
+        secure=request.url.scheme == "https",
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+@router.post("/dashboard/logout", include_in_schema=False)
+async def logout() -> Response:
+    """Forget the login cookie."""
+    response = RedirectResponse(COOKIE_PATH, status_code=303)
+    response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
+    return response
+
+
+# The page's script and style, served by the API so that its policy needs no inline code.
+@router.get("/dashboard/static/{name}", include_in_schema=False)
+async def static(name: str) -> Response:
+    """The page's script and style sheet (no data in them: served without a key)."""
+    media_type = STATIC_FILES.get(name)
+    if media_type is None:
+        raise HTTPException(status_code=404, detail="no such file")
+    content = (PAGE.parent / name).read_bytes()
+    return Response(content, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/dashboard/data", dependencies=[Depends(_require_dashboard)])
 async def data(request: Request, window: WindowQuery = Window.day, hot: HotQuery = 20) -> Response:
     """What the page shows, as JSON: now, hot sessions, channels and the chart."""
     body = await read_dashboard(
@@ -331,7 +419,9 @@ async def data(request: Request, window: WindowQuery = Window.day, hot: HotQuery
 
 
 # Left out of the OpenAPI schema: an endless event stream is no request-response operation.
-@router.get("/dashboard/stream", include_in_schema=False)
+@router.get(
+    "/dashboard/stream", include_in_schema=False, dependencies=[Depends(_require_dashboard)]
+)
 async def stream(
     request: Request,
     window: WindowQuery = Window.day,
@@ -344,6 +434,7 @@ async def stream(
 
     async def events() -> AsyncIterator[bytes]:
         sent = 0
+        failing = False
         # A client that goes away ends the response: Starlette cancels this generator.
         while updates is None or sent < updates:
             if sent:
@@ -354,11 +445,19 @@ async def stream(
                     redis, await _layout(request), window, hot, _prefix(request)
                 )
                 yield b"data: " + orjson.dumps(body) + b"\n\n"
+                failing = False
             except Exception as exc:  # noqa: BLE001 - Redis away: say so, keep the stream
-                yield b"event: problem\ndata: " + orjson.dumps({"error": str(exc)}) + b"\n\n"
+                # What Redis said goes to the log (once per outage of this stream), not
+                # to the page.
+                if not failing:
+                    log.warning(
+                        "dashboard stream: data unavailable: %s: %s", type(exc).__name__, exc
+                    )
+                failing = True
+                yield b"event: problem\ndata: " + PROBLEM + b"\n\n"
 
     return StreamingResponse(
         events(),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

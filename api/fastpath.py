@@ -2,11 +2,12 @@
 
 One-row scoring is the API's busiest call, and for it FastAPI's route matching,
 dependency solving and request objects cost about as much as the features and the
-model together. This ASGI middleware answers a ``POST /predict`` whose key (when one is
-configured) is right and whose body is a valid ``SessionRow``: it validates with the
-same model, scores with the same ``score_rows`` and writes the same JSON. Anything else
-(a wrong key, a body that is not JSON, an invalid row) goes on to the FastAPI route
-with the body it read, so every error is the framework's own, word for word.
+model together. This ASGI middleware answers a ``POST /predict`` that carries the
+scoring key (unless the API runs as an open local demo) and whose body is a valid
+``SessionRow``: it validates with the same model, scores with the same ``score_rows``
+and writes the same JSON. Anything else (a missing or wrong key, a body that is not
+JSON, an invalid row) goes on to the FastAPI route with the body it read, so every
+error is the route's own, word for word.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from api.access import Access, Scope
 from api.schemas import SessionRow
 
 PATH = "/predict"
@@ -70,15 +72,15 @@ class PredictFastPath:
     def _score(self, scope: dict[str, Any], body: bytes) -> bytes | None:
         """The response body for a request the lean path can answer, else None."""
         state = self.state
-        expected = state.settings.api_key
-        if expected:
+        access: Access = state.access
+        if not access.demo:
             given = None
             for name, value in scope["headers"]:
                 if name == b"x-api-key":
-                    given = value.decode("latin-1")
+                    given = value
                     break
-            if given != expected:
-                return None
+            if access.scope_of(given) is not Scope.scoring:
+                return None  # the route answers 401 or 403
         content_type = None
         for name, value in scope["headers"]:
             if name == b"content-type":

@@ -11,24 +11,32 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from redis.asyncio.cluster import RedisCluster
 
+from api.access import Access, install_log_filter
 from api.dashboard import router as dashboard_router
+from api.errors import validation_error
 from api.fastpath import PredictFastPath
+from api.headers import SecurityHeaders
 from api.metrics import ApiMetrics, BodyLimitMiddleware, MetricsMiddleware
 from api.routes import router
 from api.settings import ApiSettings
 from api.stored import Layouts
-from artifact import ArtifactError, ConversionModel, load_model, read_card
+from artifact import ArtifactError, ConversionModel, PinnedDigestError, load_model, read_card
 
 log = logging.getLogger(__name__)
+
+# Loggers whose lines carry request paths: no key may show in them.
+LOGGERS_WITH_PATHS = ("uvicorn.access", "uvicorn.error")
 
 
 async def watch_model(app: FastAPI, interval_s: float) -> None:
     """Swap in a newly deployed artifact once it loads and verifies.
 
     The card beside the pickle names the artifact's SHA-256; when it changes, the new
-    pickle is loaded (its digest checked before unpickling, its feature list after) in a
+    pickle is loaded (its digest checked before unpickling, against the card and against
+    the pinned ``SCORER_MODEL_SHA256`` when one is set; its feature list after) in a
     thread, and replaces the served model only if that succeeds. A broken artifact is
     logged and retried on the next look, so a deploy whose card was written before its
     pickle is picked up once both are in place.
@@ -48,7 +56,9 @@ async def watch_model(app: FastAPI, interval_s: float) -> None:
         if sha == app.state.card.get("artifact_sha256"):
             continue
         try:
-            model = await asyncio.to_thread(load_model, cfg.model_path)
+            model = await asyncio.to_thread(
+                load_model, cfg.model_path, expected_sha256=cfg.model_sha256
+            )
         except (ArtifactError, OSError, ValueError) as exc:
             if warned != sha:
                 log.warning(
@@ -57,7 +67,8 @@ async def watch_model(app: FastAPI, interval_s: float) -> None:
                     app.state.model.version,
                     exc,
                 )
-                app.state.metrics.model_reloads.labels("failed").inc()
+                result = "digest_mismatch" if isinstance(exc, PinnedDigestError) else "failed"
+                app.state.metrics.model_reloads.labels(result).inc()
                 warned = sha
             continue
         log.info("model reload: %s replaces %s", model.version, app.state.model.version)
@@ -83,15 +94,23 @@ def create_app(
 ) -> FastAPI:
     """Build the app; a test may hand in its own model and Redis client."""
     cfg = settings or ApiSettings()
+    access = Access.from_settings(cfg)  # raises AccessError: no keys, and not a demo
     metrics = ApiMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.settings = cfg
-        app.state.metrics = metrics
-        app.state.model = model or load_model(cfg.model_path)
+        log.log(logging.WARNING if access.demo else logging.INFO, "%s", access.describe())
+        filters = install_log_filter(access, LOGGERS_WITH_PATHS)
+        app.state.model = model or load_model(cfg.model_path, expected_sha256=cfg.model_sha256)
         app.state.card = (
             read_card(cfg.model_path) if model is None else {"version": app.state.model.version}
+        )
+        log.info(
+            "model %s, %s",
+            app.state.model.version,
+            "its digest pinned (SCORER_MODEL_SHA256)"
+            if cfg.model_sha256
+            else "no digest pinned: the card's digest catches damage, not tampering",
         )
         metrics.serve_model(app.state.model.version)
         client = redis if redis is not None else redis_client(cfg)
@@ -109,6 +128,8 @@ def create_app(
                     await watcher
             if redis is None:
                 await client.aclose()
+            for logger, f in filters:
+                logger.removeFilter(f)
 
     app = FastAPI(
         title="SberAutoSubscription conversion scorer",
@@ -116,13 +137,22 @@ def create_app(
         "to leave a request or order a call?",
         version="0.1.0",
         lifespan=lifespan,
+        # On the operator's port instead (api/operator.py), with /metrics.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
+    app.state.settings = cfg
+    app.state.access = access
+    app.state.metrics = metrics
     app.include_router(router)
     app.include_router(dashboard_router)
-    # The last added runs first: every request is counted, oversized bodies included,
-    # and those are refused before anything parses them; then a valid one-row /predict
-    # is answered without the framework's layers.
+    app.add_exception_handler(RequestValidationError, validation_error)
+    # The last added runs first: every answer gets the security headers and is counted,
+    # oversized bodies included, and those are refused before anything parses them;
+    # then a valid one-row /predict is answered without the framework's layers.
     app.add_middleware(PredictFastPath, state=app.state)
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -11,9 +12,9 @@ import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, Security
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import stored
+from api.access import Access, header_bytes
 from api.schemas import (
     BatchRequest,
     BatchResponse,
@@ -32,11 +33,18 @@ from contracts.limits import ID_MAX_CHARS, ID_PATTERN
 from features.columns import SESSION_COLUMNS
 from features.hits import STATE_NAMES, empty_state
 
+log = logging.getLogger(__name__)
+
 HISTORY_LIMIT = 50  # scores shown by GET /sessions/{session_id}
 # A session id as the worker accepts it (contracts.limits): anything else is a 422.
 SessionId = Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)]
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+_api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    scheme_name="ScoringKey",
+    description="the scoring key (SCORER_API_KEY)",
+)
 
 
 # Dependencies are coroutines: FastAPI runs a plain function dependency in its thread
@@ -53,12 +61,11 @@ async def _redis(request: Request) -> Any:
     return request.app.state.redis
 
 
-async def _require_key(
+async def _require_scoring_key(
     request: Request, key: Annotated[str | None, Security(_api_key_header)]
 ) -> None:
-    expected = request.app.state.settings.api_key
-    if expected and key != expected:
-        raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
+    access: Access = request.app.state.access
+    access.require_scoring(header_bytes(key))
 
 
 Settings = Annotated[ApiSettings, Depends(_settings)]
@@ -86,7 +93,7 @@ class _OrjsonRoute(APIRoute):
 
 
 router = APIRouter(route_class=_OrjsonRoute)
-protected = APIRouter(dependencies=[Depends(_require_key)], route_class=_OrjsonRoute)
+protected = APIRouter(dependencies=[Depends(_require_scoring_key)], route_class=_OrjsonRoute)
 
 
 @router.get("/health", response_model=HealthResponse)
@@ -107,8 +114,10 @@ async def ready(request: Request, response: Response, redis: Redis) -> ReadyResp
     try:
         await asyncio.wait_for(redis.ping(), timeout=1.0)
         checks["redis"] = "ok"
-    except Exception as exc:  # any failure to answer means not ready; the reason is shown
-        checks["redis"] = f"unreachable: {type(exc).__name__}: {exc}"[:300]
+    except Exception as exc:  # any failure to answer means not ready
+        # Redis's own words (addresses, names) go to the log, not to whoever asked.
+        log.warning("ready: Redis did not answer: %s: %s", type(exc).__name__, exc)
+        checks["redis"] = "unreachable"
     ok = model is not None and checks["redis"] == "ok"
     response.status_code = 200 if ok else 503
     return ReadyResponse(
@@ -116,13 +125,6 @@ async def ready(request: Request, response: Response, redis: Redis) -> ReadyResp
         model_version=None if model is None else model.version,
         checks=checks,
     )
-
-
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-async def metrics(request: Request) -> Response:
-    """Prometheus metrics: requests, latencies, errors, rows scored, the model served."""
-    registry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @protected.post("/predict", response_model=PredictResponse)

@@ -8,7 +8,7 @@ from datetime import date, time
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, NotRequired, Required
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from typing_extensions import TypedDict
 
 from contracts.limits import ID_MAX_CHARS, ID_PATTERN
@@ -77,6 +77,13 @@ def _check_time(v: str) -> str:
     return v
 
 
+def _not_a_boolean(v: Any) -> Any:
+    # JSON's true would pass as 1: a boolean is no count. "7", as CSV exports send it, is.
+    if isinstance(v, bool):
+        raise ValueError("visit_number must be a whole number, not true or false")
+    return v
+
+
 def _check_resolution(v: str | None) -> str | None:
     if v is None or _is_resolution(v):
         return v
@@ -92,7 +99,7 @@ class SessionRow(BaseModel):
     client_id: str | None = Field(default=None, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)
     visit_date: Annotated[str, AfterValidator(_check_date)]
     visit_time: Annotated[str, AfterValidator(_check_time)]
-    visit_number: int = Field(ge=1, le=100_000)
+    visit_number: Annotated[int, BeforeValidator(_not_a_boolean), Field(ge=1, le=100_000)]
     utm_source: str | None = Field(default=None, max_length=200)
     utm_medium: str | None = Field(default=None, max_length=200)
     utm_campaign: str | None = Field(default=None, max_length=200)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,15 @@ from artifact.model import ConversionModel
 
 MODEL_FILE = "Pickled_model.pkl"
 CARD_FILE = "model_card.json"
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class ArtifactError(RuntimeError):
     """The model file or its card is missing, altered or unusable."""
+
+
+class PinnedDigestError(ArtifactError):
+    """The model file's SHA-256 is not the digest pinned for this deployment."""
 
 
 def sha256_of(path: Path) -> str:
@@ -62,20 +68,44 @@ def read_card(model_path: Path) -> dict[str, Any]:
     return card
 
 
-def load_model(model_path: Path | str, *, threads: int | None = 1) -> ConversionModel:
-    """Verify a model file against its card, unpickle it and check its features."""
+def check_pin(pin: str) -> str:
+    """Return a pinned digest as lowercase hex; refuse anything that is not a SHA-256."""
+    digest = pin.strip().lower()
+    if not SHA256_HEX.fullmatch(digest):
+        raise ArtifactError("the pinned digest (SCORER_MODEL_SHA256) is not 64 hex digits")
+    return digest
+
+
+def load_model(
+    model_path: Path | str, *, threads: int | None = 1, expected_sha256: str | None = None
+) -> ConversionModel:
+    """Verify a model file, unpickle it and check its features.
+
+    The file is read once; the bytes hashed are the bytes unpickled, so the file cannot
+    change between the check and the load. ``expected_sha256`` is a digest pinned
+    outside the model folder (None or empty: none): a file that does not have it is
+    refused before anything is unpickled, whatever its card says. The card's own digest
+    is checked too, which catches a file damaged or half-written beside an intact card.
+    """
     path = Path(model_path)
+    # An empty pin (as an unset variable of docker-compose gives it) is no pin.
+    pinned = check_pin(expected_sha256) if expected_sha256 and expected_sha256.strip() else None
     if not path.is_file():
         raise ArtifactError(f"no model file at {path}; run `python -m training train` first")
     card = read_card(path)
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if pinned is not None and actual != pinned:
+        raise PinnedDigestError(
+            f"{path} has SHA-256 {actual}, the pinned digest is {pinned}: refusing to unpickle"
+        )
     expected = card.get("artifact_sha256")
-    actual = sha256_of(path)
     if expected != actual:
         raise ArtifactError(
             f"{path} has SHA-256 {actual}, its card says {expected}: refusing to unpickle"
         )
-    with path.open("rb") as fh:
-        model = pickle.load(fh)
+    model = pickle.loads(data)
+    del data
     if not isinstance(model, ConversionModel):
         raise ArtifactError(f"{path} holds a {type(model).__name__}, not a ConversionModel")
     if model.version != card.get("version"):

@@ -31,6 +31,7 @@ from stream.replay import build_events
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS_PER_BATCH = 10_000
+BENCH_KEY = "bench-api-scoring-key"
 
 
 def _free_port() -> int:
@@ -79,8 +80,9 @@ def _rows(data: Path, count: int) -> list[dict[str, Any]]:
 
 
 async def _measure(port: int, rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    singles = [post("/predict", orjson.dumps(r)) for r in rows[:2000]]
-    batch = post("/predict/batch", orjson.dumps({"rows": rows[:ROWS_PER_BATCH]}))
+    key = {"X-API-Key": BENCH_KEY}  # the API as deployed checks it; the baseline ignores it
+    singles = [post("/predict", orjson.dumps(r), headers=key) for r in rows[:2000]]
+    batch = post("/predict/batch", orjson.dumps({"rows": rows[:ROWS_PER_BATCH]}), headers=key)
     await saturate(port, singles, 2.0, conns=4)  # warm-up
     steady = await fixed_rate(port, singles, rate=200, seconds=seconds)
     sat = await saturate(port, singles, seconds, conns=16)
@@ -111,7 +113,13 @@ def run(data: Path, model: Path | None, seconds: float) -> dict[str, Any]:
     """Measure both servers; return the figures."""
     model_path = _prepare(data, model)
     rows = _rows(data, ROWS_PER_BATCH)
-    env = {**os.environ, "SCORER_MODEL_PATH": str(model_path), "SCORER_MODEL_RELOAD_S": "0"}
+    env = {
+        **os.environ,
+        "SCORER_MODEL_PATH": str(model_path),
+        "SCORER_MODEL_RELOAD_S": "0",
+        "SCORER_API_KEY": BENCH_KEY,
+        "SCORER_API_OPERATOR_PORT": "0",
+    }
     results: dict[str, Any] = {}
     port = _free_port()
     proc = _serve(

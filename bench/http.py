@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-def post(path: str, body: bytes, host: str = "127.0.0.1") -> bytes:
-    """Encode a keep-alive JSON POST request."""
+def post(
+    path: str, body: bytes, host: str = "127.0.0.1", headers: dict[str, str] | None = None
+) -> bytes:
+    """Encode a keep-alive JSON POST request, with any extra headers."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+        f"{extra}Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
     )
     return head.encode() + body
 

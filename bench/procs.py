@@ -88,7 +88,10 @@ def settings_env(settings: StreamSettings) -> dict[str, str]:
     """The environment that hands these settings to a child process."""
     env = dict(os.environ)
     for name, value in settings.model_dump().items():
-        env[f"SCORER_{name.upper()}"] = str(value)
+        if value is None:  # unset: "None" would be read as a value
+            env.pop(f"SCORER_{name.upper()}", None)
+        else:
+            env[f"SCORER_{name.upper()}"] = str(value)
     return env
 
 

@@ -15,6 +15,10 @@ export SCORER_TOPIC_PREFIX="$RUN_ID."
 export SCORER_APP_ID="$RUN_ID"
 export SCORER_REDIS_KEY_PREFIX="$RUN_ID"
 export SCORER_MODEL_PATH="$MODELS/Pickled_model.pkl"
+# The API wants keys: fresh ones for this run, unless given (a scoring key for /predict
+# and /sessions, a dashboard key for the page's login).
+export SCORER_API_KEY="${SCORER_API_KEY:-demo-scoring-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
+export SCORER_DASHBOARD_KEY="${SCORER_DASHBOARD_KEY:-demo-dashboard-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 
 say() { printf '\n== %s\n' "$*"; }
 
@@ -65,10 +69,10 @@ $PY -m stream tail --topic conversion.scores --expect-from-data "$DATA" --show 8
 say "The API: the latest score of one session"
 sid=$($PY -c "import csv; r = csv.DictReader(open('$DATA/ga_sessions.csv')); print(next(r)['session_id'])")
 echo "GET /sessions/$sid/score"
-curl -s "http://127.0.0.1:$API_PORT/sessions/$sid/score"; echo
+curl -s -H "X-API-Key: $SCORER_API_KEY" "http://127.0.0.1:$API_PORT/sessions/$sid/score"; echo
 echo "POST /predict (the same session row)"
 row=$($PY -c "import csv, json; r = next(csv.DictReader(open('$DATA/ga_sessions.csv'))); print(json.dumps({k: (v if v != '' else None) for k, v in r.items()} | {'visit_number': int(r['visit_number'])}))")
-curl -s -X POST "http://127.0.0.1:$API_PORT/predict" -H 'content-type: application/json' -d "$row"; echo
+curl -s -X POST "http://127.0.0.1:$API_PORT/predict" -H "X-API-Key: $SCORER_API_KEY" -H 'content-type: application/json' -d "$row"; echo
 
 say "The dashboard: http://127.0.0.1:$API_PORT/dashboard (its data: /dashboard/data?window=all)"
 API_PORT=$API_PORT $PY - <<'PYEOF'
@@ -77,7 +81,8 @@ import os
 import urllib.request
 
 url = f"http://127.0.0.1:{os.environ['API_PORT']}/dashboard/data?window=all&hot=5"
-with urllib.request.urlopen(url, timeout=10) as response:
+request = urllib.request.Request(url, headers={"X-API-Key": os.environ["SCORER_DASHBOARD_KEY"]})
+with urllib.request.urlopen(request, timeout=10) as response:
     d = json.load(response)
 t, now = d["totals"], d["now"]
 models = ", ".join(now["model_versions"]) or "-"
@@ -94,6 +99,8 @@ PYEOF
 
 if [ "${DEMO_STAY:-0}" = 1 ]; then
   say "DEMO_STAY=1: the worker and the API keep running; open the dashboard, Ctrl-C to stop"
+  echo "http://127.0.0.1:$API_PORT/dashboard: log in with the dashboard key $SCORER_DASHBOARD_KEY"
+  echo "scoring: curl -H 'X-API-Key: $SCORER_API_KEY' http://127.0.0.1:$API_PORT/sessions/$sid/score"
   wait
 fi
 

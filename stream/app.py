@@ -25,7 +25,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 from faust.types import TP
 
-from artifact import ArtifactError, load_model, read_card
+from artifact import ArtifactError, PinnedDigestError, load_model, read_card
 from contracts import keys, limits, topics
 from contracts.dashboard import WORKER_TTL_S, workers_key
 from stream.dashboard import worker_name
@@ -751,8 +751,9 @@ class Pipeline:
         """Swap in a newly deployed artifact once it verifies; return whether it did.
 
         The card beside the pickle names the artifact's SHA-256; a new digest means a
-        new artifact. One that fails to load is logged once and skipped until its card
-        changes again; the current model keeps scoring.
+        new artifact. One that fails to load, or whose digest is not the pinned one
+        (``SCORER_MODEL_SHA256``), is logged once and skipped until its card changes
+        again; the current model keeps scoring.
         """
         path = self.settings.model_path
         try:
@@ -764,7 +765,9 @@ class Pipeline:
             return False
         current = self.processor.model
         try:
-            model = await asyncio.to_thread(load_model, path)
+            model = await asyncio.to_thread(
+                load_model, path, expected_sha256=self.settings.model_sha256
+            )
         except (ArtifactError, OSError, ValueError) as exc:
             log.warning(
                 "model reload: %s not loaded, keeping %s: %s",
@@ -772,7 +775,8 @@ class Pipeline:
                 current.version,
                 exc,
             )
-            self.metrics.model_reloads.labels("failed").inc()
+            result = "digest_mismatch" if isinstance(exc, PinnedDigestError) else "failed"
+            self.metrics.model_reloads.labels(result).inc()
             self.failed_sha = sha
             return False
         self.processor.model = model

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the worker, served on ``SCORER_METRICS_PORT`` (0: not served).
+"""Prometheus metrics of the worker, served on ``SCORER_METRICS_PORT`` (0: not served) of
+``SCORER_METRICS_HOST`` (127.0.0.1 unless configured otherwise).
 
 Every series starts with ``scorer_worker_``. Counters count events once per delivery:
 a batch delivered again after a crash is counted again, and its repeats show up as
@@ -11,6 +12,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -155,7 +157,8 @@ class WorkerMetrics:
         )
         self.model_reloads = Counter(
             "scorer_worker_model_reloads_total",
-            "Attempts to load a newly deployed artifact, by result",
+            "Attempts to load a newly deployed artifact, by result (loaded, failed, or "
+            "digest_mismatch: refused, its SHA-256 is not the pinned one)",
             ["result"],
             registry=r,
         )
@@ -166,10 +169,15 @@ class WorkerMetrics:
             self.exits.labels(reason).inc(n)
         self.started.set(time.time())
 
-    def serve(self, port: int) -> None:
-        """Serve the metrics over HTTP on 127.0.0.1 or all interfaces (port 0: nowhere)."""
-        if port:
-            start_http_server(port, registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1") -> Any:
+        """Serve the metrics over HTTP on host (0.0.0.0: every interface; port 0: nowhere).
+
+        Returns the server (None when not served), which the worker leaves running.
+        """
+        if not port:
+            return None
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return server
 
     def use_model(self, version: str) -> None:
         """Mark the model version in use."""

@@ -5,7 +5,8 @@
 Reads ``conversion.scores`` and ``conversion.outcomes``, pairs each session's
 session-start score with its outcome (a late ``converted`` supersedes an inactivity
 close) and serves, per model version over a rolling window (``SCORER_QUALITY_WINDOW_S``,
-an hour by default), on ``SCORER_QUALITY_METRICS_PORT``:
+an hour by default), on ``SCORER_QUALITY_METRICS_PORT`` of ``SCORER_METRICS_HOST``
+(127.0.0.1 unless configured otherwise):
 
 - ``scorer_quality_roc_auc{model_version}``: ROC-AUC of the pairs in the window;
 - ``scorer_quality_predicted{model_version,decile}`` and
@@ -229,9 +230,10 @@ def run_quality(settings: StreamSettings, *, from_beginning: bool = False) -> in
     tracker = QualityTracker(window_s=settings.quality_window_s)
     registry = CollectorRegistry()
     registry.register(QualityCollector(tracker))
-    start_http_server(settings.quality_metrics_port, registry=registry)
+    start_http_server(settings.quality_metrics_port, addr=settings.metrics_host, registry=registry)
     log.info(
-        "online quality on :%d, window %.0f s",
+        "online quality on %s:%d, window %.0f s",
+        settings.metrics_host,
         settings.quality_metrics_port,
         settings.quality_window_s,
     )

@@ -21,6 +21,8 @@ class StreamSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False  # redis_url names one node of a Redis Cluster
     model_path: Path = Path("models/Pickled_model.pkl")
+    # The artifact's SHA-256, pinned outside the model folder: any other file is refused.
+    model_sha256: str | None = None
     topic_prefix: str = ""
     redis_key_prefix: str = "scorer"
     app_id: str = "sberauto-scorer"
@@ -41,6 +43,7 @@ class StreamSettings(BaseSettings):
     kafka_fetch_min_bytes: int = 1024**2
     kafka_session_timeout_s: float = 10.0  # a worker that vanished loses its partitions after this
     metrics_port: int = 9108  # Prometheus metrics over HTTP; 0: not served
+    metrics_host: str = "127.0.0.1"  # the address every metrics server binds (0.0.0.0: all)
     model_reload_s: float = 5.0  # how often to look for a newly deployed artifact; 0: never
     quality_window_s: float = 3600.0  # online quality: the rolling window of outcomes
     quality_metrics_port: int = 9109  # online quality: its Prometheus port

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 
 import faust
 
-from artifact import load_model
+from artifact import ArtifactError, load_model
 from contracts import topics
 from stream.admin import ensure_topics
 from stream.app import attach_pipeline, create_app
@@ -19,6 +20,8 @@ from stream.settings import StreamSettings
 from stream.state import RedisStore
 
 log = logging.getLogger(__name__)
+
+EXIT_MODEL_REFUSED = 78  # sysexits' EX_CONFIG: the artifact or its pin must be fixed
 
 
 # Allocations between two collections of the youngest generation (Python's default: 700).
@@ -43,7 +46,12 @@ def settle_gc() -> None:
 
 def run_worker(settings: StreamSettings) -> int:
     """Load the model, connect to Redis and run the Faust worker until stopped."""
-    model = load_model(settings.model_path)
+    try:
+        model = load_model(settings.model_path, expected_sha256=settings.model_sha256)
+    except ArtifactError as exc:
+        # Before Faust sets up logging: straight to stderr, where a supervisor looks.
+        print(f"worker: the model was refused, not starting: {exc}", file=sys.stderr)
+        return EXIT_MODEL_REFUSED
     partitions = asyncio.run(ensure_topics(settings))
     client, lanes = connect(settings.redis_url, cluster=settings.redis_cluster)
     store = RedisStore(
@@ -66,11 +74,12 @@ def run_worker(settings: StreamSettings) -> int:
         cache_age_s=min(600.0, settings.session_ttl_s / 4),
     )
     attach_pipeline(app, settings, processor, metrics)
-    metrics.serve(settings.metrics_port)
+    metrics.serve(settings.metrics_port, settings.metrics_host)
     log.info(
-        "worker %s: model %s, topics prefixed %r",
+        "worker %s: model %s (%s), topics prefixed %r",
         settings.app_id,
         model.version,
+        "its digest pinned" if settings.model_sha256 else "no digest pinned",
         settings.topic_prefix,
     )
     settle_gc()

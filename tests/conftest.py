@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,3 +38,46 @@ def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def model_path(trained: dict) -> Path:
     """Return the path of the trained Pickled_model.pkl."""
     return Path(trained["model_dir"]) / "Pickled_model.pkl"
+
+
+class _Payload:
+    """What a hostile pickle does when it is loaded: here, it touches a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Callable[[Path], None], tuple[Path]]:
+        return (Path.touch, (self.marker,))
+
+
+@pytest.fixture()
+def hostile_pickle() -> Callable[[Path], bytes]:
+    """Return a maker of pickles that touch a marker file when unpickled."""
+    return lambda marker: pickle.dumps(_Payload(marker))
+
+
+@pytest.fixture()
+def plant(hostile_pickle: Callable[[Path], bytes]) -> Callable[[Path, Path], str]:
+    """Return a function that replaces an artifact with a hostile pickle and a card that
+    matches it, as whoever can write the model folder could; it returns the digest."""
+
+    def plant(model_path: Path, marker: Path) -> str:
+        data = hostile_pickle(marker)
+        model_path.write_bytes(data)
+        card_file = model_path.with_name("model_card.json")
+        card = json.loads(card_file.read_text())
+        card["artifact_sha256"] = hashlib.sha256(data).hexdigest()
+        card_file.write_text(json.dumps(card))
+        return str(card["artifact_sha256"])
+
+    return plant
+
+
+@pytest.fixture()
+def artifact_copy(model_path: Path, tmp_path: Path) -> Path:
+    """Return a copy of the trained artifact and its card in a folder of the test's own."""
+    folder = tmp_path / "deployed"
+    folder.mkdir()
+    for name in ("Pickled_model.pkl", "model_card.json"):
+        (folder / name).write_bytes(model_path.with_name(name).read_bytes())
+    return folder / "Pickled_model.pkl"

@@ -2,12 +2,15 @@
 
 from pathlib import Path
 
+import orjson
 import pytest
+from access_keys import DASHBOARD, DASHBOARD_KEY, SCORING, SCORING_KEY
 from fakes import FakeRedis
 from fastapi.testclient import TestClient
 
 from api.fastpath import PredictFastPath
 from api.main import create_app
+from api.operator import create_operator_app
 from api.schemas import EXAMPLE_ROW
 from api.settings import ApiSettings
 from stream.replay import build_events
@@ -15,7 +18,10 @@ from training.generate import generate
 
 
 def _clients(model_path: Path, **settings: object) -> tuple[TestClient, TestClient]:
-    """The app as served, and the same app without the lean path."""
+    """The app as served, and the same app without the lean path (an open demo unless
+    keys are given)."""
+    if "api_key" not in settings:
+        settings["api_insecure_demo"] = True
     cfg = ApiSettings(model_path=model_path, **settings)
     lean = create_app(cfg, redis=FakeRedis())
     plain = create_app(cfg, redis=FakeRedis())
@@ -61,6 +67,14 @@ def test_scores_are_byte_for_byte_those_of_the_route(
         (b'{"session_id": ', {"content-type": "application/json"}),  # not JSON
         (b"[1, 2]", {"content-type": "application/json"}),  # not an object
         (b'{"session_id": "x"}', {"content-type": "application/json"}),  # fields missing
+        (  # a boolean is no visit number
+            orjson.dumps(dict(EXAMPLE_ROW, visit_number=True)),
+            {"content-type": "application/json"},
+        ),
+        (  # a large invalid value: the 422 names it without repeating it
+            orjson.dumps(dict(EXAMPLE_ROW, visit_date="9" * 90_000)),
+            {"content-type": "application/json"},
+        ),
         (None, {"content-type": "text/plain"}),  # a valid row, but not said to be JSON
         (None, {}),  # a valid row without a content type
     ],
@@ -75,6 +89,7 @@ def test_errors_are_the_routes_own(model_path: Path, body: bytes | None, headers
         b = plain.post("/predict", content=payload, headers=headers)
     assert a.status_code == b.status_code == 422
     assert a.json() == b.json()
+    assert len(a.content) < 1_000 and "input" not in a.json()["detail"][0]
 
 
 def test_a_json_subtype_and_a_chunked_body_are_scored(model_path: Path) -> None:
@@ -92,14 +107,23 @@ def test_a_json_subtype_and_a_chunked_body_are_scored(model_path: Path) -> None:
     assert a.status_code == 200 and a.content == b.content
 
 
-def test_the_key_is_checked_and_a_wrong_one_gets_the_routes_401(model_path: Path) -> None:
-    lean, _ = _clients(model_path, api_key="s3cret")
-    with lean:
-        assert lean.post("/predict", json=EXAMPLE_ROW).status_code == 401
+def test_the_key_is_checked_and_a_wrong_one_gets_the_routes_answer(model_path: Path) -> None:
+    lean, plain = _clients(model_path, api_key=SCORING_KEY, dashboard_key=DASHBOARD_KEY)
+    with lean, plain:
+        for headers, status in [
+            ({}, 401),
+            ({"X-API-Key": "nope"}, 401),
+            ({"X-API-Key": SCORING_KEY + "x"}, 401),
+            ({"X-API-Key": "ключ".encode()}, 401),  # not ASCII: refused, not a server error
+            (DASHBOARD, 403),  # the dashboard's key does not score
+            (SCORING, 200),
+        ]:
+            a = lean.post("/predict", json=EXAMPLE_ROW, headers=headers)
+            b = plain.post("/predict", json=EXAMPLE_ROW, headers=headers)
+            assert a.status_code == b.status_code == status, headers
+            assert a.content == b.content
         wrong = lean.post("/predict", json=EXAMPLE_ROW, headers={"X-API-Key": "nope"})
-        assert wrong.status_code == 401 and "X-API-Key" in wrong.json()["detail"]
-        ok = lean.post("/predict", json=EXAMPLE_ROW, headers={"X-API-Key": "s3cret"})
-        assert ok.status_code == 200
+        assert "X-API-Key" in wrong.json()["detail"]
 
 
 def test_lean_answers_are_counted_under_the_route_template(model_path: Path) -> None:
@@ -107,6 +131,6 @@ def test_lean_answers_are_counted_under_the_route_template(model_path: Path) -> 
     with lean:
         for _ in range(3):
             lean.post("/predict", json=EXAMPLE_ROW)
-        text = lean.get("/metrics").text
+        text = TestClient(create_operator_app(lean.app)).get("/metrics").text
     assert 'scorer_api_requests_total{method="POST",route="/predict",status="200"} 3.0' in text
     assert "scorer_api_rows_scored_total 3.0" in text

@@ -118,7 +118,11 @@ def test_published_ports_are_the_ones_the_services_listen_on(compose: dict[str, 
     worker_sd = jobs["worker"]["dns_sd_configs"][0]
     assert worker_sd["names"] == ["worker"] and "worker" in services
     assert worker_sd["port"] == StreamSettings.model_fields["metrics_port"].default
-    assert jobs["api"]["static_configs"][0]["targets"] == [f"api:{api_port}"]
+    # The API's metrics are on its operator port, which is not published to the host.
+    operator_port = str(ApiSettings.model_fields["api_operator_port"].default)
+    assert services["api"]["environment"]["SCORER_API_OPERATOR_PORT"] == int(operator_port)
+    assert jobs["api"]["static_configs"][0]["targets"] == [f"api:{operator_port}"]
+    assert operator_port not in published
     quality = jobs["quality"]["static_configs"][0]["targets"][0]
     assert (
         quality == f"quality:{StreamSettings.model_fields['quality_metrics_port'].default}"
@@ -167,3 +171,27 @@ def test_published_ports_are_loopback_only(compose: dict[str, Any]) -> None:
     ]
     assert published
     assert all(port.startswith("127.0.0.1:") for port in published), published
+
+
+def test_the_api_runs_with_a_key_and_never_as_an_open_demo(compose: dict[str, Any]) -> None:
+    text = COMPOSE.read_text()
+    assert "SCORER_API_INSECURE_DEMO" not in text
+    api = compose["services"]["api"]["environment"]
+    # ${VAR:?message}: compose stops when the key is unset or empty, rather than pass "".
+    assert api["SCORER_API_KEY"].startswith("${SCORER_API_KEY:?")
+    for name in ("worker", "quality", "topics", "trainer", "replayer"):
+        assert "SCORER_API_KEY" not in compose["services"][name]["environment"], name
+
+
+def test_metrics_servers_open_to_the_scrape_inside_the_compose_network(
+    compose: dict[str, Any],
+) -> None:
+    for name in ("worker", "quality", "api"):
+        env = compose["services"][name]["environment"]
+        assert env["SCORER_METRICS_HOST"] == "0.0.0.0", name
+    published = {
+        str(port).rsplit(":", 1)[-1]
+        for service in compose["services"].values()
+        for port in service.get("ports", [])
+    }
+    assert {"9108", "9109", "9110"}.isdisjoint(published)

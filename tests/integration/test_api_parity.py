@@ -55,6 +55,7 @@ def test_predict_equals_the_streams_session_start_score(
             redis_url=stream_settings.redis_url,
             model_path=model_path,
             redis_key_prefix=stream_settings.redis_key_prefix,
+            api_insecure_demo=True,  # in-process, no keys: the answers are what is tested
         )
     )
     with TestClient(app) as client:

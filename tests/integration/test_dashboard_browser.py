@@ -1,8 +1,10 @@
 """The dashboard in a real headless Chromium, fed by the real worker, Kafka and Redis.
 
 A generated replay goes through the worker in two halves. After each, the page (served
-by a real API process, behind its key) must show hot sessions and channel rows whose
-numbers are the ones the worker published on the score and outcome topics. A
+by a real API process with its keys, opened through its login form, under its
+Content-Security-Policy) must show hot sessions and channel rows whose numbers are the
+ones the worker published on the score and outcome topics. No key may travel in a URL
+or land in the API's log, and the browser must report no policy violation. A
 screenshot lands in test-artifacts/dashboard.png.
 """
 
@@ -24,6 +26,7 @@ import pytest
 from helpers import Truth, read_all, read_scores
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 
 from bench.procs import WorkerProcess, free_port, settings_env
 from contracts import topics
@@ -36,7 +39,8 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-API_KEY = "dashboard-test-key"
+SCORING_KEY = "scoring-key-of-the-browser-test"
+DASHBOARD_KEY = "dashboard-key-of-the-browser-test"
 SESSIONS = 1_500
 SHOWN_HOT = 20  # the page's default
 
@@ -50,7 +54,11 @@ def open_settings(stream_settings: StreamSettings) -> StreamSettings:
 @pytest.fixture()
 def api_url(open_settings: StreamSettings, tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    env = settings_env(open_settings) | {"SCORER_API_KEY": API_KEY}
+    env = settings_env(open_settings) | {
+        "SCORER_API_KEY": SCORING_KEY,
+        "SCORER_DASHBOARD_KEY": DASHBOARD_KEY,
+        "SCORER_API_OPERATOR_PORT": str(free_port()),
+    }
     log = (tmp_path / "api.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "api", "--host", "127.0.0.1", "--port", str(port)],
@@ -86,6 +94,8 @@ def browser() -> Iterator[webdriver.Chrome]:
     options.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1440,1300"):
         options.add_argument(arg)
+    # The console, where Chromium reports what the page's policy refused.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     b = webdriver.Chrome(service=Service(driver), options=options)
     try:
         yield b
@@ -195,6 +205,48 @@ def _check_page(b: webdriver.Chrome, want: dict, truth: Truth, timeout_s: float 
             time.sleep(0.5)
 
 
+def _log_in(b: webdriver.Chrome, api_url: str) -> None:
+    """Open the page, which shows its login form, and log in with the dashboard key."""
+    b.get(f"{api_url}/dashboard")
+    form = b.find_element(By.CSS_SELECTOR, "form.login")
+    form.find_element(By.NAME, "key").send_keys(DASHBOARD_KEY)
+    form.submit()
+    deadline = time.monotonic() + 30
+    while not b.find_elements(By.ID, "channels"):
+        assert time.monotonic() < deadline, b.page_source[:2000]
+        time.sleep(0.2)
+
+
+def _check_no_key_travelled(b: webdriver.Chrome, api_url: str, api_log: Path) -> None:
+    """The page ran under its policy, its login is an HttpOnly cookie, and no key is in a
+    URL it loaded or in the API's log."""
+    page = httpx.get(f"{api_url}/dashboard", headers={"X-API-Key": DASHBOARD_KEY})
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    refused = [
+        entry["message"]
+        for entry in b.get_log("browser")
+        if "Content Security Policy" in entry["message"] or "Refused to" in entry["message"]
+    ]
+    assert refused == []
+    cookies = {c["name"]: c for c in b.get_cookies()}
+    login = cookies["scorer_dashboard"]
+    assert login["httpOnly"] is True and login["sameSite"] == "Strict"
+    assert DASHBOARD_KEY not in login["value"]
+    assert b.execute_script("return document.cookie") == ""  # out of the script's reach
+    # The page, its files, and its event stream (open: not yet among the resources).
+    urls = b.execute_script(
+        "return [location.href, source.url,"
+        " ...performance.getEntriesByType('resource').map(e => e.name)]"
+    )
+    assert "/dashboard/stream?window=all" in urls[1], urls
+    for url in urls:
+        assert "key" not in url.split("?", 1)[-1] and DASHBOARD_KEY not in url, url
+    log = api_log.read_text()
+    assert "GET /dashboard/stream?window=all" in log  # the log holds the page's requests
+    assert DASHBOARD_KEY not in log and SCORING_KEY not in log
+
+
 def test_the_dashboard_shows_what_the_worker_published(
     open_settings: StreamSettings,
     api_url: str,
@@ -215,9 +267,12 @@ def test_the_dashboard_shows_what_the_worker_published(
     try:
         worker.wait_ready()
 
-        # Without the key, neither the page's data nor its stream is served.
+        # Without the dashboard's key, neither the page's data nor its stream is served;
+        # the scoring key does not open them either.
+        scoring = {"X-API-Key": SCORING_KEY}
         assert httpx.get(f"{api_url}/dashboard/data").status_code == 401
         assert httpx.get(f"{api_url}/dashboard/stream?updates=1").status_code == 401
+        assert httpx.get(f"{api_url}/dashboard/data", headers=scoring).status_code == 403
 
         sent = 0
         expected_scores = 0
@@ -234,14 +289,14 @@ def test_the_dashboard_shows_what_the_worker_published(
                 len({orjson.loads(v)["session_id"] for _, _, v in h}) for h in halves[: i + 1]
             )
             if i == 0:
-                browser.get(f"{api_url}/dashboard?key={API_KEY}&window=all")
+                _log_in(browser, api_url)
             _check_page(browser, want, truth)
             shown.append(_snapshot(browser)["hot"])
 
             data = httpx.get(
                 f"{api_url}/dashboard/data",
                 params={"window": "all"},
-                headers={"X-API-Key": API_KEY},
+                headers={"X-API-Key": DASHBOARD_KEY},
             ).json()
             assert data["totals"]["sessions"] == sum(want["sessions"].values())
             assert data["totals"]["observed"] == len(want["converted"])
@@ -250,6 +305,7 @@ def test_the_dashboard_shows_what_the_worker_published(
 
         # The second half changed what the page shows, not only the totals.
         assert shown[0] != shown[1]
+        _check_no_key_travelled(browser, api_url, tmp_path / "api.log")
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
         assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000

@@ -98,6 +98,7 @@ def test_replayed_sessions_are_scored_end_to_end(
             redis_url=stream_settings.redis_url,
             model_path=model_path,
             redis_key_prefix=stream_settings.redis_key_prefix,
+            api_insecure_demo=True,  # in-process, no keys: the answers are what is tested
         )
     )
     with TestClient(api) as client:
