@@ -272,8 +272,8 @@ async def _hot(
     # set's own, then on every other at once.
     ids = [sid.decode() for _, _, sid in entries]
     rounds: list[list[list[int]]] = []
-    for sid, (_, shard, _) in zip(ids, entries, strict=True):
-        first = layout.partition_of(sid)
+    for session_id, (_, shard, _) in zip(ids, entries, strict=True):
+        first = layout.partition_of(session_id)
         second = [shard] if shard != first else []
         rest = [p for p in range(layout.partitions) if p not in (first, shard)]
         rounds.append([[first], second, rest])
