@@ -84,7 +84,10 @@ def _settings(base: StreamSettings, model: Path, work: Path) -> StreamSettings:
     )
 
 
-def _identity(e: dict[str, Any]) -> tuple[str, str, int | None]:
+Identity = tuple[str, str, int | None]  # a score's session, trigger and hit_number
+
+
+def _identity(e: dict[str, Any]) -> Identity:
     """(session, trigger, hit_number) of a score, or of the input event it answers."""
     if "trigger" in e:
         return (e["session_id"], e["trigger"], e["hit_number"])
@@ -93,8 +96,17 @@ def _identity(e: dict[str, Any]) -> tuple[str, str, int | None]:
     return (e["session_id"], "session_start", None)
 
 
-async def _timestamps(settings: StreamSettings, topic: str) -> list[tuple[Any, float]]:
-    """Read a whole topic; return (identity, record timestamp in ms) of each record."""
+async def _timestamps(
+    settings: StreamSettings,
+    topic: str,
+    wanted: set[Identity] | None = None,
+    timeout_s: float = 0.0,
+) -> list[tuple[Any, float]]:
+    """Read a whole topic; return (identity, record timestamp in ms) of each record.
+
+    It reads until nothing new came for 3 s; with ``wanted``, first until every identity
+    in it was read or ``timeout_s`` passed (the workers may still be publishing).
+    """
     consumer = AIOKafkaConsumer(
         topics.topic_name(topic, settings.topic_prefix),
         bootstrap_servers=settings.kafka_bootstrap,
@@ -105,13 +117,17 @@ async def _timestamps(settings: StreamSettings, topic: str) -> list[tuple[Any, f
     )
     await consumer.start()
     out: list[tuple[Any, float]] = []
+    missing = set(wanted or ())
+    deadline = time.monotonic() + timeout_s
     try:
         last_new = time.monotonic()
-        while time.monotonic() - last_new < 3.0:
+        while time.monotonic() - last_new < 3.0 or (missing and time.monotonic() < deadline):
             batch = await consumer.getmany(timeout_ms=500, max_records=50_000)
             for records in batch.values():
                 for rec in records:
-                    out.append((_identity(orjson.loads(rec.value)), float(rec.timestamp)))
+                    identity = _identity(orjson.loads(rec.value))
+                    out.append((identity, float(rec.timestamp)))
+                    missing.discard(identity)
                     last_new = time.monotonic()
     finally:
         await consumer.stop()
@@ -179,6 +195,36 @@ class ScoreTally:
         return self.session_rows + sum(n for key, n in self.hits.items() if key in self.known)
 
 
+def expected_identities(events: Iterable[Event]) -> set[Identity]:
+    """The (session, trigger, hit_number) of each score these events should produce: a
+    session start per session row, a hit score per hit of a session with a row."""
+    rows: set[str] = set()
+    hits: list[Identity] = []
+    for topic, _, value in events:
+        e = orjson.loads(value)
+        if topic == topics.SESSIONS:
+            rows.add(e["session_id"])
+        else:
+            hits.append(_identity(e))
+    return {(sid, "session_start", None) for sid in rows} | {h for h in hits if h[0] in rows}
+
+
+def first_scores(
+    stamps: list[tuple[Any, float]], wanted: set[Identity]
+) -> tuple[dict[Identity, float], set[Identity]]:
+    """Return when each wanted score first came out (copies published again do not
+    count twice), and the wanted scores that never did."""
+    first: dict[Identity, float] = {}
+    for identity, ts in stamps:
+        if identity in wanted and (identity not in first or ts < first[identity]):
+            first[identity] = ts
+    return first, wanted - first.keys()
+
+
+class IncompleteRun(RuntimeError):
+    """Expected scores never came out: the run's figures would count what is missing."""
+
+
 def expected_scores(events: Iterable[Event]) -> int:
     """The scores these events should produce (see ``ScoreTally``)."""
     tally = ScoreTally()
@@ -200,6 +246,7 @@ def throughput(
     """
     settings = _settings(base, model, work)
     expected = expected_scores(events)
+    wanted = expected_identities(events)
     asyncio.run(send_events(settings, events, progress=False))
     procs = []
     for k in range(workers):
@@ -216,19 +263,27 @@ def throughput(
         late = sum(_counter(port, "scorer_worker_late_hits_total{}") for port in ports)
         worker_cpu = sum(p.cpu_seconds() for p in procs)
         redis_cpu, redis_bytes = np.subtract(_redis_use(store), redis_before)
+        # The counters count copies published again too: the topic says whether every
+        # expected score came out (the workers run on while it is read).
+        stamps = asyncio.run(_timestamps(settings, topics.SCORES, wanted, timeout_s=300))
     finally:
         for p in procs:
             p.stop()
-    stamps = asyncio.run(_timestamps(settings, topics.SCORES))
-    event_scores = np.sort(
-        np.array([ts for (_, trig, _), ts in stamps if trig in ("session_start", "hit")])
-    )
+    first, missing = first_scores(stamps, wanted)
+    if missing:
+        raise IncompleteRun(
+            f"{len(missing):,} of {len(wanted):,} expected scores never came out, "
+            f"e.g. {sorted(missing, key=str)[:3]}"
+        )
+    event_scores = np.sort(np.array(list(first.values())))
     last_ms = float(event_scores[-1])
     lo, hi = np.quantile(event_scores, [0.1, 0.9])
     result = {
         "workers": workers,
         "events": len(events),
         "scores": len(stamps),
+        "expected_scores": len(wanted),
+        "scores_published_again": len(stamps) - len({identity for identity, _ in stamps}),
         "seconds": round((last_ms - first_ms) / 1000.0, 2),
         "events_per_s": round(len(events) / ((last_ms - first_ms) / 1000.0)),
         "sustained_events_per_s": round(0.8 * len(event_scores) / ((hi - lo) / 1000.0)),
@@ -639,7 +694,9 @@ def render(results: dict[str, Any]) -> str:
                 f"| {label} ({r['events']:,} events) | {r['events_per_s']:,} events/s "
                 f"first consumed → last score, {r['sustained_events_per_s']:,} sustained; "
                 f"CPU: workers {r['worker_cpu_s']} s, Redis {r['redis_cpu_s']} s; "
-                f"Redis holds {r['redis_mb']:,} MB more | {target} |"
+                f"Redis holds {r['redis_mb']:,} MB more; all {r['expected_scores']:,} expected "
+                f"scores came out ({r['scores_published_again']:,} copies published again) "
+                f"| {target} |"
             )
     if "latency" in results:
         lat = results["latency"]
