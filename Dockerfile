@@ -8,12 +8,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 10001 scorer
 WORKDIR /app
 
-# Dependencies first, so code changes do not invalidate this layer.
+# Dependencies first, so code changes do not invalidate this layer: exactly the locked
+# versions, every file checked against its hash (make lock updates the lock).
+COPY requirements/runtime.lock ./requirements/
+RUN pip install --require-hashes -r requirements/runtime.lock
 COPY pyproject.toml README.md ./
-RUN mkdir -p features training stream api artifact contracts \
-    && for p in features training stream api artifact contracts; do touch $p/__init__.py; done \
-    && pip install . \
-    && pip uninstall -y sberauto-scorer
 
 COPY features ./features
 COPY training ./training
@@ -21,7 +20,7 @@ COPY stream ./stream
 COPY api ./api
 COPY artifact ./artifact
 COPY contracts ./contracts
-RUN pip install --no-deps . && mkdir -p /models /data && chown scorer /models /data
+RUN pip install --no-deps --no-build-isolation . && mkdir -p /models /data && chown scorer /models /data
 
 USER scorer
 ENV SCORER_MODEL_PATH=/models/Pickled_model.pkl

@@ -8,13 +8,21 @@ STAMP := $(VENV)/.installed
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## Create .venv with the project (editable) and its dev tools
+LOCK := requirements/dev.lock
 
-$(STAMP): pyproject.toml
+install: $(STAMP) ## Create .venv from the lock (exact versions, hashes checked) with the project (editable)
+
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+lock: install ## Update requirements/*.lock: the newest versions pyproject.toml allows, with their hashes
+	$(PY) -m piptools compile --quiet --upgrade --extra dev --generate-hashes --allow-unsafe \
+		--strip-extras --no-emit-index-url --no-emit-find-links -o requirements/dev.lock pyproject.toml
+	$(PY) -m piptools compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links -c requirements/dev.lock -o requirements/runtime.lock pyproject.toml
 
 stack-up: install ## Start the local Kafka broker and Redis server on 127.0.0.1 (idempotent); SCORER_STACK=cluster for 3 Kafka nodes + a Redis Cluster
 	@bash scripts/stack.sh up
@@ -55,4 +63,4 @@ bench-cost: stack-up ## Benchmark: instructions per event of the worker and of R
 clean: ## Remove generated data, models and test output (not the venv or the stack)
 	rm -rf data models test-artifacts .pytest_cache
 
-.PHONY: help install stack-up stack-down stack-status test test-cluster lint demo bench-train bench-api bench-stream bench-cost clean
+.PHONY: help install lock stack-up stack-down stack-status test test-cluster lint demo bench-train bench-api bench-stream bench-cost clean

@@ -148,7 +148,8 @@ def test_the_image_runs_as_a_non_root_user() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     users = re.findall(r"^USER\s+(\S+)", dockerfile, flags=re.M)
     assert users and users[-1] not in ("root", "0")
-    assert dockerfile.index("pip install .") < dockerfile.index("COPY features")
+    lock = dockerfile.index("pip install --require-hashes -r requirements/runtime.lock")
+    assert lock < dockerfile.index("COPY features") < dockerfile.index("pip install --no-deps")
 
 
 def test_services_restart_and_have_health_checks(compose: dict[str, Any]) -> None:
