@@ -7,11 +7,15 @@
    record's timestamp to its score record's timestamp, p50/p95/p99, after a warm-up
    of the fresh topics (--warmup-seconds, 5; its figures are reported on their own).
    It runs first, before the broker has topics of the other phases to delete.
-2. The ceiling: a Faust app that only consumes the same pre-loaded input.
+2. Consuming only, two ceilings in the same run: a Faust app that only consumes the
+   same pre-loaded input, through the worker's own delivery (each fetch handed whole to
+   one coroutine) and through Faust's usual per-event agents.
 3. Throughput, one worker process: the input is loaded into fresh topics first; the
    worker starts and the clock runs from its first consumed event to its last score
    published (Kafka timestamps). "Sustained" leaves out the first and last 10 % of the
-   scores, so start-up and the group's rebalance do not count.
+   scores, so start-up and the group's rebalance do not count. The run reads the scores
+   topic until every expected score (session, trigger, hit number) came out, counts a
+   score published again once, and fails when one is missing.
 4. The same with two worker processes in one consumer group.
 5. The rebuild: after the input is scored, the run's Redis keys are deleted and the
    worker started again; it reads the topics again, timed until Redis reflects them all.
@@ -397,14 +401,23 @@ def _redis_use(store: Any) -> tuple[float, float]:
 
 
 def faust_ceiling(
-    base: StreamSettings, model: Path, events: list[Event], work: Path
+    base: StreamSettings, model: Path, events: list[Event], work: Path, agents: bool = False
 ) -> dict[str, Any]:
-    """Pre-load the input and time a Faust app that only consumes it (bench/faust_bare)."""
+    """Pre-load the input and time a Faust app that only consumes it (bench/faust_bare):
+    through the project's batch consumer, or with ``agents`` through Faust's per-event
+    agents."""
     settings = _settings(base, model, work)
     asyncio.run(send_events(settings, events, progress=False))
     env = settings_env(settings)
     done = subprocess.run(
-        [sys.executable, "-m", "bench.faust_bare", "--expect", str(len(events))],
+        [
+            sys.executable,
+            "-m",
+            "bench.faust_bare",
+            "--expect",
+            str(len(events)),
+            *(["--agents"] if agents else []),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -534,8 +547,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(results["latency"], flush=True)
     if "bare" in phases:
-        results["faust_ceiling"] = faust_ceiling(base, model, events, work)
-        print(results["faust_ceiling"], flush=True)
+        # Two consumers that do nothing else: the worker's own delivery (each fetch whole)
+        # and Faust's usual one (one event at a time through agents).
+        results["consume_only"] = {
+            "batch": faust_ceiling(base, model, events, work),
+            "agents": faust_ceiling(base, model, events, work, agents=True),
+        }
+        print(results["consume_only"], flush=True)
     if "one" in phases:
         results["one_worker"] = throughput(base, model, events, 1, work)
         print(results["one_worker"], flush=True)
@@ -678,11 +696,19 @@ def _counts(port: int) -> tuple[float, float]:
 def render(results: dict[str, Any]) -> str:
     """Format the figures as a markdown table."""
     lines = ["| measure | result | target |", "|---|---|---|"]
-    if "faust_ceiling" in results:
-        r = results["faust_ceiling"]
+    if "consume_only" in results:
+        bare = results["consume_only"]
         lines.append(
-            f"| a Faust app that only consumes the same input ({r['events']:,} events), "
-            f"`bench/faust_bare.py` | {r['events_per_s']:,} events/s | the ceiling |"
+            f"| consuming only, the worker's delivery: Faust's consumer hands each fetch "
+            f"whole to one coroutine that counts it (`bench/faust_bare.py`, "
+            f"{bare['batch']['events']:,} events) | {bare['batch']['events_per_s']:,} "
+            f"events/s | the ceiling of this worker's design |"
+        )
+        lines.append(
+            f"| consuming only, Faust's usual delivery: two agents take the events one at a "
+            f"time (`bench/faust_bare.py --agents`, {bare['agents']['events']:,} events) | "
+            f"{bare['agents']['events_per_s']:,} events/s | the ceiling of a per-event "
+            f"Faust agent |"
         )
     for key, label, target in (
         ("one_worker", "one worker, input pre-loaded", "≥ 15,000"),
