@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from bench.http import fixed_rate, post, saturate, sequential
+from bench.results import save
 from contracts import topics
 from stream.replay import build_events
 
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = run(args.data, args.model, args.seconds)
     (args.data / "result.json").write_text(json.dumps(results, indent=2))
+    save("api", results, sys.argv[1:] if argv is None else argv)
     print(render(results))
     return 0
 

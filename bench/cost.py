@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import ROOT, free_port
+from bench.results import save
 
 FETCH = 3000  # events per fetch, about what the worker's fetches hold under a backlog
 BATCH = 500  # the worker's batch_max
@@ -439,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     result["sample"] = args.sample
     result["first_day"] = args.first_day if args.sample == "window" else None
     print(json.dumps(result))
+    save("cost", result, sys.argv[1:] if argv is None else argv)
     print(
         f"{result['events']:,} events ({result['sessions']:,} sessions), "
         f"{result['scores']:,} scores: worker {result['worker_per_event']:,} instructions "

@@ -60,6 +60,7 @@ from bench.procs import (
     settings_env,
     total,
 )
+from bench.results import save
 from contracts import keys, topics
 from stream.replay import build_events, send_events
 from stream.settings import StreamSettings
@@ -788,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = run(args)
     (args.data / "result.json").write_text(json.dumps(results, indent=2))
+    save("stream", results, sys.argv[1:] if argv is None else argv)
     print(render(results))
     return 0
 

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from bench.results import save
 from training.checkdata import check_data
 from training.generate import FULL_SESSIONS, generate
 from training.resources import stage
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = run(args.sessions, args.out, args.seed, args.tune_budget)
     (args.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    save("train", result, sys.argv[1:] if argv is None else argv)
     print(render(result))
     return 0
 
