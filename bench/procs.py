@@ -30,6 +30,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening(port: int) -> set[str]:
+    """The local addresses listening on a TCP port, from the kernel's own table
+    (``/proc/net/tcp``, ``tcp6``): hex as the kernel writes them, 127.0.0.1 as 0100007F."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        path = Path(table)
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.rsplit(":", 1)
+            if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
 def drop_run(settings: StreamSettings) -> None:
     """Delete a run's topics (by its topic prefix) and Redis keys (by its key prefix)."""
 

@@ -4,7 +4,6 @@ port (metrics, docs) listens on 127.0.0.1 only."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,31 +15,12 @@ import httpx
 import pytest
 
 from api.schemas import EXAMPLE_ROW
+from bench.procs import free_port, listening
 
 ROOT = Path(__file__).resolve().parents[2]
 # Keys with characters a URL encodes, to catch them in either form.
 SCORING_KEY = "scoring+key/of=the-serving-test"
 DASHBOARD_KEY = "dashboard+key/of=the-serving-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _listening(port: int) -> set[str]:
-    """The local addresses listening on a TCP port, from the kernel's own table."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        path = Path(table)
-        if path.exists():
-            for line in path.read_text().splitlines()[1:]:
-                local, state = line.split()[1], line.split()[3]
-                address, port_hex = local.rsplit(":", 1)
-                if state == "0A" and int(port_hex, 16) == port:
-                    found.add(address)
-    return found
 
 
 class Served:
@@ -52,7 +32,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    port, operator_port = _free_port(), _free_port()
+    port, operator_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("serving") / "api.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")} | {
         "SCORER_MODEL_PATH": str(model_path),
@@ -117,7 +97,7 @@ def test_the_access_log_never_holds_a_key(served: Served) -> None:
 
 
 def test_the_operator_port_serves_metrics_and_docs_on_loopback_only(served: Served) -> None:
-    assert _listening(served.operator_port) == {"0100007F"}  # 127.0.0.1, little-endian hex
+    assert listening(served.operator_port) == {"0100007F"}  # 127.0.0.1, little-endian hex
     operator = f"http://127.0.0.1:{served.operator_port}"
     metrics = httpx.get(f"{operator}/metrics")
     assert metrics.status_code == 200 and "scorer_api_model_info" in metrics.text

@@ -294,8 +294,9 @@ async def test_buckets_hold_integer_sums(store: RedisStore) -> None:
     assert _medium(d, "cpc")["expected"] == pytest.approx(0.623457)
 
 
-async def test_on_one_redis_the_partitions_share_one_dashboard(store: RedisStore) -> None:
-    layout = store.layout
+async def _start_on_partitions_0_and_4(store: RedisStore) -> None:
+    """Sessions a (cpc, 0.10) on partition 0, b (cpc, 0.30) and c (organic, Kazan, 0.05)
+    on partition 4, in one write."""
     await store.write(
         [
             _start("a", 0.10, T0, _row("cpc"), partition=0),
@@ -305,6 +306,11 @@ async def test_on_one_redis_the_partitions_share_one_dashboard(store: RedisStore
         [],
         events={0: 1, 4: 2},
     )
+
+
+async def test_on_one_redis_the_partitions_share_one_dashboard(store: RedisStore) -> None:
+    layout = store.layout
+    await _start_on_partitions_0_and_4(store)
     shared = await store.r.hgetall(f"{layout.dash(0)}:all")
     assert shared[b"n"] == b"3" and shared[b"n|utm_medium|cpc"] == b"2"
     assert await store.r.hget(f"{layout.dash(0)}:meta", "active") == b"3"
@@ -329,15 +335,7 @@ async def test_each_partition_keeps_its_share_and_the_page_adds_them_up(
         store.r, prefix=store.prefix, ttl_s=600, retries=2, dashboard_per_partition=True
     )
     layout = store.layout
-    await store.write(
-        [
-            _start("a", 0.10, T0, _row("cpc"), partition=0),
-            _start("b", 0.30, T0 + 5, _row("cpc"), partition=4),
-            _start("c", 0.05, T0 - 5, _row("organic", city="Kazan"), partition=4),
-        ],
-        [],
-        events={0: 1, 4: 2},
-    )
+    await _start_on_partitions_0_and_4(store)
     # Each partition's aggregates are under its own tag.
     zero, four = [await store.r.hgetall(f"{layout.dash(p)}:all") for p in (0, 4)]
     assert zero[b"n"] == b"1" and zero[b"n|utm_medium|cpc"] == b"1"
