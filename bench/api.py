@@ -15,17 +15,14 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from bench.http import fixed_rate, post, saturate, sequential
+from bench.procs import free_port, serve, stop
 from bench.results import save
 from contracts import topics
 from stream.replay import build_events
@@ -33,26 +30,6 @@ from stream.replay import build_events
 ROOT = Path(__file__).resolve().parents[1]
 ROWS_PER_BATCH = 10_000
 BENCH_KEY = "bench-api-scoring-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError("server did not become healthy")
 
 
 def _prepare(data: Path, model: Path | None) -> Path:
@@ -96,20 +73,6 @@ async def _measure(port: int, rows: list[dict[str, Any]], seconds: float) -> dic
     }
 
 
-def _serve(cmd: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    _wait_healthy(port, proc)
-    return proc
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def run(data: Path, model: Path | None, seconds: float) -> dict[str, Any]:
     """Measure both servers; return the figures."""
     model_path = _prepare(data, model)
@@ -122,8 +85,8 @@ def run(data: Path, model: Path | None, seconds: float) -> dict[str, Any]:
         "SCORER_API_OPERATOR_PORT": "0",
     }
     results: dict[str, Any] = {}
-    port = _free_port()
-    proc = _serve(
+    port = free_port()
+    proc = serve(
         [sys.executable, "-m", "api", "--port", str(port), "--no-access-log"],
         env,
         port,
@@ -132,9 +95,9 @@ def run(data: Path, model: Path | None, seconds: float) -> dict[str, Any]:
     try:
         results["api"] = asyncio.run(_measure(port, rows, seconds))
     finally:
-        _stop(proc)
-    port = _free_port()
-    proc = _serve(
+        stop(proc)
+    port = free_port()
+    proc = serve(
         [sys.executable, "-m", "bench.baseline_api", "--data", str(data), "--port", str(port)],
         env,
         port,
@@ -143,7 +106,7 @@ def run(data: Path, model: Path | None, seconds: float) -> dict[str, Any]:
     try:
         results["baseline"] = asyncio.run(_measure(port, rows, seconds))
     finally:
-        _stop(proc)
+        stop(proc)
     return results
 
 

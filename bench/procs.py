@@ -30,6 +30,42 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def serve(
+    cmd: list[str], env: dict[str, str], port: int, log: Path, timeout_s: float = 180
+) -> subprocess.Popen[bytes]:
+    """Start an HTTP server (``python -m api ...``) with its output in ``log``; return it
+    once ``/health`` on ``port`` answers 200. Raises with the log's end if it exits or
+    does not come up within ``timeout_s``."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.2)
+    stop(proc)
+    raise RuntimeError(f"server did not become healthy in {timeout_s:g} s:\n{_tail(log)}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server started by ``serve``: terminate, kill after 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
 def listening(port: int) -> set[str]:
     """The local addresses listening on a TCP port, from the kernel's own table
     (``/proc/net/tcp``, ``tcp6``): hex as the kernel writes them, 127.0.0.1 as 0100007F."""

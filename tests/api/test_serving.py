@@ -4,7 +4,6 @@ port (metrics, docs) listens on 127.0.0.1 only."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import httpx
 import pytest
 
 from api.schemas import EXAMPLE_ROW
-from bench.procs import free_port, listening
+from bench.procs import free_port, listening, serve, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 # Keys with characters a URL encodes, to catch them in either form.
@@ -42,30 +41,17 @@ def served(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "SCORER_API_OPERATOR_PORT": str(operator_port),
         "SCORER_MODEL_RELOAD_S": "0",
     }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "api", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    proc = serve(
+        [sys.executable, "-m", "api", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        port,
+        log,
+        timeout_s=90,
+    )
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        yield Served(url, operator_port, log)
+        yield Served(f"http://127.0.0.1:{port}", operator_port, log)
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stop(proc)
 
 
 def test_the_access_log_never_holds_a_key(served: Served) -> None:

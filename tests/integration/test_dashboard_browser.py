@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -28,7 +27,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from bench.procs import WorkerProcess, free_port, settings_env
+from bench.procs import WorkerProcess, free_port, serve, settings_env, stop
 from contracts import topics
 from stream.dashboard import channel_values
 from stream.replay import send_events
@@ -59,30 +58,17 @@ def api_url(open_settings: StreamSettings, tmp_path: Path) -> Iterator[str]:
         "SCORER_DASHBOARD_KEY": DASHBOARD_KEY,
         "SCORER_API_OPERATOR_PORT": str(free_port()),
     }
-    log = (tmp_path / "api.log").open("wb")
-    proc = subprocess.Popen(
+    proc = serve(
         [sys.executable, "-m", "api", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        env,
+        port,
+        tmp_path / "api.log",
+        timeout_s=60,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "api.log").read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the API did not come up"
-            time.sleep(0.2)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
+        stop(proc)
 
 
 @pytest.fixture()
