@@ -1236,13 +1236,8 @@ class Processor:
                         )
                     )
                     out.outcomes.append((sid, outcome))
-                hits_applied = int(st.state[STATE_INDEX["hits"]])
                 entry = history_entry(p, model.version, last_ms, stamp_ms)
-                closes.append(
-                    CloseWrite(
-                        sid, payload, end_field, outcome, float(p), hits_applied, entry, where[sid]
-                    )
-                )
+                closes.append(CloseWrite(sid, payload, end_field, outcome, entry, where[sid]))
                 out.score(sid, payload, "session_end")
             await self.store.prepare_close(closes)
             for c in closes:

@@ -310,8 +310,6 @@ class CloseWrite:
     score_json: bytes
     history_field: str
     outcome: bytes | None
-    probability: float = 0.0
-    hits: int = 0  # hits applied before the close
     history: bytes | None = None  # the final score's history entry (None: keep the JSON)
     partition: int = 0
 

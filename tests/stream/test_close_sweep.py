@@ -42,7 +42,7 @@ async def test_finishing_a_close_takes_sessions_out_of_every_partitions_open_set
 async def test_a_session_is_closed_as_its_final_score_is_stored(store: RedisStore) -> None:
     # The hits agent may run between storing and finishing: a hit then is late.
     await _open(store, 2, {"a": 1.0})
-    await store.prepare_close([CloseWrite("a", b"{}", "session_end:", None, 0.07, 3, partition=2)])
+    await store.prepare_close([CloseWrite("a", b"{}", "session_end:", None, partition=2)])
     states, _ = await store.read({"a": 2})
     assert states["a"].closed
     # Still open until finished: a crash here finds it and publishes its stored copy.
@@ -63,8 +63,8 @@ async def test_a_close_racing_the_states_expiry_leaves_nothing_without_a_ttl(
     # "gone" expired between the sweep's read and its store step.
     await store.prepare_close(
         [
-            CloseWrite("gone", b"{}", "session_end:", b"{}", 0.07, 3),
-            CloseWrite("live", b"{}", "session_end:", None, 0.07, 3),
+            CloseWrite("gone", b"{}", "session_end:", b"{}"),
+            CloseWrite("live", b"{}", "session_end:", None),
         ]
     )
     assert 0 < await store.r.ttl(state) <= store.ttl

@@ -178,7 +178,7 @@ async def test_a_hits_batch_whose_first_score_is_stored_changes_nothing(
 
 async def test_closing_takes_a_session_out_once(store: RedisStore) -> None:
     await store.write([_start("a", 0.10, T0, _row("cpc")), _start("b", 0.02, T0, _row("cpc"))], [])
-    close = CloseWrite("a", b"{}", "session_end:", None, 0.07, 0, history_entry(0.07, "v1", 0, 0))
+    close = CloseWrite("a", b"{}", "session_end:", None, history_entry(0.07, "v1", 0, 0))
     await store.prepare_close([close])
     await store.prepare_close([close])  # after a crash, closed again
     d = await _data(store)
@@ -359,7 +359,7 @@ async def test_each_partition_keeps_its_share_and_the_page_adds_them_up(
 
     # A conversion counts in its own partition's buckets; a close in its own count.
     await store.write([], [_hits("b", [1], [0.9], converted=True, partition=4)])
-    await store.prepare_close([CloseWrite("a", b"{}", "session_end:", None, 0.07, 0, partition=0)])
+    await store.prepare_close([CloseWrite("a", b"{}", "session_end:", None, partition=0)])
     assert (await store.r.hgetall(f"{layout.dash(4)}:all"))[b"c"] == b"1"
     assert b"c" not in await store.r.hgetall(f"{layout.dash(0)}:all")
     assert await store.r.hget(f"{layout.dash(0)}:meta", "active") == b"0"

@@ -215,7 +215,7 @@ async def test_a_sessions_keys_are_found_only_under_its_partitions_tag(store: Re
     state[STATE_INDEX["hits"]] = 1
     hit = HitWrite("s", state, [1], [("hit:1", b"{}")], partition=3, event_ms=T0, probability=0.2)
     await store.write([], [hit], {("hits", 3): (T0, T0)}, events={3: 1}, offsets={("hits", 3): 1})
-    await store.prepare_close([CloseWrite("s", b"{}", "session_end:", None, 0.3, 1, partition=3)])
+    await store.prepare_close([CloseWrite("s", b"{}", "session_end:", None, partition=3)])
     await store.finish_close({3: ["s"]})
 
     found = [k.decode() async for k in store.r.scan_iter(match=f"{store.prefix}:*")]
