@@ -11,10 +11,14 @@ takes new channel values while its hash has fewer than DASH_BUCKET_FIELDS_MAX fi
 later new values count together as "(other)", so no stream of made-up values grows it
 unbounded.
 
-On Redis Cluster each input partition keeps its own share (``contracts.keys.Layout.dash``),
-updated in the partition's batch write: the same Lua call, atomic with the session
-state. On a single Redis, where one call writes every partition, the partitions share
-one (partition 0's): each bucket is written once a call, not once per partition. What a
+The aggregates are kept in shares (``contracts.keys.Layout.dash``), updated in the batch
+write: the same Lua call, atomic with the session state. A call adds its buckets' sums,
+its rates and its open-count and event-time changes to one share: on a single Redis,
+where one call writes every partition, partition 0's; on Redis Cluster, where a call
+writes the partitions of one master, the share of the lowest partition that master
+holds. So each bucket is written once a call, not once per partition, and the API adds
+every partition's share up. The hot set is kept in each partition's own share on Redis
+Cluster (its sessions are taken out where they were put in). What a
 session contributed is told by its session hash, in the same call: its start counts
 when the hash takes its ``start`` field (HSETNX), its conversion when it takes ``conv``,
 its close when it takes ``closed``, and a batch of hits applies only if the hash takes
@@ -41,28 +45,31 @@ from contracts.limits import DASH_BUCKET_FIELDS_MAX, OTHER_VALUE
 # which APPLY_SCRIPT calls last. A batch's sessions mostly share their time buckets and
 # channels, so their increments are summed first and each bucket hash is read and
 # written once per call (HMGET, then HSET of the sums), whatever the number of fields.
-# ARGV[2] is MessagePack of [session TTL, hot-set size, TTL of 5-minute, hourly and
+# ARGV[1] is MessagePack of [session TTL, hot-set size, TTL of 5-minute, hourly and
 # longer buckets, the fields a bucket takes new channel values up to, the name of the
-# rest, the TTL of a minute's rates, the hot set's anchor]; ARGV[4], of the dashboard
-# prefixes of the partitions the call writes (commands name them by their place in it).
+# rest, the TTL of a minute's rates, the hot set's anchor]. APPLY_SCRIPT sets DASH, the
+# dashboard prefixes of the partitions of the part it runs (commands name them by their
+# place in it), and SHARE, the prefix the call's sums go to.
 LUA = """
-local cfg = cmsgpack.unpack(ARGV[2])
+local cfg = cmsgpack.unpack(ARGV[1])
 -- Numbers handed to redis.call go as text: Redis formats a Lua number with snprintf.
 local STTL, HOT_MAX = cfg[1], cfg[2]
 local TTL = {cfg[3], cfg[4], cfg[5], cfg[5]}
 local FIELDS_MAX, OTHER, RATE_TTL, ANCHOR = cfg[6], cfg[7], cfg[8], cfg[9]
-local DASH = cmsgpack.unpack(ARGV[4])
+local DASH, SHARE
 local fmt, floor = string.format, math.floor
 local DIMS = {'utm_medium', 'utm_source', 'utm_campaign'}
--- A call's aggregate increments, summed per hash and field, and per partition the
--- open-count and event-time changes and the hot set's additions and removals: written
--- once, by flush(), at the end of the call.
-local sums, touched, ttls, parts = {}, {}, {}, {}
-local function part(d)
-  local x = parts[d]
+-- A call's aggregate increments, summed per hash and field, its open-count and
+-- event-time changes, and per hot set (by dashboard prefix) its additions and
+-- removals: written once, by flush(), at the end of the call.
+local sums, touched, ttls, hots, hotorder = {}, {}, {}, {}, {}
+local active, latest = 0, nil
+local function hotset(P)
+  local x = hots[P]
   if not x then
-    x = {active = 0, now = nil, add = {}, rem = {}}
-    parts[d] = x
+    x = {add = {}, rem = {}}
+    hots[P] = x
+    hotorder[#hotorder + 1] = P
   end
   return x
 end
@@ -148,12 +155,12 @@ local function start(key, a, i, c)
   if redis.call('HSETNX', key, 'row', a[i + 7]) == 0 then return true end
   redis.call('HSET', key, 'hs', a[i + 8], a[i + 9], a[i + 10], 'latest', a[i + 11])
   redis.call('EXPIRE', key, STTL)
-  local x = part(a[i])
+  local x = hotset(DASH[a[i]])
   local ms = tonumber(a[i + 3])
-  add(DASH[a[i]], ms, {a[i + 4], a[i + 5], a[i + 6]},
+  add(SHARE, ms, {a[i + 4], a[i + 5], a[i + 6]},
       {'n', 1, 'pu', floor(tonumber(a[i + 2]) * 1000000 + 0.5)})
-  x.active = x.active + 1
-  if not x.now or ms > x.now then x.now = ms end
+  active = active + 1
+  if not latest or ms > latest then latest = ms end
   x.add[#x.add + 1] = a[i + 2]
   x.add[#x.add + 1] = a[i + 1]
 end
@@ -167,13 +174,13 @@ local function hits(key, a, i, c)
   if redis.call('HSETNX', key, a[i + 5], a[i + 6]) == 0 then return end
   redis.call('HSET', key, 'hs', a[i + 7], 'latest', a[i + 8], unpack(a, i + 10, i + c - 1))
   if a[i + 9] == 1 then redis.call('EXPIRE', key, STTL) end
-  local x = part(a[i])
+  local x = hotset(DASH[a[i]])
   if a[i + 3] == 1 then
     if redis.call('HSETNX', key, 'conv', '1') == 1 then
       local row = redis.call('HGET', key, 'row')
       if row then
         local r = cmsgpack.unpack(row)
-        add(DASH[a[i]], r[4], r[5], {'c', 1})
+        add(SHARE, r[4], r[5], {'c', 1})
       end
     end
     x.rem[#x.rem + 1] = a[i + 1]
@@ -188,14 +195,14 @@ local function close(key, a, i, c)
   local first = redis.call('HSETNX', key, 'closed', '1')
   redis.call('HSET', key, unpack(a, i + 2, i + c - 1))
   redis.call('EXPIRE', key, STTL, 'NX')
-  local x = part(a[i])
-  if first == 1 then x.active = x.active - 1 end
+  if first == 1 then active = active - 1 end
+  local x = hotset(DASH[a[i]])
   x.rem[#x.rem + 1] = a[i + 1]
 end
--- R: events and scores in a wall-clock minute. a[i..]: dashboard index, minute,
--- events, scores.
+-- R: events and scores in a wall-clock minute. a[i..]: dashboard index (unused: the
+-- rates go to the call's share), minute, events, scores.
 local function rate(a, i)
-  local hash = fmt('%s:rate:%d', DASH[a[i]], a[i + 1])
+  local hash = fmt('%s:rate:%d', SHARE, a[i + 1])
   bump(hash, RATE_TTL, 'events', a[i + 2])
   bump(hash, RATE_TTL, 'scores', a[i + 3])
 end
@@ -220,17 +227,19 @@ local function flush()
     end
     redis.call('EXPIRE', hash, ttls[hash])
   end
-  for d, x in pairs(parts) do
-    local P = DASH[d]
-    local meta = P .. ':meta'
-    if x.active ~= 0 then
-      redis.call('HINCRBY', meta, 'active', fmt('%d', x.active))
+  if SHARE then
+    local meta = SHARE .. ':meta'
+    if active ~= 0 then
+      redis.call('HINCRBY', meta, 'active', fmt('%d', active))
     end
-    if x.now then
+    if latest then
       local now = tonumber(redis.call('HGET', meta, 'now_ms') or '0')
-      if x.now > now then redis.call('HSET', meta, 'now_ms', fmt('%d', x.now)) end
+      if latest > now then redis.call('HSET', meta, 'now_ms', fmt('%d', latest)) end
     end
-    if x.active ~= 0 or x.now then redis.call('EXPIRE', meta, TTL[4]) end
+    if active ~= 0 or latest then redis.call('EXPIRE', meta, TTL[4]) end
+  end
+  for _, P in ipairs(hotorder) do
+    local x = hots[P]
     local hot = P .. ':hot'
     -- Sessions that converted or closed leave first; of the others, each with its last
     -- probability of the call, a full set takes those at or above its lowest: one

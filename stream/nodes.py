@@ -22,13 +22,21 @@ from stream.lane import ScriptLane
 log = logging.getLogger(__name__)
 
 # Replies that say the cluster's layout is changing: the call is sent again once the
-# slot map is read again.
+# slot map is read again. A script call that reaches a key its node does not hold (a
+# slot that moved, a master that is a replica now) fails with the second kind, before
+# it writes anything (``stream/state.py``: each part's first key is read first).
 MOVING = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+SCRIPT_MOVING = (
+    "Script attempted to access a non local key",
+    "Script attempted to execute a command while the cluster is down",
+    "Script attempted to execute a write command while the cluster is down",
+)
 
 
 def is_moving(exc: BaseException) -> bool:
     """Whether an error reply says a slot is moving or the cluster is failing over."""
-    return str(exc).split(" ", 1)[0] in MOVING
+    text = str(exc)
+    return text.split(" ", 1)[0] in MOVING or text.startswith(SCRIPT_MOVING)
 
 
 class NodeLanes:

@@ -13,10 +13,11 @@ partition, with the session TTL): one hash per session holds all of it:
 - ``p`` and ``hits``, its latest probability and hits applied, for the dashboard.
 Beside it, a list of the hits that arrived before its row (``ParkedHit``, packed).
 
-A batch reads with one call and writes with one Lua call per group of partitions:
-all of them on a single Redis, each partition alone on Redis Cluster (its keys share one
-slot). Each call is atomic, so a crash leaves either all of a partition's writes of a
-batch or none of them.
+A batch reads with one call per group of partitions (all of them on a single Redis,
+each partition alone on Redis Cluster: its keys share one slot) and writes with one Lua
+call per Redis server: on Redis Cluster, one per master, a part per partition it holds.
+Each call is atomic, so a crash leaves either all of a call's writes of a batch or none
+of them.
 """
 
 from __future__ import annotations
@@ -53,15 +54,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-# The fence, run first by every script that writes: ``lost(packed)`` is true when Redis
-# holds less of an applied-offsets field than this worker knows it wrote (it lost
-# writes); the script then writes nothing and returns 'LOST'. ``packed`` is MessagePack
-# of [index in KEYS, field, offset] triples (``RedisStore._fence``).
+# The fence, run first by every script that writes: ``lost(fence, keys)`` is true when
+# Redis holds less of an applied-offsets field than this worker knows it wrote (it lost
+# writes); the script then writes nothing and returns 'LOST'. ``fence`` is a list of
+# [index in keys, field, offset] triples (``RedisStore._fence``).
 FENCE_LUA = """
-local function lost(packed)
-  local fence = cmsgpack.unpack(packed)
+local function lost(fence, keys)
   for f = 1, #fence do
-    local cur = redis.call('HGET', KEYS[fence[f][1]], fence[f][2])
+    local cur = redis.call('HGET', keys[fence[f][1]], fence[f][2])
     if not cur or tonumber(cur) < tonumber(fence[f][3]) then return true end
   end
   return false
@@ -76,7 +76,7 @@ end
 PARK_SCRIPT = (
     FENCE_LUA
     + """
-if lost(ARGV[4]) then return 'LOST' end
+if lost(cmsgpack.unpack(ARGV[4]), KEYS) then return 'LOST' end
 local out = {}
 local most = tonumber(ARGV[2])
 for i = 1, 2 * tonumber(ARGV[3]), 2 do
@@ -103,7 +103,7 @@ return out
 RELEASE_SCRIPT = (
     FENCE_LUA
     + """
-if lost(ARGV[2]) then return 'LOST' end
+if lost(cmsgpack.unpack(ARGV[2]), KEYS) then return 'LOST' end
 local out = {}
 for i = 1, 2 * tonumber(ARGV[1]), 2 do
   if redis.call('HEXISTS', KEYS[i], 'row') == 1 then
@@ -117,47 +117,69 @@ return out
 """
 )
 
-# A batch's writes to a group of partitions, atomically, in one call. ARGV[1] is a
-# MessagePack array: a run of commands, each as its name, the index of its key in KEYS,
-# its argument count and its arguments (one packed argument instead of thousands keeps
+# A batch's writes, atomically, in one call: ARGV[1] is the dashboard's settings
+# (stream/dashboard.py), ARGV[2] the dashboard share the call's sums go to, each further
+# argument one part: MessagePack of [commands, fence, dashboard prefixes, keys]. A
+# single Redis gets one part, whose keys are the call's KEYS (false in the part); Redis
+# Cluster gets a part per input partition of the master, each with its keys (one slot
+# each), and the script flag that lets a call reach keys of several slots of its node
+# (APPLY_CLUSTER_SCRIPT). There each part's first key and the share's are read before
+# anything is written: a slot the node no longer holds fails the call with nothing
+# written.
+#
+# The commands are a run of: name, the index of its key in the part's keys, its
+# argument count and its arguments (one packed argument instead of thousands keeps
 # the client's work small). S, H, C and R are the session and dashboard commands of
 # stream/dashboard.py; AMAX field offset raises an applied-offsets field
-# (``Layout.applied``) to the offset, never lowers it. ARGV[3], the fence, is
-# MessagePack of [index in KEYS, field, offset] triples: the offsets this worker knows
-# Redis holds. If Redis holds less (it lost writes), nothing is written and the call
-# returns 'LOST'; else the ids of the sessions whose rows it held already (S).
+# (``Layout.applied``) to the offset, never lowers it. The fence is a list of [index in
+# keys, field, offset] triples: the offsets this worker knows Redis holds. If Redis
+# holds less in any part (it lost writes), nothing is written and the call returns
+# 'LOST'; else the ids of the sessions whose rows it held already (S).
 APPLY_SCRIPT = (
     dashboard.LUA
     + FENCE_LUA
     + """
-if lost(ARGV[3]) then return 'LOST' end
-local ops = cmsgpack.unpack(ARGV[1])
+SHARE = ARGV[2]
+local parts = {}
+for p = 3, #ARGV do
+  local part = cmsgpack.unpack(ARGV[p])
+  local K = part[4] or KEYS
+  if part[4] then redis.call('EXISTS', K[1]) end
+  if lost(part[2], K) then return 'LOST' end
+  parts[#parts + 1] = part
+end
+if parts[1][4] then redis.call('EXISTS', SHARE .. ':meta') end
 local held = {}
-local i, n = 1, #ops
-while i <= n do
-  local name, c = ops[i], ops[i + 2]
-  local key = KEYS[ops[i + 1]]
-  if name == 'H' then
-    hits(key, ops, i + 3, c)
-  elseif name == 'S' then
-    if start(key, ops, i + 3, c) then held[#held + 1] = ops[i + 4] end
-  elseif name == 'C' then
-    close(key, ops, i + 3, c)
-  elseif name == 'R' then
-    rate(ops, i + 3)
-  elseif name == 'AMAX' then
-    local field, offset = ops[i + 3], ops[i + 4]
-    local cur = redis.call('HGET', key, field)
-    if not cur or tonumber(cur) < tonumber(offset) then redis.call('HSET', key, field, offset) end
-  else
-    redis.call(name, key, unpack(ops, i + 3, i + 2 + c))
+for p = 1, #parts do
+  local ops, K = parts[p][1], parts[p][4] or KEYS
+  DASH = parts[p][3]
+  local i, n = 1, #ops
+  while i <= n do
+    local name, c = ops[i], ops[i + 2]
+    local key = K[ops[i + 1]]
+    if name == 'H' then
+      hits(key, ops, i + 3, c)
+    elseif name == 'S' then
+      if start(key, ops, i + 3, c) then held[#held + 1] = ops[i + 4] end
+    elseif name == 'C' then
+      close(key, ops, i + 3, c)
+    elseif name == 'R' then
+      rate(ops, i + 3)
+    elseif name == 'AMAX' then
+      local field, offset = ops[i + 3], ops[i + 4]
+      local cur = redis.call('HGET', key, field)
+      if not cur or tonumber(cur) < tonumber(offset) then redis.call('HSET', key, field, offset) end
+    else
+      redis.call(name, key, unpack(ops, i + 3, i + 2 + c))
+    end
+    i = i + 3 + c
   end
-  i = i + 3 + c
 end
 flush()
 return held
 """
 )
+APPLY_CLUSTER_SCRIPT = "#!lua flags=allow-cross-slot-keys\n" + APPLY_SCRIPT
 
 # A batch's reads in one call. KEYS: the session hashes; ARGV[1]: MessagePack of, per
 # session, the fields to read. Returns MessagePack of each session's values, in that
@@ -331,17 +353,14 @@ class RedisStore:
         dashboard_retention_s: int = 30 * 86400,
         partitions: int = 6,
         lanes: NodeLanes | None = None,
-        dashboard_per_partition: bool | None = None,
     ) -> None:
         """``lanes``, on Redis Cluster, gives the lane of the master holding a key's slot;
-        then each partition's calls go alone, to its master. Without it, every call
-        goes on one lane of ``client``.
+        then each master gets a call of its own, a part per partition. Without it,
+        every call goes on one lane of ``client``.
 
-        The dashboard's aggregates are kept per partition where partitions are written
-        in calls of their own (Redis Cluster: the aggregates must share the call's slot)
-        and once for all of them on a single Redis, where one call writes every
-        partition (each partition a share of its own would cost Redis every bucket's
-        writes once per partition). ``dashboard_per_partition`` says otherwise.
+        On Redis Cluster each partition's hot set is kept in its own dashboard share
+        (the share must be on the partition's master); on a single Redis, where one
+        call writes every partition, partition 0's share keeps them all.
         """
         self.r = client
         self.prefix = prefix
@@ -356,7 +375,7 @@ class RedisStore:
         )
         self._park = AsyncScript(client, PARK_SCRIPT)
         self._release = AsyncScript(client, RELEASE_SCRIPT)
-        self._apply = AsyncScript(client, APPLY_SCRIPT)
+        self._apply = AsyncScript(client, APPLY_SCRIPT if lanes is None else APPLY_CLUSTER_SCRIPT)
         self._stored = AsyncScript(client, STORED_SCRIPT)
         self._read = AsyncScript(client, READ_SCRIPT)
         self._lanes = lanes
@@ -366,10 +385,8 @@ class RedisStore:
         # where Redis holds less.
         self.expected: dict[tuple[str, int], int] = {}
         self.layout_recorded = False  # the layout is recorded in Redis (``record_layout``)
-        per_partition = (
-            lanes is not None if dashboard_per_partition is None else dashboard_per_partition
-        )
-        self._dashes = [self.layout.dash(p if per_partition else 0) for p in range(partitions)]
+        clustered = lanes is not None
+        self._dashes = [self.layout.dash(p if clustered else 0) for p in range(partitions)]
 
     def dash(self, partition: int) -> str:
         """Return the prefix of the dashboard aggregates a partition's sessions count in."""
@@ -598,7 +615,7 @@ class RedisStore:
                     self.layout.pending(hits[k].partition, hits[k].session_id),
                 )
             ]
-            fence = self._fence(names, None, group)
+            fence = msgpack.packb(self._fence(names, None, group), use_bin_type=False)
             args: list[bytes | int] = [
                 self.ttl,
                 limits.PARKED_HITS_MAX,
@@ -635,7 +652,7 @@ class RedisStore:
                     self.layout.pending(sessions[sid], sid),
                 )
             ]
-            fence = self._fence(names, None, group)
+            fence = msgpack.packb(self._fence(names, None, group), use_bin_type=False)
             replied = await (await self._send("release", self._release, names, [len(sids), fence]))
             for sid, items in zip(sids, _fenced("release", replied), strict=True):
                 if items is None:  # redis-py gives Lua's false as None
@@ -782,8 +799,8 @@ class RedisStore:
             ops.add("AMAX", layout.applied(part), kind, str(offset))
         return await batch.send("write", offsets)
 
-    def _fence(self, names: list[str], index: dict[str, int] | None, group: int) -> bytes:
-        """Return the fence argument of a script call, adding its keys to ``names``.
+    def _fence(self, names: list[str], index: dict[str, int] | None, group: int) -> list[Any]:
+        """Return the fence of a script call, adding its keys to ``names``.
 
         ``index`` maps the keys already in ``names`` to their place (1-based), if known;
         only the partitions of ``group`` are fenced.
@@ -800,7 +817,7 @@ class RedisStore:
                 if index is not None:
                     index[key] = k
             fence.append([k, kind, str(offset)])
-        return msgpack.packb(fence, use_bin_type=False)
+        return fence
 
     async def applied(self, partitions: Collection[int]) -> dict[tuple[str, int], int | None]:
         """Return the applied offsets Redis holds for input partitions (None: none)."""
@@ -852,6 +869,72 @@ class RedisStore:
             return await self._retry(what, run)
 
         return replied()
+
+    async def _send_parts(self, what: str, parts: list[tuple[str, bytes]]) -> Awaitable[list[Any]]:
+        """Send a write's parts (first key, packed part), one call per master; return what
+        to await for the replies, one per call.
+
+        A call whose reply is lost (a connection failure, a failover, a slot moved) is
+        made again once the slot map is read again, its parts grouped by master anew:
+        the apply script is idempotent, and a call that reaches a slot its node no
+        longer holds fails before it writes anything.
+        """
+        script = self._apply
+        sent = []
+        for lane, group in await self._by_master(parts):
+            args = [self._dash_cfg, self._share(lane), *(part for _, part in group)]
+            try:
+                future: asyncio.Future[Any] | None = await lane.send(script, [], args)
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                log.warning("redis %s failed (%s); retrying", what, exc)
+                future = None
+            sent.append((lane, group, args, future))
+
+        async def again(group: list[tuple[str, bytes]]) -> list[Any]:
+            out = []
+            for lane, regrouped in await self._by_master(group):
+                args = [self._dash_cfg, self._share(lane), *(part for _, part in regrouped)]
+                out.append(await lane.call(script, [], args))
+            return out
+
+        async def replied() -> list[Any]:
+            out, failed = [], []
+            for lane, group, args, future in sent:
+                if future is not None:
+                    try:
+                        out.append(await lane.reply(script, future, [], args))
+                        continue
+                    except Exception as exc:
+                        if not _transient(exc):
+                            raise
+                        log.warning("redis %s failed (%s); retrying", what, exc)
+                failed += group
+            if failed:
+                out += await self._retry(what, lambda: again(failed))
+            return out
+
+        return replied()
+
+    def _share(self, lane: ScriptLane) -> str:
+        """The dashboard share a master's calls add their sums to: that of the lowest
+        partition it holds, the same for every call while the slots stay put."""
+        assert self._lanes is not None
+        for p in range(self.layout.partitions):
+            if self._lanes(self.layout.applied(p)) is lane:
+                return self._dashes[p]
+        raise AssertionError("a master holding none of the partitions")
+
+    async def _by_master(
+        self, parts: list[tuple[str, bytes]]
+    ) -> list[tuple[ScriptLane, list[tuple[str, bytes]]]]:
+        """Group parts by the lane of the master holding their first key's slot."""
+        groups: dict[int, tuple[ScriptLane, list[tuple[str, bytes]]]] = {}
+        for key, part in parts:
+            lane = await self._lane(key)
+            groups.setdefault(id(lane), (lane, []))[1].append((key, part))
+        return list(groups.values())
 
     async def watermarks(
         self, partitions: Sequence[int]
@@ -984,33 +1067,44 @@ class _Batch:
         return ops, dashes.index(dash) + 1
 
     async def send(self, what: str, offsets: Offsets | None = None) -> Awaitable[set[str]]:
-        """Send every group's call now; return what to await for all to have landed.
+        """Send the write now; return what to await for all of it to have landed.
 
-        The awaited result is the sessions whose rows Redis held already (see S).
+        The awaited result is the sessions whose rows Redis held already (see S). A
+        single Redis gets one call; Redis Cluster, one call per master, with a part per
+        partition (``RedisStore._send_parts``).
 
-        Each call carries the fence of its partitions (``expected``); once they have
+        Each part carries the fence of its partitions (``expected``); once they have
         landed, the offsets raised are what this worker knows Redis holds.
         """
         store = self.store
+        clustered = store.clustered
+        parts: list[tuple[str, bytes]] = []
         replies = []
-        for group, (ops, dashes) in self.groups.items():
+        for group in sorted(self.groups):
+            ops, dashes = self.groups[group]
             if not ops.argv:
                 continue
             names = ops.keys
             if not names:  # a call without keys of its own: give it one of its slot
                 names.append(dashes[0] + ":meta")
-            args = [
-                msgpack.packb(ops.argv, use_bin_type=False),
-                store._dash_cfg,
-                store._fence(names, ops.index, group),
-                msgpack.packb(dashes, use_bin_type=False),
-            ]
-            replies.append(await store._send(what, store._apply, names, args))
+            fence = store._fence(names, ops.index, group)
+            part = msgpack.packb(
+                [ops.argv, fence, dashes, names if clustered else False], use_bin_type=False
+            )
+            if clustered:
+                parts.append((names[0], part))
+            else:
+                args = [store._dash_cfg, dashes[0], part]
+                replies.append(await store._send(what, store._apply, names, args))
+        if parts:
+            replies.append(await store._send_parts(what, parts))
 
         async def landed() -> set[str]:
             held: set[str] = set()
             for replied in replies:
-                held.update(sid.decode() for sid in _fenced(what, await replied))
+                got = await replied
+                for reply in got if clustered else [got]:
+                    held.update(sid.decode() for sid in _fenced(what, reply))
             for key, offset in (offsets or {}).items():
                 if offset > store.expected.get(key, -1):
                     store.expected[key] = offset

@@ -15,6 +15,7 @@ from contracts.history import history_entry, trajectory
 from features.hits import STATE_INDEX, empty_state
 from stream.dashboard import channel_values
 from stream.state import CloseWrite, HitWrite, RedisStore, SessionWrite
+from tests.stream.conftest import as_on_a_cluster
 
 pytestmark = pytest.mark.redis
 
@@ -327,46 +328,88 @@ async def test_on_one_redis_the_partitions_share_one_dashboard(store: RedisStore
     assert [h["session_id"] for h in (await _data(store))["hot"]] == ["a", "c"]
 
 
-async def test_each_partition_keeps_its_share_and_the_page_adds_them_up(
+async def test_on_a_cluster_a_masters_call_sums_into_its_lowest_partitions_share(
     store: RedisStore,
 ) -> None:
-    # As on Redis Cluster, where each partition's calls go alone.
-    store = RedisStore(
-        store.r, prefix=store.prefix, ttl_s=600, retries=2, dashboard_per_partition=True
-    )
+    # Two masters: partitions 0, 2, 4 on one, 1, 3, 5 on the other.
+    store, masters = as_on_a_cluster(store)
     layout = store.layout
     await _start_on_partitions_0_and_4(store)
-    # Each partition's aggregates are under its own tag.
-    zero, four = [await store.r.hgetall(f"{layout.dash(p)}:all") for p in (0, 4)]
-    assert zero[b"n"] == b"1" and zero[b"n|utm_medium|cpc"] == b"1"
-    assert four[b"n"] == b"2" and four[b"n|utm_medium|organic"] == b"1"
-    metas = [await store.r.hgetall(f"{layout.dash(p)}:meta") for p in (0, 4)]
-    assert [m[b"active"] for m in metas] == [b"1", b"2"]
-    assert [float(m[b"now_ms"]) for m in metas] == [T0, T0 + 5]
-    for p in (1, 2, 3, 5):
-        assert not await store.r.exists(f"{layout.dash(p)}:all", f"{layout.dash(p)}:meta")
+    await store.write([_start("d", 0.20, T0 + 9, _row("cpc"), partition=1)], [], events={1: 1})
+    # One call for partitions 0 and 4: their sums in partition 0's share, the hot sets
+    # in each partition's own.
+    zero, four, one = [await store.r.hgetall(f"{layout.dash(p)}:all") for p in (0, 4, 1)]
+    assert zero[b"n"] == b"3" and zero[b"n|utm_medium|cpc"] == b"2"
+    assert zero[b"n|utm_medium|organic"] == b"1"
+    assert four == {} and one[b"n"] == b"1"
+    metas = [await store.r.hgetall(f"{layout.dash(p)}:meta") for p in (0, 1)]
+    assert [m[b"active"] for m in metas] == [b"3", b"1"]
+    assert [float(m[b"now_ms"]) for m in metas] == [T0 + 5, T0 + 9]
+    assert not await store.r.exists(f"{layout.dash(4)}:meta")
+    hot = {p: await store.r.zrange(f"{layout.dash(p)}:hot", 0, -1) for p in (0, 1, 4)}
+    assert b"a" in hot[0] and b"d" in hot[1] and {b"b", b"c"} <= set(hot[4])
+    for p in (2, 3, 5):
+        assert not await store.r.exists(f"{layout.dash(p)}:all", f"{layout.dash(p)}:hot")
     d = await _data(store)
-    assert d["totals"]["sessions"] == 3 and d["now"]["active_sessions"] == 3
-    assert d["now"]["event_time_ms"] == T0 + 5  # the latest of the partitions'
-    assert sum(d["now"]["events_per_minute"][-2:]) == 3
-    assert _medium(d, "cpc")["sessions"] == 2
-    assert _medium(d, "cpc")["expected"] == pytest.approx(0.40)
+    assert d["totals"]["sessions"] == 4 and d["now"]["active_sessions"] == 4
+    assert d["now"]["event_time_ms"] == T0 + 9  # the latest of the shares'
+    assert sum(d["now"]["events_per_minute"][-2:]) == 4
+    assert _medium(d, "cpc")["sessions"] == 3
+    assert _medium(d, "cpc")["expected"] == pytest.approx(0.60)
     # The hot list merges the partitions', each session read under its own partition.
-    hot = d["hot"]
-    assert [h["session_id"] for h in hot] == ["b", "a", "c"]
-    assert [h["probability"] for h in hot] == pytest.approx([0.30, 0.10, 0.05])
-    assert hot[2]["geo_city"] == "Kazan" and hot[2]["started_ms"] == T0 - 5
+    hot_list = d["hot"]
+    assert [h["session_id"] for h in hot_list] == ["b", "d", "a", "c"]
+    assert hot_list[3]["geo_city"] == "Kazan" and hot_list[3]["started_ms"] == T0 - 5
 
-    # A conversion counts in its own partition's buckets; a close in its own count.
+    # A conversion counts in the call's share, and leaves its partition's hot set; a
+    # close takes a session off the count.
     await store.write([], [_hits("b", [1], [0.9], converted=True, partition=4)])
     await store.prepare_close([CloseWrite("a", b"{}", "session_end:", None, partition=0)])
-    assert (await store.r.hgetall(f"{layout.dash(4)}:all"))[b"c"] == b"1"
-    assert b"c" not in await store.r.hgetall(f"{layout.dash(0)}:all")
-    assert await store.r.hget(f"{layout.dash(0)}:meta", "active") == b"0"
-    assert await store.r.hget(f"{layout.dash(4)}:meta", "active") == b"2"
+    assert (await store.r.hgetall(f"{layout.dash(0)}:all"))[b"c"] == b"1"
+    assert b"b" not in await store.r.zrange(f"{layout.dash(4)}:hot", 0, -1)
+    assert await store.r.hget(f"{layout.dash(0)}:meta", "active") == b"2"
     d = await _data(store)
-    assert [h["session_id"] for h in d["hot"]] == ["c"]
-    assert d["totals"]["observed"] == 1 and d["now"]["active_sessions"] == 2
+    assert [h["session_id"] for h in d["hot"]] == ["d", "c"]
+    assert d["totals"]["observed"] == 1 and d["now"]["active_sessions"] == 3
+    assert _medium(d, "cpc")["observed"] == 1
+
+
+async def test_on_a_cluster_a_call_whose_reply_is_lost_goes_again_by_the_new_slot_map(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, masters = as_on_a_cluster(store)
+    layout = store.layout
+    lane = masters.lanes[0]
+    real_send = lane.send
+    failed = []
+
+    async def send_and_lose(script, keys, args):  # type: ignore[no-untyped-def]
+        if not failed:  # the first call's connection breaks; meanwhile partition 4 moves
+            failed.append(len(args) - 2)
+            masters.where[4] = 1
+            raise ConnectionError("the master went away")
+        return await real_send(script, keys, args)
+
+    monkeypatch.setattr(lane, "send", send_and_lose)
+    sent: list[int] = []
+    for other in masters.lanes[1:]:
+        real = other.send
+
+        async def counted(script, keys, args, real=real):  # type: ignore[no-untyped-def]
+            sent.append(len(args) - 2)
+            return await real(script, keys, args)
+
+        monkeypatch.setattr(other, "send", counted)
+    await _start_on_partitions_0_and_4(store)
+    assert failed == [2]  # partitions 0 and 4 went as one call, and it failed
+    assert sent == [1]  # partition 4's part went again alone, to its new master
+    # whose calls sum into the share of partition 1, the lowest it holds
+    assert (await store.r.hgetall(f"{layout.dash(0)}:all"))[b"n"] == b"1"
+    assert (await store.r.hgetall(f"{layout.dash(1)}:all"))[b"n"] == b"2"
+    assert not await store.r.exists(f"{layout.dash(4)}:all")
+    d = await _data(store)
+    assert d["totals"]["sessions"] == 3 and d["now"]["active_sessions"] == 3
+    assert [h["session_id"] for h in d["hot"]] == ["b", "a", "c"]
 
 
 async def test_made_up_channel_values_beyond_the_cap_count_as_other(

@@ -17,6 +17,7 @@ from features.hits import STATE_INDEX, empty_state
 from stream.kafka import client_options, faust_broker, faust_credentials
 from stream.settings import StreamSettings
 from stream.state import CloseWrite, HitWrite, ParkedHit, RedisStore, SessionWrite
+from tests.stream.conftest import as_on_a_cluster
 
 
 def test_plaintext_by_default() -> None:
@@ -184,10 +185,9 @@ T0 = 1_640_000_000_000.0
 @pytest.mark.redis
 async def test_a_sessions_keys_are_found_only_under_its_partitions_tag(store: RedisStore) -> None:
     """Everything the store writes for sessions of partition 3 is under partition 3's tag,
-    its dashboard share too when partitions keep their own (as on Redis Cluster)."""
-    store = RedisStore(
-        store.r, prefix=store.prefix, ttl_s=600, retries=2, dashboard_per_partition=True
-    )
+    its dashboard share too on Redis Cluster where it is its master's lowest partition."""
+    store, masters = as_on_a_cluster(store)
+    masters.where = {p: int(p == 3) for p in masters.where}
     layout = store.layout
     tag = keys.partition_tag(3, layout.partitions)
     await store.park([ParkedHit("early", b"{}", 3, 7, 1.0)])
