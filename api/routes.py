@@ -28,7 +28,7 @@ from api.schemas import (
 from api.settings import ApiSettings
 from artifact import ConversionModel
 from contracts import keys
-from contracts.history import score_from_history
+from contracts.history import latest_from_hash, score_from_history
 from contracts.limits import ID_MAX_CHARS, ID_PATTERN
 from features.columns import SESSION_COLUMNS
 from features.hits import STATE_NAMES, empty_state
@@ -197,9 +197,17 @@ async def latest_score(session_id: SessionId, request: Request, redis: Redis) ->
     """Return the latest score the stream published for a session."""
     layout = await request.app.state.layouts.get(redis)
     found = None if layout is None else await stored.find(redis, layout, session_id, "latest")
-    if found is None:
+    payload = None
+    if found is not None and layout is not None:
+        partition, latest = found
+        entry, row = (None, None)
+        if latest[:1] != b"{":  # it names the score's history field
+            key = layout.session(partition, session_id)
+            entry, row = await redis.hmget(key, latest, keys.ROW_FIELD)
+        payload = latest_from_hash(session_id, latest, entry, row)
+    if payload is None:
         raise HTTPException(status_code=404, detail=f"no score for session {session_id}")
-    event = orjson.loads(found[1])
+    event = orjson.loads(payload)
     scored = datetime.fromisoformat(event["scored_at"])
     event["age_s"] = round((datetime.now(UTC) - scored).total_seconds(), 3)
     return ScoreResponse(**event)

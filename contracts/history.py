@@ -59,6 +59,29 @@ def score_from_history(
     )
 
 
+def latest_from_hash(
+    session_id: str, latest: bytes | None, entry: bytes | None, row: bytes | None
+) -> bytes | None:
+    """Return a session's latest ScoreEvent JSON from its hash: the ``latest`` field
+    (the name of that score's history field), that field's entry and the packed row.
+
+    A ``latest`` kept as JSON (as hashes were before) comes back as it is; None where
+    the session has no latest score, or its entry is gone.
+    """
+    if not latest:
+        return None
+    if latest[:1] == b"{":
+        return latest
+    if not entry:
+        return None
+    from contracts.keys import unpack_row
+
+    stored = unpack_row(row) if row else None
+    client_id = None if stored is None else stored.client_id
+    start = None if stored is None else stored.start
+    return score_from_history(session_id, client_id, start, latest.decode(), entry)
+
+
 def history_field(trigger: str, hit_number: int | None) -> str:
     """Name a score's field in the session's score history."""
     return f"{trigger}:{'' if hit_number is None else hit_number}"

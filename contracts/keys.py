@@ -36,7 +36,8 @@ LAYOUT_VERSION = 2
 # (little-endian) in the order of ``features.hits.STATE_NAMES``. A counter added later
 # goes at the end, so a shorter vector stored before reads with the new counter empty.
 HIT_STATE_FIELD = "hs"
-# The session hash's field holding its latest score, as ScoreEvent JSON.
+# The session hash's field naming its latest score's history field (``trigger:number``;
+# hashes written before held the ScoreEvent JSON itself, which readers still take).
 LATEST_FIELD = "latest"
 # The session hash's field holding what its row gave, packed (``pack_row``).
 ROW_FIELD = "row"

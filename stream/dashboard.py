@@ -148,12 +148,12 @@ local function add(P, ms, channel, stats)
 end
 -- S: a session's row. a[i..]: dashboard index, session id, start probability and
 -- start ms (as text), utm medium, source and campaign, the packed row
--- (contracts.keys.pack_row), the packed counters, the start score's field and entry,
--- the start score's JSON. Nothing happens if the hash has a row already, and it says so
--- (true).
+-- (contracts.keys.pack_row), the packed counters, the start score's field and entry.
+-- Nothing happens if the hash has a row already, and it says so (true). ``latest``
+-- names the latest score's field.
 local function start(key, a, i, c)
   if redis.call('HSETNX', key, 'row', a[i + 7]) == 0 then return true end
-  redis.call('HSET', key, 'hs', a[i + 8], a[i + 9], a[i + 10], 'latest', a[i + 11])
+  redis.call('HSET', key, 'hs', a[i + 8], a[i + 9], a[i + 10], 'latest', a[i + 9])
   redis.call('EXPIRE', key, STTL)
   local x = hotset(DASH[a[i]])
   local ms = tonumber(a[i + 3])
@@ -166,7 +166,7 @@ local function start(key, a, i, c)
 end
 -- H: a session's hits. a[i..]: dashboard index, session id, latest probability (text),
 -- converted (1: a hit of the batch converted), hot (1: open and not converted), the
--- first new score's field and entry, the packed counters, the latest score's JSON,
+-- first new score's field and entry, the packed counters, the latest score's field,
 -- whether to set the TTL again (1), then the other new scores' fields and entries, and
 -- the outcome's. Nothing happens if the hash has the first new score already (the batch
 -- was applied).

@@ -44,7 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contracts import keys, limits
 from contracts.dashboard import minute
-from contracts.history import score_from_history
+from contracts.history import latest_from_hash, score_from_history
 from features.hits import empty_state
 from stream import dashboard
 from stream.lane import ScriptLane
@@ -182,13 +182,21 @@ return held
 APPLY_CLUSTER_SCRIPT = "#!lua flags=allow-cross-slot-keys\n" + APPLY_SCRIPT
 
 # A batch's reads in one call. KEYS: the session hashes; ARGV[1]: MessagePack of, per
-# session, the fields to read. Returns MessagePack of each session's values, in that
-# order; false is missing.
+# session, the fields to read; ARGV[2], of the place of ``latest`` among them (0: not
+# read). Returns MessagePack of each session's values, in that order, false where
+# missing; after ``latest`` (its latest score's field name), that field's entry.
 READ_SCRIPT = """
-local fields = cmsgpack.unpack(ARGV[1])
+local fields, at = cmsgpack.unpack(ARGV[1]), cmsgpack.unpack(ARGV[2])
 local out = {}
 for s = 1, #KEYS do
-  out[s] = redis.call('HMGET', KEYS[s], unpack(fields[s]))
+  local row = redis.call('HMGET', KEYS[s], unpack(fields[s]))
+  local a = at[s]
+  if a > 0 then
+    local name = row[a]
+    local entry = name and string.byte(name, 1) ~= 123 and redis.call('HGET', KEYS[s], name)
+    table.insert(row, a + 1, entry or false)
+  end
+  out[s] = row
 end
 return cmsgpack.pack(out)
 """
@@ -208,6 +216,8 @@ return cmsgpack.pack(out)
 
 # The hash fields a batch reads of each session; the packed counters come last.
 READ_FIELDS = [keys.ROW_FIELD, "ready", "closed", "outcome", keys.HIT_STATE_FIELD]
+_READ_LATEST = [*READ_FIELDS, keys.LATEST_FIELD]
+_LATEST_AT = len(_READ_LATEST)  # its place (from 1) in READ_SCRIPT's fields
 _N_META = 4
 _EMPTY_STATE: list[float] = empty_state().tolist()  # what a counter is before any hit
 _PACKED_EMPTY = keys.pack_hit_state(_EMPTY_STATE)
@@ -486,16 +496,17 @@ class RedisStore:
         session = self.layout.session
         sent = []
         for sids in groups.values():
-            fields = []
+            fields, at = [], []
             for sid in sids:
                 wanted = latest if isinstance(latest, bool) else sid in latest
-                these = [*READ_FIELDS, keys.LATEST_FIELD] if wanted else READ_FIELDS
+                these = _READ_LATEST if wanted else READ_FIELDS
+                at.append(_LATEST_AT if wanted else 0)
                 if sid in numbers:
                     these = [*these, *(f"hit:{n}" for n in numbers[sid])]
                 fields.append(these)
             names = [session(sessions[sid], sid) for sid in sids]
-            packed = msgpack.packb(fields, use_bin_type=False)
-            sent.append((sids, await self._send("read", self._read, names, [packed])))
+            args = [msgpack.packb(fields, use_bin_type=False), msgpack.packb(at)]
+            sent.append((sids, await self._send("read", self._read, names, args)))
 
         async def decoded() -> tuple[dict[str, SessionState], list[bool]]:
             out: dict[str, SessionState] = {}
@@ -530,7 +541,7 @@ class RedisStore:
             else:
                 state = np.array(empty, dtype=np.float64)
             has_latest = latest if isinstance(latest, bool) else sid in latest
-            at = n_fields + 1 if has_latest else n_fields
+            at = n_fields + 2 if has_latest else n_fields
             out[sid] = SessionState(
                 known=stored is not None,
                 ready=ready is not None,
@@ -540,7 +551,11 @@ class RedisStore:
                 state=state,
                 partition=sessions[sid],
                 closed=closed is not None,
-                latest=(row[n_fields] or None) if has_latest else None,
+                latest=(
+                    latest_from_hash(sid, row[n_fields] or None, row[n_fields + 1] or None, raw)
+                    if has_latest
+                    else None
+                ),
                 has_latest=has_latest,
                 outcome=outcome,
             )
@@ -551,14 +566,8 @@ class RedisStore:
         """Return the latest score JSON of each session (None where it has none)."""
         if not sessions:
             return []
-
-        async def run() -> list[Any]:
-            pipe = self.r.pipeline(transaction=False)
-            for sid, partition in sessions.items():
-                pipe.hget(self.layout.session(partition, sid), keys.LATEST_FIELD)
-            return await pipe.execute()
-
-        return await self._retry("latest scores", run)
+        states, _ = await self.read(sessions, latest=True)
+        return [states[sid].latest for sid in sessions]
 
     async def stored_scores(self, items: Sequence[tuple[str, int, str]]) -> list[bytes | None]:
         """Return the stored score JSON for (session, partition, score field) triples.
@@ -738,7 +747,6 @@ class RedisStore:
                 _PACKED_EMPTY,
                 s.history_field,
                 entry,
-                s.score_json,
             )
             opened.setdefault(part, []).extend((repr(s.event_ms), s.session_id))
             scores[part] = scores.get(part, 0) + 1
@@ -767,7 +775,7 @@ class RedisStore:
                 names[0],
                 entries[0],
                 keys.pack_hit_state(h.state.tolist()),
-                h.scores[-1][1],
+                names[-1],
                 int(h.refresh_ttl),
                 *fields,
             )
@@ -1015,12 +1023,7 @@ class RedisStore:
         for c in closes:
             ops, d = batch.ops(c.partition)
             entry = c.history if c.history is not None else c.score_json
-            fields: list[Any] = [
-                c.history_field,
-                entry,
-                keys.LATEST_FIELD,
-                c.score_json,
-            ]
+            fields: list[Any] = [c.history_field, entry, keys.LATEST_FIELD, c.history_field]
             if c.outcome is not None:
                 fields += ["outcome", c.outcome]
             ops.add("C", self.layout.session(c.partition, c.session_id), d, c.session_id, *fields)

@@ -210,6 +210,23 @@ def test_latest_score_comes_from_redis(client, fake_redis) -> None:
     assert 0 <= body["age_s"] < 60
 
 
+def test_latest_score_is_made_again_from_the_history_entry_it_names(client, fake_redis) -> None:
+    # The worker stores ``latest`` as the name of the score's history field; the JSON
+    # comes from that entry and the session's row, as the stream published it.
+    layout = fake_redis.record_layout(4)
+    entry = history_entry(0.27, "v9", 1_637_754_992_000.0, 1_637_754_993_000)
+    fake_redis.store_session(
+        layout, "abc", {"row": row(), keys.LATEST_FIELD: b"hit:7", b"hit:7": entry}
+    )
+    body = client.get("/sessions/abc/score").json()
+    assert (body["probability"], body["model_version"]) == (0.27, "v9")
+    assert (body["trigger"], body["hit_number"], body["client_id"]) == ("hit", 7, "1.2")
+    assert body["event_time"].startswith("2021-11-24")
+    # A name whose entry is gone is no score.
+    fake_redis.store_session(layout, "gone", {"row": row(), keys.LATEST_FIELD: b"hit:3"})
+    assert client.get("/sessions/gone/score").status_code == 404
+
+
 def test_a_session_is_looked_for_on_its_own_partition_first(client, fake_redis) -> None:
     layout = fake_redis.record_layout(8)
     part = fake_redis.store_session(layout, "abc", {keys.LATEST_FIELD: _event("abc")})

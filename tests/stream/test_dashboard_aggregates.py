@@ -7,6 +7,7 @@ of the local stack (`make test` starts it).
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 
 from api.dashboard import Window, read_dashboard
@@ -152,15 +153,14 @@ async def test_a_hits_batch_whose_first_score_is_stored_changes_nothing(
     # again (a redelivery), or an earlier one, leaves state, latest score and hot set.
     await store.write([_start("a", 0.10, T0, _row("cpc"))], [])
     first = _hits("a", [1, 2, 3], [0.2, 0.3, 0.5])
-    first.scores = [(name, f"latest {name}".encode()) for name, _ in first.scores]
     await store.write([], [first])
     key = store.layout.session(0, "a")
     before = await store.r.hgetall(key)
-    assert before[b"latest"] == b"latest hit:3" and b"hits" not in before
+    # ``latest`` names the latest score's field
+    assert before[b"latest"] == b"hit:3" and b"hits" not in before
     again = _hits("a", [1, 2, 3], [0.9, 0.9, 0.9])
     again.state[0] += 100  # a state that would show if it were written
     earlier = _hits("a", [1], [0.2])
-    earlier.scores = [("hit:1", b"latest hit:1")]
     for batch in (again, earlier):
         await store.write([], [batch])
         assert await store.r.hgetall(key) == before
@@ -171,7 +171,9 @@ async def test_a_hits_batch_whose_first_score_is_stored_changes_nothing(
         assert d["hot"][0]["trajectory"] == pytest.approx([0.1, 0.2, 0.3, 0.5])
     states, applied = await store.read({"a": 0}, [("a", 3), ("a", 4)])
     assert states["a"].state.tolist() == first.state.tolist() and applied == [True, False]
-    assert states["a"].latest == b"latest hit:3"
+    latest = orjson.loads(states["a"].latest or b"{}")  # made again from its entry
+    assert (latest["trigger"], latest["hit_number"], latest["session_id"]) == ("hit", 3, "a")
+    assert latest["probability"] == pytest.approx(0.5)
     # The next batch, with a score not stored yet, applies.
     await store.write([], [_hits("a", [4], [0.6])])
     assert (await _data(store))["hot"][0]["probability"] == pytest.approx(0.6)
