@@ -193,6 +193,8 @@ def _redis_server(work: Path, port: int, cluster: bool) -> subprocess.Popen[byte
         str(work),
         "--hash-max-listpack-value",
         "1024",
+        "--hash-max-listpack-entries",
+        "64",
         # Redis's timer work (statistics, expiry sampling) runs by the clock, not per
         # event: once a second instead of ten times, a busy machine's slower run does not
         # count more of it.

@@ -235,10 +235,13 @@ start (a system redis?); stop it or choose another port with SCORER_REDIS_PORT"
   mkdir -p "$STACK_DIR/redis"
   say "starting redis on 127.0.0.1:$REDIS_PORT"
   # Hash values up to 1 KB keep a session's state hash (its feature vector and outcome
-  # among small counters) in the compact listpack encoding, as docker-compose.yml does.
+  # among small counters) in the compact listpack encoding, as docker-compose.yml does;
+  # one of more than 64 fields (a session past about 60 hits) becomes a hash table,
+  # where a write finds its field without reading the whole hash.
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$STACK_DIR/redis" \
     --logfile "$LOGS/redis.log" --save "" --appendonly no --daemonize no \
-    --maxmemory-policy noeviction --hash-max-listpack-value 1024 > /dev/null 2>&1 < /dev/null &
+    --maxmemory-policy noeviction --hash-max-listpack-value 1024 \
+    --hash-max-listpack-entries 64 > /dev/null 2>&1 < /dev/null &
   echo $! > "$RUN/redis.pid"
   wait_redis redis redis-server "$REDIS_PORT" "$LOGS/redis.log" 10
   say "redis is ready on 127.0.0.1:$REDIS_PORT"
@@ -379,7 +382,8 @@ start_cluster_redis_node() {
     --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" \
     --cluster-node-timeout "$CLUSTER_REDIS_NODE_TIMEOUT" \
     --save "" --appendonly yes --appendfsync everysec \
-    --maxmemory-policy noeviction --hash-max-listpack-value 1024 > /dev/null 2>&1 < /dev/null &
+    --maxmemory-policy noeviction --hash-max-listpack-value 1024 \
+    --hash-max-listpack-entries 64 > /dev/null 2>&1 < /dev/null &
   echo $! > "$RUN/redis-$port.pid"
 }
 

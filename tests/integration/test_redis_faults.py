@@ -62,6 +62,8 @@ class OwnRedis:
                 "no",
                 "--hash-max-listpack-value",
                 "1024",
+                "--hash-max-listpack-entries",
+                "64",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
