@@ -175,3 +175,11 @@ class Layout:
     def dash(self, partition: int) -> str:
         """Return the prefix of a partition's share of the dashboard's aggregates."""
         return f"{self._bases[partition]}dash"
+
+    def probe(self, partition: int) -> str:
+        """Return a key of the partition's slot that is never written.
+
+        A Redis Cluster script looks for it before it writes: a slot its node does not
+        hold, or one being migrated, fails the call there (``stream/state.py``).
+        """
+        return f"{self._bases[partition]}probe"

@@ -119,13 +119,15 @@ return out
 
 # A batch's writes, atomically, in one call: ARGV[1] is the dashboard's settings
 # (stream/dashboard.py), ARGV[2] the dashboard share the call's sums go to, each further
-# argument one part: MessagePack of [commands, fence, dashboard prefixes, keys]. A
+# argument one part: MessagePack of [commands, fence, dashboard prefixes, keys, probe]. A
 # single Redis gets one part, whose keys are the call's KEYS (false in the part); Redis
 # Cluster gets a part per input partition of the master, each with its keys (one slot
 # each), and the script flag that lets a call reach keys of several slots of its node
-# (APPLY_CLUSTER_SCRIPT). There each part's first key and the share's are read before
-# anything is written: a slot the node no longer holds fails the call with nothing
-# written.
+# (APPLY_CLUSTER_SCRIPT). There, before anything is written, the call looks for a key
+# that is never written (the probe, ``Layout.probe``) in each part's slot and in the
+# share's: a slot the node does not hold fails the call, and so does a slot being
+# migrated (Redis answers a missing key there with a redirection), with nothing written.
+# A slot that passes cannot move while the script runs.
 #
 # The commands are a run of: name, the index of its key in the part's keys, its
 # argument count and its arguments (one packed argument instead of thousands keeps
@@ -144,11 +146,11 @@ local parts = {}
 for p = 3, #ARGV do
   local part = cmsgpack.unpack(ARGV[p])
   local K = part[4] or KEYS
-  if part[4] then redis.call('EXISTS', K[1]) end
+  if part[4] then redis.call('EXISTS', part[5]) end
   if lost(part[2], K) then return 'LOST' end
   parts[#parts + 1] = part
 end
-if parts[1][4] then redis.call('EXISTS', SHARE .. ':meta') end
+if parts[1][4] then redis.call('EXISTS', SHARE .. ':probe') end
 local held = {}
 for p = 1, #parts do
   local ops, K = parts[p][1], parts[p][4] or KEYS
@@ -1092,7 +1094,10 @@ class _Batch:
                 names.append(dashes[0] + ":meta")
             fence = store._fence(names, ops.index, group)
             part = msgpack.packb(
-                [ops.argv, fence, dashes, names if clustered else False], use_bin_type=False
+                [ops.argv, fence, dashes, names, store.layout.probe(group)]
+                if clustered
+                else [ops.argv, fence, dashes, False],
+                use_bin_type=False,
             )
             if clustered:
                 parts.append((names[0], part))

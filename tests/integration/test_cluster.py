@@ -1,4 +1,5 @@
-"""A Redis master or a Kafka broker killed with SIGKILL mid-replay, on the cluster stack.
+"""A Redis master or a Kafka broker killed with SIGKILL mid-replay, on the cluster stack;
+a partition's slot moved to another master mid-replay.
 
 Run by ``make test-cluster`` against ``SCORER_STACK=cluster make stack-up``: three Kafka
 nodes (replication factor 3, min.insync.replicas 2) and a Redis Cluster of three masters
@@ -21,8 +22,10 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 from helpers import Truth, check_exactly_once, read_scores
 
 from bench.procs import ROOT, WorkerProcess, metrics, redis_client, scan
@@ -177,3 +180,61 @@ def test_a_redis_cluster_that_forgot_everything_is_rebuilt_from_the_topics(
     assert _counted_sessions(settings) == len(truth.sessions)
     # The layout is recorded again, for the API.
     assert r.hget(keys.layout_key(settings.redis_key_prefix), "partitions") is not None
+
+
+def _move_slot(r: Any, slot: int, target: Any) -> int:
+    """Move a slot and its keys to another master, a few keys at a time, as
+    ``redis-cli --cluster reshard`` does; return how many keys moved."""
+    owner = r.nodes_manager.get_node_from_slot(slot)
+    nodes = {n.name: redis.Redis(host=n.host, port=int(n.port)) for n in r.get_primaries()}
+    src, dst = nodes[owner.name], nodes[target.name]
+    src_id, dst_id = src.cluster("myid"), dst.cluster("myid")
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    moved = 0
+    while True:
+        batch = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 20)
+        if not batch:
+            break
+        src.execute_command("MIGRATE", target.host, int(target.port), "", 0, 5000, "KEYS", *batch)
+        moved += len(batch)
+        time.sleep(0.2)  # the worker's calls meet the slot half moved
+    for node in nodes.values():
+        node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        node.close()
+    return moved
+
+
+def test_a_partitions_slot_moved_to_another_master_mid_replay_loses_nothing(
+    cluster_settings: StreamSettings, truth: Truth, tmp_path: Path
+) -> None:
+    """The worker writes a master's partitions in one call; partition 0's slot moves to
+    another master while it runs. A call that meets the slot half moved is refused with
+    nothing written, and goes again by the new slot map."""
+    settings = cluster_settings
+    r = redis_client(settings)
+    layout = keys.Layout(settings.redis_key_prefix, settings.topic_partitions)
+    slot = r.keyslot(layout.open_sessions(0))
+    source = r.get_node_from_key(layout.open_sessions(0))
+    target = next(n for n in r.get_primaries() if n.name != source.name)
+    moved: list[int] = []
+    try:
+        scores, _, m = _replay_with_a_fault(
+            settings, truth, tmp_path, lambda: moved.append(_move_slot(r, slot, target))
+        )
+        assert moved[0] > 0  # it moved keys the worker was writing
+        # Calls met the slot half moved, were refused before writing, and went again.
+        assert "Script attempted to access a non local key" in (tmp_path / "worker.log").read_text()
+        assert redis_client(settings).get_node_from_key(layout.open_sessions(0)).port == (
+            target.port
+        )
+        check_exactly_once(truth, settings, scores)
+        assert _counted_sessions(settings) == len(truth.sessions)
+        assert m.get("scorer_worker_rebuilt_partitions_total{}", 0) == 0  # nothing lost
+    finally:
+        r = redis_client(settings)
+        if (
+            r.keyslot(layout.open_sessions(0)) == slot
+            and r.get_node_from_key(layout.open_sessions(0)).name != source.name
+        ):
+            _move_slot(r, slot, source)  # as the stack was, for the next test

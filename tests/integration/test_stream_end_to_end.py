@@ -14,6 +14,7 @@ from api.main import create_app
 from api.settings import ApiSettings
 from bench.procs import redis_client
 from contracts import keys, topics
+from contracts.history import latest_from_hash
 from stream.replay import build_events, send_events
 from stream.settings import StreamSettings
 from stream.tail import is_event_score, read_topic
@@ -85,8 +86,10 @@ def test_replayed_sessions_are_scored_end_to_end(
     layout = keys.Layout(stream_settings.redis_key_prefix, stream_settings.topic_partitions)
 
     def r_latest(sid: str) -> dict:
-        found = r.hget(layout.session(layout.partition_of(sid), sid), keys.LATEST_FIELD)
-        return orjson.loads(found)
+        key = layout.session(layout.partition_of(sid), sid)
+        name = r.hget(key, keys.LATEST_FIELD)  # the latest score's history field
+        entry, row = r.hmget(key, [name, keys.ROW_FIELD])
+        return orjson.loads(latest_from_hash(sid, name, entry, row) or b"")
 
     for sid, published in by_session.items():
         stored = r_latest(sid)
