@@ -3,7 +3,7 @@
     SCORER_TOPIC_PREFIX=... python -m bench.faust_bare --expect N [--agents]
 
 By default the app consumes as the worker does: Faust's consumer hands each fetch whole
-to one coroutine (``stream.intake``), which counts its records and does nothing else.
+to one coroutine (``stream.faust_seam``), which counts its records and does nothing else.
 With ``--agents`` two Faust agents take the events one at a time from their streams,
 Faust's usual delivery, and count them. Either way the app prints how fast it consumed
 N events and exits: what delivery alone costs on this machine, before any work.
@@ -20,8 +20,7 @@ from typing import Any, cast
 import faust
 
 from contracts import topics
-from stream.intake import BatchApp, Fetch
-from stream.kafka import LeanMonitor
+from stream.faust_seam import BatchApp, Fetch, LeanMonitor
 from stream.settings import StreamSettings
 
 

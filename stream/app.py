@@ -1,6 +1,6 @@
 """The Faust app, its topics, its pipeline and its timers.
 
-Faust's consumer hands each fetch to the pipeline whole (``stream.intake``); the
+Faust's consumer hands each fetch to the pipeline whole (``stream.faust_seam``); the
 pipeline cuts it into micro-batches (its sessions first, then its hits), hands them to
 the processor and publishes what it returns. Everything a batch produces is on Kafka before its
 offsets may be committed; the processor has written its Redis state (one atomic script
@@ -29,8 +29,8 @@ from artifact import ArtifactError, PinnedDigestError, load_model, read_card
 from contracts import keys, limits, topics
 from contracts.dashboard import WORKER_TTL_S, workers_key
 from stream.dashboard import worker_name
-from stream.intake import BatchApp, Fetch, Rewind
-from stream.kafka import LeanMonitor, faust_broker, faust_credentials
+from stream.faust_seam import BatchApp, Fetch, LeanMonitor, Rewind, fetching, kafka_producer
+from stream.kafka import faust_broker, faust_credentials
 from stream.metrics import ExitLog, WorkerMetrics
 from stream.processor import Output, Processor, Record, SessionsRun, dead_letter
 from stream.recovery import Recovery
@@ -152,7 +152,7 @@ class Pipeline:
         """
         if not messages:
             return []
-        producer = cast(Any, self.app.producer)._ensure_producer()  # Faust's aiokafka producer
+        producer = kafka_producer(self.app)
         runs: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
         for topic, key, value in self._fitting(messages):
             n = await self._partitions(producer, topic)
@@ -602,16 +602,8 @@ class Pipeline:
         self.metrics.paused.set(len(self.held))
 
     async def fetching(self, tps: list[Any], on: bool) -> list[Any]:
-        """Pause (on=False) or resume fetching partitions, in the consumer's own thread.
-
-        Returns the partitions it did: a rebalance under way in that thread may have
-        taken some from the client since the assignment was read here.
-        """
-        thread = cast(Any, self.app.consumer)._thread  # Faust runs aiokafka in a thread
-        client = thread._ensure_consumer()
-        parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
-        done = await thread.call_thread(set_fetching, client, parts, on)
-        return [tp for tp, part in zip(tps, parts, strict=True) if part in done]
+        """Pause (on=False) or resume fetching partitions (``faust_seam.fetching``)."""
+        return await fetching(self.app, tps, on)
 
     async def behind(self, partition: int) -> set[str]:
         """The input kinds ("sessions", "hits") with records of a partition not read yet.
@@ -850,19 +842,6 @@ async def every(
         await sleep(max(0.0, period_s - (clock() - started)))
         started = clock()
         await job()
-
-
-def set_fetching(client: Any, parts: list[TopicPartition], on: bool) -> set[TopicPartition]:
-    """Pause or resume those of ``parts`` the Kafka client has now; return them.
-
-    Runs in the client's thread, where its rebalances run: the assignment read here is
-    the one the call acts on. (The client raises for a partition it does not have.)
-    """
-    assigned = client.assignment()
-    mine = [tp for tp in parts if tp in assigned]
-    if mine:
-        (client.resume if on else client.pause)(*mine)
-    return set(mine)
 
 
 def _interleave(runs: list[list[Record]], size: int) -> Iterator[list[Record]]:

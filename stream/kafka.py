@@ -4,7 +4,6 @@ against a managed cluster (``SCORER_KAFKA_SECURITY_PROTOCOL`` and friends)."""
 from __future__ import annotations
 
 import ssl
-import time
 from typing import Any
 
 import faust
@@ -53,28 +52,3 @@ def faust_credentials(settings: StreamSettings) -> Any:
 def faust_broker(settings: StreamSettings) -> str:
     """The broker URL of the Faust app: every bootstrap server, scheme kafka://."""
     return ";".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(","))
-
-
-class LeanMonitor(faust.Monitor):
-    """Faust's monitor without its bookkeeping of every message and stream event.
-
-    The default monitor counts each message and event in dictionaries and times each
-    one, four calls per event, for statistics this project does not read (its web
-    server is off; the worker's own Prometheus metrics count what matters). Only the
-    time a stream last took an event is kept: Faust's consumer reads it to warn about
-    a stream that stopped processing.
-    """
-
-    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
-        return None
-
-    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
-        self.stream_inbound_time[tp] = time.monotonic()
-
-    def on_stream_event_out(
-        self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None
-    ) -> None:
-        return None
-
-    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
-        return None

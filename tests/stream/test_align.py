@@ -8,7 +8,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
-from stream.app import Pipeline, set_fetching
+from stream.app import Pipeline
+from stream.faust_seam import set_fetching
 from stream.metrics import WorkerMetrics
 from stream.settings import StreamSettings
 

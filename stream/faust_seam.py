@@ -1,12 +1,13 @@
-"""Faust's Kafka consumer, handing the worker each fetch whole.
+"""The seam between the worker and faust-streaming / aiokafka: every private part of
+either that the project overrides, calls or sets is here, and nowhere else.
 
-Faust delivers a record to an agent through a chain of per-event steps: a message
-object, the conductor, a channel's queue, the stream's bookkeeping, the ack. On this
-machine that chain alone caps a process at about 13,000 events/s, before any work; the
-Kafka client under it reads the same topics at more than 300,000 events/s. The worker
-needs batches, not events, so here Faust's fetcher hands each fetch (up to
-``broker_max_poll_records`` records, grouped by partition) to one coroutine, the
-app's ``batch_handler``, and waits for it.
+Faust's Kafka consumer hands the worker each fetch whole. Faust delivers a record to an
+agent through a chain of per-event steps: a message object, the conductor, a channel's
+queue, the stream's bookkeeping, the ack. On this machine that chain alone caps a
+process at about 13,000 events/s, before any work; the Kafka client under it reads the
+same topics at more than 300,000 events/s. The worker needs batches, not events, so
+here Faust's fetcher hands each fetch (up to ``broker_max_poll_records`` records,
+grouped by partition) to one coroutine, the app's ``batch_handler``, and waits for it.
 
 Everything else stays Faust's: the consumer group, the rebalances, the thread the Kafka
 client runs in, pausing, the periodic commit and the commit before a rebalance or a
@@ -17,6 +18,22 @@ Kafka), never before. A handler that raises leaves the fetch uncommitted.
 A batch is never cut short: the handler runs shielded from the fetcher's cancellation
 (Faust cancels the fetcher when the worker stops), and ``wait_empty``, which Faust
 awaits before its last commit on a rebalance or a stop, waits for it to finish.
+
+Checked against faust-streaming 0.15.3 and aiokafka 0.14.0 (``CHECKED``; the lock
+files pin them). What it relies on, each checked by ``tests/stream/test_faust_seam.py``:
+
+- overridden: ``faust.App._new_transport``; ``Transport.Consumer``;
+  ``Consumer._new_consumer_thread``, ``_drain_messages`` (the fetch loop),
+  ``_filter_tps_with_pending_acks`` and ``_new_offset`` (what Faust's commit takes),
+  ``wait_empty``, ``perform_seek``; ``AIOKafkaConsumerThread._create_worker_consumer``;
+  the monitor's ``on_message_in``, ``on_stream_event_in``, ``on_stream_event_out``,
+  ``on_message_out``;
+- called or read: ``Consumer._wait_next_records``, ``_read_offset``, ``_stopped``,
+  ``_thread`` and the fetcher's ``_stopped``; ``AIOKafkaConsumerThread.seek_wait``,
+  ``call_thread`` and ``_ensure_consumer``; ``Producer._ensure_producer``;
+  ``Monitor.stream_inbound_time`` (Faust's stalled-stream check reads it);
+- set on aiokafka's ``AIOKafkaConsumer`` after it is made: ``_fetch_max_wait_ms`` and
+  ``_fetch_min_bytes`` (read when its fetcher starts).
 """
 
 from __future__ import annotations
@@ -28,10 +45,14 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, cast
 
 import faust
+from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 log = logging.getLogger(__name__)
+
+# The releases this module was checked against (see the docstring).
+CHECKED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
 
 # A fetch: the consumed records (aiokafka's ConsumerRecord) by topic partition, in order.
 Fetch = Mapping[TP, list[Any]]
@@ -193,3 +214,59 @@ class BatchApp(faust.App):
 
     def _new_transport(self) -> Any:
         return BatchTransport(self.conf.broker_consumer, self)
+
+
+def kafka_producer(app: faust.App) -> Any:
+    """The aiokafka producer under the app's Faust producer (made if not yet)."""
+    return cast(Any, app.producer)._ensure_producer()
+
+
+async def fetching(app: faust.App, tps: list[Any], on: bool) -> list[Any]:
+    """Pause (on=False) or resume fetching partitions, in the consumer's own thread.
+
+    Returns the partitions it did: a rebalance under way in that thread may have taken
+    some from the client since the assignment was read by the caller.
+    """
+    thread = cast(Any, app.consumer)._thread  # Faust runs aiokafka in a thread
+    client = thread._ensure_consumer()
+    parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+    done = await thread.call_thread(set_fetching, client, parts, on)
+    return [tp for tp, part in zip(tps, parts, strict=True) if part in done]
+
+
+def set_fetching(client: Any, parts: list[TopicPartition], on: bool) -> set[TopicPartition]:
+    """Pause or resume those of ``parts`` the Kafka client has now; return them.
+
+    Runs in the client's thread, where its rebalances run: the assignment read here is
+    the one the call acts on. (The client raises for a partition it does not have.)
+    """
+    assigned = client.assignment()
+    mine = [tp for tp in parts if tp in assigned]
+    if mine:
+        (client.resume if on else client.pause)(*mine)
+    return set(mine)
+
+
+class LeanMonitor(faust.Monitor):
+    """Faust's monitor without its bookkeeping of every message and stream event.
+
+    The default monitor counts each message and event in dictionaries and times each
+    one, four calls per event, for statistics this project does not read (its web
+    server is off; the worker's own Prometheus metrics count what matters). Only the
+    time a stream last took an event is kept: Faust's consumer reads it to warn about
+    a stream that stopped processing.
+    """
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        return None
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
+        self.stream_inbound_time[tp] = time.monotonic()
+
+    def on_stream_event_out(
+        self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None
+    ) -> None:
+        return None
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        return None
