@@ -2,7 +2,7 @@
 
 The website's events are public input: each bound keeps what one record can make the
 service do or hold small. A record outside them is refused with its reason (a dead
-letter on the stream, a 422 from the API); the README lists them.
+letter on the stream, a 422 from the API); docs/worker.md lists them.
 """
 
 from __future__ import annotations
