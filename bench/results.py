@@ -110,10 +110,122 @@ def save(bench: str, figures: dict[str, Any], argv: list[str] | None = None) -> 
     return path
 
 
-def main() -> int:
-    """List the kept runs: when, which benchmark, commit and command."""
-    for path in sorted(RESULTS.glob("*.json")):
-        record = json.loads(path.read_text())
+# The README's table of current figures sits between these lines; ``python -m
+# bench.results readme`` writes it from the newest kept run of each benchmark (and, for
+# bench.cost, of each Redis: one server, or a cluster of so many masters).
+BEGIN = "<!-- bench/results: the newest kept runs; python -m bench.results readme writes this -->"
+END = "<!-- bench/results: end -->"
+README = ROOT / "README.md"
+
+
+def records(folder: Path | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """Every kept run, oldest first, with its file name."""
+    return [
+        (path.name, json.loads(path.read_text()))
+        for path in sorted((folder or RESULTS).glob("*.json"))
+    ]
+
+
+def _variant(record: dict[str, Any]) -> tuple[str, int]:
+    figures = record.get("figures", {})
+    return record["bench"], int(figures.get("masters", 1)) if record["bench"] == "cost" else 0
+
+
+def newest(kept: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The newest run of each benchmark and variant made from a clean tree."""
+    found: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {}
+    for name, record in kept:
+        if not record.get("tree_changed"):
+            found[_variant(record)] = (name, record)  # files sort by time
+    return [found[key] for key in sorted(found)]
+
+
+def _n(x: float) -> str:
+    return f"{x:,}"
+
+
+def _cost(f: dict[str, Any]) -> tuple[str, str]:
+    masters = int(f.get("masters", 1))
+    where = "one Redis" if masters == 1 else f"Redis Cluster, {masters} masters"
+    redis = _n(f["redis_per_event"])
+    if masters > 1:
+        each = ", ".join(_n(n) for n in f["redis_per_event_by_master"])
+        shares = ", ".join(f"{100 * s:.1f} %" for s in f["redis_share_by_master"])
+        redis += f" in all ({each} a master: {shares})"
+    what = (
+        f"instructions an event: worker {_n(f['worker_per_event'])}, Redis {redis} "
+        f"({_n(f['events'])} events, {_n(f['scores'])} scores)"
+    )
+    return where, what
+
+
+def _stream(f: dict[str, Any]) -> tuple[str, str]:
+    parts = []
+    if "one_worker" in f:
+        parts.append(f"one worker {_n(f['one_worker']['events_per_s'])} events/s")
+    if "two_workers" in f:
+        parts.append(f"two workers {_n(f['two_workers']['events_per_s'])} events/s")
+    if "consume_only" in f:
+        ceiling = f["consume_only"]
+        parts.append(
+            f"consume-only ceilings: whole fetches {_n(ceiling['batch']['events_per_s'])}, "
+            f"Faust agents {_n(ceiling['agents']['events_per_s'])} events/s"
+        )
+    if "latency" in f:
+        lat = f["latency"]
+        parts.append(f"latency p50 {lat.get('p50_ms')} ms, p99 {lat.get('p99_ms')} ms")
+    if "baseline" in f:
+        base = f["baseline"]
+        mine = ", ".join(_n(x) for x in base["this_version_runs"])
+        theirs = ", ".join(_n(x) for x in base["runs"])
+        parts.append(
+            f"one worker, alternating runs: {mine} events/s against {theirs} for {base['ref']}"
+        )
+    return "one broker and Redis", "; ".join(parts) or "(no figures)"
+
+
+FORMATS = {"cost": _cost, "stream": _stream}
+
+
+def table(kept: list[tuple[str, dict[str, Any]]]) -> str:
+    """The markdown table of the newest runs: what each measured, on what, from where."""
+    lines = [
+        "| benchmark | on | figures | commit, day | kept in |",
+        "|---|---|---|---|---|",
+    ]
+    for name, record in newest(kept):
+        fmt = FORMATS.get(record["bench"])
+        if fmt is None:
+            where, what = "", json.dumps(record["figures"], sort_keys=True)[:200]
+        else:
+            where, what = fmt(record["figures"])
+        day = f"{record['at'][:4]}-{record['at'][4:6]}-{record['at'][6:8]}"
+        lines.append(
+            f"| `{record['command']}` | {where} | {what} | {record['commit']}, {day} "
+            f"| `bench/results/{name}` |"
+        )
+    return "\n".join(lines)
+
+
+def readme_block(text: str, kept: list[tuple[str, dict[str, Any]]]) -> str:
+    """``text`` (the README) with its block of current figures written from ``kept``."""
+    start, end = text.index(BEGIN), text.index(END)
+    return text[: start + len(BEGIN)] + "\n\n" + table(kept) + "\n\n" + text[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """List the kept runs (when, benchmark, commit, command); ``readme``: write the
+    README's table of the newest ones; ``table``: print it."""
+    args = sys.argv[1:] if argv is None else argv
+    kept = records()
+    if args[:1] == ["readme"]:
+        README.write_text(readme_block(README.read_text(), kept))
+        print(f"wrote the figures of {len(newest(kept))} runs into {README}")
+        return 0
+    if args[:1] == ["table"]:
+        print(table(kept))
+        return 0
+    for _, record in kept:
         changed = " (changed tree)" if record.get("tree_changed") else ""
         print(f"{record['at']}  {record['commit']}{changed}  {record['command']}")
     return 0

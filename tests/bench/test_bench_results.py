@@ -24,3 +24,56 @@ def test_a_run_is_kept_with_its_command_commit_machine_and_versions(
     assert record["machine"]["cpus"] >= 1 and record["machine"]["cpu"]
     assert record["packages"]["faust-streaming"] == "0.15.3"
     assert record["redis_server"].count(".") == 2 and record["kafka"].count(".") == 2
+
+
+def _record(at: str, bench: str, figures: dict, changed: bool = False) -> tuple[str, dict]:
+    record = {
+        "bench": bench,
+        "at": at,
+        "command": f"python -m bench.{bench}",
+        "commit": "abc123def456",
+        "tree_changed": changed,
+        "figures": figures,
+    }
+    return f"{at}-{bench}-abc123def456.json", record
+
+
+COST = {
+    "masters": 1,
+    "worker_per_event": 231481,
+    "redis_per_event": 49322,
+    "events": 8762,
+    "scores": 9667,
+}
+
+
+def test_the_table_takes_the_newest_clean_run_of_each_benchmark_and_redis() -> None:
+    three = {
+        **COST,
+        "masters": 3,
+        "redis_per_event": 58703,
+        "redis_per_event_by_master": [19819, 19638, 19246],
+        "redis_share_by_master": [0.338, 0.335, 0.328],
+    }
+    kept = [
+        _record("20261201T100000Z", "cost", {**COST, "redis_per_event": 60000}),
+        _record("20261202T100000Z", "cost", COST),
+        _record("20261202T110000Z", "cost", {**COST, "redis_per_event": 1}, changed=True),
+        _record("20261202T120000Z", "cost", three),
+        _record("20261202T130000Z", "stream", {"one_worker": {"events_per_s": 15636}}),
+    ]
+    rows = results.table(kept).splitlines()[2:]
+    assert len(rows) == 3  # one Redis, three masters, the stream
+    assert "Redis 49,322" in rows[0] and "20261202T100000Z" in rows[0]
+    assert "58,703 in all (19,819, 19,638, 19,246 a master: 33.8 %" in rows[1]
+    assert "one worker 15,636 events/s" in rows[2] and "2026-12-02" in rows[2]
+
+
+def test_the_readmes_current_figures_are_the_kept_runs() -> None:
+    """The README's table of current figures is what ``python -m bench.results readme``
+    writes from the files under bench/results: run it after keeping a new run."""
+    text = results.README.read_text()
+    assert results.BEGIN in text and results.END in text
+    assert results.readme_block(text, results.records()) == text, (
+        "the README's figures differ from bench/results: python -m bench.results readme"
+    )
