@@ -184,7 +184,23 @@ def _stream(f: dict[str, Any]) -> tuple[str, str]:
     return "one broker and Redis", "; ".join(parts) or "(no figures)"
 
 
-FORMATS = {"cost": _cost, "stream": _stream}
+def _api(f: dict[str, Any]) -> tuple[str, str]:
+    api, base = f["api"], f["baseline"]
+    at200, full, batch = (
+        api["predict_at_200_rps"],
+        api["predict_saturated"],
+        api["batch_10000_rows"],
+    )
+    what = (
+        f"`/predict` p99 {at200['p99_ms']} ms at 200 requests/s; {_n(round(full['rps']))} "
+        f"requests/s at saturation (the baseline's {_n(round(base['predict_saturated']['rps']))}); "
+        f"`/predict/batch` of 10,000 rows p50 {batch['p50_ms']} ms "
+        f"(the baseline's {base['batch_10000_rows']['p50_ms']} ms)"
+    )
+    return "one uvicorn process", what
+
+
+FORMATS = {"api": _api, "cost": _cost, "stream": _stream}
 
 
 def table(kept: list[tuple[str, dict[str, Any]]]) -> str:

@@ -62,8 +62,18 @@ def test_the_table_takes_the_newest_clean_run_of_each_benchmark_and_redis() -> N
         _record("20261202T120000Z", "cost", three),
         _record("20261202T130000Z", "stream", {"one_worker": {"events_per_s": 15636}}),
     ]
+    api = {
+        "api": {
+            "predict_at_200_rps": {"p99_ms": 3.0},
+            "predict_saturated": {"rps": 2768.4},
+            "batch_10000_rows": {"p50_ms": 125.7},
+        },
+        "baseline": {"predict_saturated": {"rps": 36.7}, "batch_10000_rows": {"p50_ms": 223.2}},
+    }
+    kept.append(_record("20261202T140000Z", "api", api))
     rows = results.table(kept).splitlines()[2:]
-    assert len(rows) == 3  # one Redis, three masters, the stream
+    assert len(rows) == 4  # the API, one Redis, three masters, the stream
+    assert "p99 3.0 ms at 200 requests/s; 2,768 requests/s" in rows.pop(0)
     assert "Redis 49,322" in rows[0] and "20261202T100000Z" in rows[0]
     assert "58,703 in all (19,819, 19,638, 19,246 a master: 33.8 %" in rows[1]
     assert "one worker 15,636 events/s" in rows[2] and "2026-12-02" in rows[2]
