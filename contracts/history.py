@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import msgpack
 import orjson
 
+from contracts.keys import unpack_row
 from contracts.scores import score_event
 from contracts.times import iso_from_ms, utc_iso
 
@@ -74,8 +75,6 @@ def latest_from_hash(
         return latest
     if not entry:
         return None
-    from contracts.keys import unpack_row
-
     stored = unpack_row(row) if row else None
     client_id = None if stored is None else stored.client_id
     start = None if stored is None else stored.start

@@ -227,17 +227,15 @@ local function flush()
     end
     redis.call('EXPIRE', hash, ttls[hash])
   end
-  if SHARE then
-    local meta = SHARE .. ':meta'
-    if active ~= 0 then
-      redis.call('HINCRBY', meta, 'active', fmt('%d', active))
-    end
-    if latest then
-      local now = tonumber(redis.call('HGET', meta, 'now_ms') or '0')
-      if latest > now then redis.call('HSET', meta, 'now_ms', fmt('%d', latest)) end
-    end
-    if active ~= 0 or latest then redis.call('EXPIRE', meta, TTL[4]) end
+  local meta = SHARE .. ':meta'
+  if active ~= 0 then
+    redis.call('HINCRBY', meta, 'active', fmt('%d', active))
   end
+  if latest then
+    local now = tonumber(redis.call('HGET', meta, 'now_ms') or '0')
+    if latest > now then redis.call('HSET', meta, 'now_ms', fmt('%d', latest)) end
+  end
+  if active ~= 0 or latest then redis.call('EXPIRE', meta, TTL[4]) end
   for _, P in ipairs(hotorder) do
     local x = hots[P]
     local hot = P .. ':hot'

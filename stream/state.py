@@ -6,11 +6,10 @@ partition, with the session TTL): one hash per session holds all of it:
   session features, channel); ``hs``, the hit-state counters as float64 bytes; ``ready``
   once its start score is published, ``closed`` once closed, ``outcome`` (its
   OutcomeEvent JSON) and ``conv`` once converted;
-- its scores: ``latest``, the latest ScoreEvent JSON, and one field per score,
-  ``trigger:hit_number``, in compact form (``contracts.history.history_entry``; the JSON
-  is made again from it). A hit is applied exactly when its score is there (one atomic
-  write stores both), so a redelivery knows which hits not to apply again;
-- ``p`` and ``hits``, its latest probability and hits applied, for the dashboard.
+- its scores: one field per score, ``trigger:hit_number``, in compact form
+  (``contracts.history.history_entry``; the JSON is made again from it), and ``latest``,
+  the name of the latest one's field. A hit is applied exactly when its score is there
+  (one atomic write stores both), so a redelivery knows which hits not to apply again.
 Beside it, a list of the hits that arrived before its row (``ParkedHit``, packed).
 
 A batch reads with one call per group of partitions (all of them on a single Redis,
@@ -890,9 +889,13 @@ class RedisStore:
         longer holds fails before it writes anything.
         """
         script = self._apply
+
+        def arguments(lane: ScriptLane, group: list[tuple[str, bytes]]) -> list[Any]:
+            return [self._dash_cfg, self._share(lane), *(part for _, part in group)]
+
         sent = []
         for lane, group in await self._by_master(parts):
-            args = [self._dash_cfg, self._share(lane), *(part for _, part in group)]
+            args = arguments(lane, group)
             try:
                 future: asyncio.Future[Any] | None = await lane.send(script, [], args)
             except Exception as exc:
@@ -905,8 +908,7 @@ class RedisStore:
         async def again(group: list[tuple[str, bytes]]) -> list[Any]:
             out = []
             for lane, regrouped in await self._by_master(group):
-                args = [self._dash_cfg, self._share(lane), *(part for _, part in regrouped)]
-                out.append(await lane.call(script, [], args))
+                out.append(await lane.call(script, [], arguments(lane, regrouped)))
             return out
 
         async def replied() -> list[Any]:
