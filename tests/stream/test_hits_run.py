@@ -281,7 +281,7 @@ async def test_a_conversion_read_without_its_latest_score_reads_it(
         _where([sid]), [(sid, 1)], latest=False
     )
     assert not batch.states[sid].has_latest
-    await processor._apply_hits(batch, batch.states, batch.applied)
+    await processor.hit_batches.apply(batch, batch.states, batch.applied)
     ((_, raw),) = batch.out.outcomes
     assert start_score is not None
     assert orjson.loads(raw)["last_score"] == orjson.loads(start_score)

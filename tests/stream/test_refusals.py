@@ -16,7 +16,7 @@ import pytest
 from artifact import load_model
 from contracts import limits
 from features.hits import STATE_INDEX
-from stream import processor as processor_module
+from stream import hit_batches
 from stream.processor import Processor
 from stream.state import ParkedHit, RedisStore
 from tests.stream.test_hits_run import PARTITION, _records, _where, rows_and_hits  # noqa: F401
@@ -131,7 +131,7 @@ async def test_a_hit_whose_features_fail_alone_is_the_only_dead_letter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     hits = await _started(processor, rows_and_hits)
-    increments = processor_module.hit_increments
+    increments = hit_batches.hit_increments
     poisoned = orjson.loads(hits[3])
 
     def features(cols: dict) -> np.ndarray:
@@ -146,7 +146,7 @@ async def test_a_hit_whose_features_fail_alone_is_the_only_dead_letter(
             raise KeyError("bad action")
         return increments(cols)
 
-    monkeypatch.setattr(processor_module, "hit_increments", features)
+    monkeypatch.setattr(hit_batches, "hit_increments", features)
     out = await processor.hits(_records("t.hits", hits[:10], 100))
     letters = _letters(out)
     assert letters and {d["stage"] for d in letters} == {"features"}
