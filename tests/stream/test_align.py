@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
-from stream.app import Pipeline
+from stream.alignment import Alignment
 from stream.faust_seam import set_fetching
 from stream.metrics import WorkerMetrics
 from stream.settings import StreamSettings
@@ -47,7 +47,7 @@ class FakeApp:
         self.consumer_generation_id = 1
 
 
-class FakePipeline(Pipeline):
+class FakeAlignment(Alignment):
     """The real decisions; pausing is recorded on the fake consumer."""
 
     async def fetching(self, tps: list[Any], on: bool) -> list[Any]:
@@ -66,14 +66,14 @@ class FakeProcessor:
         self.watermarks: dict[tuple[str, int], tuple[float, float]] = {}
 
 
-def _pipeline(lead_s: float = 300.0) -> tuple[Pipeline, FakeConsumer, FakeProcessor]:
+def _pipeline(lead_s: float = 300.0) -> tuple[Alignment, FakeConsumer, FakeProcessor]:
     settings = StreamSettings(align_lead_s=lead_s, model_path="/nonexistent/model.pkl")
     sessions = TP("ga.sessions", 0)
     hits = TP("ga.hits", 0)
     consumer = FakeConsumer([sessions, hits], {sessions: 100, hits: 1000})
     consumer.fetch_position[sessions] = 0
     processor = FakeProcessor()
-    pipe = FakePipeline(FakeApp(consumer), settings, processor, WorkerMetrics())  # type: ignore[arg-type]
+    pipe = FakeAlignment(FakeApp(consumer), settings, WorkerMetrics(), processor.watermarks, {})
     pipe.positions[("ga.hits", 0)] = 200  # 800 hits still to read
     return pipe, consumer, processor
 

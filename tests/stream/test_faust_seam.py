@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from faust.types import TP
 
-from stream.app import _interleave, create_app
+from stream.app import create_app
 from stream.faust_seam import BatchConsumer
+from stream.fetches import interleave
 from stream.processor import Record
 from stream.settings import StreamSettings
 
@@ -95,7 +96,7 @@ def recs(partition: int, offsets: range) -> list[Record]:
 
 def test_batches_take_every_partition_in_turn_and_keep_each_in_order() -> None:
     runs = [recs(0, range(0, 700)), recs(1, range(0, 30)), recs(2, range(0, 400))]
-    batches = list(_interleave(runs, 500))
+    batches = list(interleave(runs, 500))
     assert all(len(b) <= 500 for b in batches)
     assert sum(len(b) for b in batches) == 1130
     first = {r.partition for r in batches[0]}
@@ -107,7 +108,7 @@ def test_batches_take_every_partition_in_turn_and_keep_each_in_order() -> None:
 
 
 def test_one_partition_fills_whole_batches() -> None:
-    batches = list(_interleave([recs(0, range(1200))], 500))
+    batches = list(interleave([recs(0, range(1200))], 500))
     assert [len(b) for b in batches] == [500, 500, 200]
 
 

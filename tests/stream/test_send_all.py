@@ -1,4 +1,4 @@
-"""How the worker hands a batch's output to the Kafka producer (``Pipeline.send_all``)."""
+"""How the worker hands a batch's output to the Kafka producer (``Publisher.send_all``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from contracts.scores import score_event
-from stream.app import Pipeline, create_app
+from stream.app import create_app
 from stream.metrics import WorkerMetrics
+from stream.publisher import Publisher
 from stream.settings import StreamSettings
 
 
@@ -49,9 +50,9 @@ class FakeApp:
         self.producer = FakeFaustProducer(producer)
 
 
-def _pipeline(producer: FakeProducer) -> Pipeline:
+def _pipeline(producer: FakeProducer) -> Publisher:
     settings = StreamSettings(model_path="/nonexistent/model.pkl")
-    return Pipeline(FakeApp(producer), settings, None, WorkerMetrics())  # type: ignore[arg-type]
+    return Publisher(FakeApp(producer), settings, WorkerMetrics())
 
 
 def test_every_batch_is_closed_when_submitted() -> None:

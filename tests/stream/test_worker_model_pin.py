@@ -13,8 +13,8 @@ from types import SimpleNamespace
 from prometheus_client import generate_latest
 
 from artifact import load_model, read_card, save_model
-from stream.app import Pipeline
 from stream.metrics import WorkerMetrics
+from stream.reloads import ModelReloads
 from stream.settings import StreamSettings
 from stream.worker import EXIT_MODEL_REFUSED
 
@@ -49,12 +49,12 @@ def test_the_worker_does_not_start_on_an_artifact_that_is_not_the_pinned_one(
     assert not marker.exists()
 
 
-def _pipeline(settings: StreamSettings, model: object) -> Pipeline:
+def _pipeline(settings: StreamSettings, model: object) -> ModelReloads:
     processor = SimpleNamespace(model=model)
-    return Pipeline(SimpleNamespace(), settings, processor, WorkerMetrics())  # type: ignore[arg-type]
+    return ModelReloads(settings, processor, WorkerMetrics())  # type: ignore[arg-type]
 
 
-def _reloads(pipe: Pipeline) -> str:
+def _reloads(pipe: ModelReloads) -> str:
     text = generate_latest(pipe.metrics.registry).decode()
     return "\n".join(
         line for line in text.splitlines() if line.startswith("scorer_worker_model_reloads_total")
