@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # Replies that say the cluster's layout is changing: the call is sent again once the
 # slot map is read again. A script call that reaches a key its node does not hold (a
 # slot that moved, a master that is a replica now) fails with the second kind, before
-# it writes anything (``stream/state.py``: each part's first key is read first).
+# it writes anything (``stream/scripts.py``: each part's slot is probed first).
 MOVING = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
 SCRIPT_MOVING = (
     "Script attempted to access a non local key",
