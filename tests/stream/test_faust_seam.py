@@ -329,3 +329,49 @@ async def test_a_batch_in_hand_finishes_when_the_fetch_loop_is_cancelled() -> No
     release.set()
     await asyncio.wait({c.in_flight})
     assert c.done == {A: 3}  # the batch ran to its end and counts as handled
+
+
+async def test_pause_and_resume_run_in_the_consumer_thread_on_its_kafka_client(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """``fetching`` reaches the aiokafka client Faust runs in its consumer thread and
+    pauses and resumes it there, where the client's rebalances run (on the real broker)."""
+    import threading
+    import uuid
+
+    from aiokafka.structs import TopicPartition
+
+    from stream import faust_seam
+
+    settings = StreamSettings(
+        data_dir=tmp_path, metrics_port=0, app_id=f"seam-{uuid.uuid4().hex[:8]}"
+    )
+    app = create_app(settings)
+    thread = app.consumer._thread
+    await thread.start()  # Faust's consumer thread, with its aiokafka client, connected
+    try:
+        client = thread._ensure_consumer()
+        topic = f"seam-{uuid.uuid4().hex[:8]}"
+        await thread.call_thread(client.assign, [TopicPartition(topic, 0)])
+        ran: list[tuple[int, bool]] = []  # (thread, on the consumer thread's loop)
+        real = faust_seam.set_fetching
+
+        def recorded(c: Any, parts: list[Any], on: bool) -> set[Any]:
+            ran.append((threading.get_ident(), asyncio.get_running_loop() is thread.thread_loop))
+            return real(c, parts, on)
+
+        monkeypatch.setattr(faust_seam, "set_fetching", recorded)
+        mine, other = TP(topic, 0), TP(topic, 1)
+        paused = await faust_seam.fetching(app, [mine, other], False)
+        assert paused == [mine], _changed("fetching no longer reports what it paused")
+        assert client.paused() == {TopicPartition(topic, 0)}, _changed(
+            "pausing through the consumer thread did not pause Faust's aiokafka client"
+        )
+        assert await faust_seam.fetching(app, [mine], True) == [mine]
+        assert client.paused() == set(), _changed("resuming did not resume the client")
+        assert len(ran) == 2 and all(on_loop for _, on_loop in ran), _changed(
+            "set_fetching did not run on the consumer thread's loop (call_thread)"
+        )
+        assert all(ident != threading.get_ident() for ident, _ in ran)
+    finally:
+        await thread.stop()
