@@ -200,7 +200,28 @@ def _api(f: dict[str, Any]) -> tuple[str, str]:
     return "one uvicorn process", what
 
 
-FORMATS = {"api": _api, "cost": _cost, "stream": _stream}
+def _train(f: dict[str, Any]) -> tuple[str, str]:
+    stages = f["stages"]
+    train = stages["train: total"]
+    total = stages["generate"]["seconds"] + stages["check-data"]["seconds"] + train["seconds"]
+    peak = max((rec.get("peak_rss_mb") or 0) for rec in stages.values())
+    what = (
+        f"{_n(f['sessions'])} sessions, {_n(f['hits'])} hits: training "
+        f"{train['seconds']:,.0f} s at a peak of {peak / 1024:.2f} GB (with generating and "
+        f"checking the data {total:,.0f} s); held-out ROC-AUC {f['session_start_auc']:.4f} "
+        f"at session start against the Bayes AUC {f['bayes_auc']:.4f}"
+    )
+    by_hits = [r for r in f["by_hits_seen"] if r.get("in_session_auc") is not None]
+    if by_hits:
+        first, last = by_hits[0], by_hits[-1]
+        what += (
+            f"; in session {first['in_session_auc']:.4f} after {first['hits_seen']} hit(s), "
+            f"{last['in_session_auc']:.4f} after {last['hits_seen']}"
+        )
+    return "one process", what
+
+
+FORMATS = {"api": _api, "cost": _cost, "stream": _stream, "train": _train}
 
 
 def table(kept: list[tuple[str, dict[str, Any]]]) -> str:

@@ -87,3 +87,29 @@ def test_the_readmes_current_figures_are_the_kept_runs() -> None:
     assert results.readme_block(text, results.records()) == text, (
         "the README's figures differ from bench/results: python -m bench.results readme"
     )
+
+
+def test_a_training_run_shows_its_time_memory_and_roc_auc_against_the_ceiling() -> None:
+    stage = {"seconds": 100.0, "peak_rss_mb": 2048.0}
+    train = {
+        "sessions": 1860042,
+        "hits": 15766036,
+        "stages": {
+            "generate": {"seconds": 300.0, "peak_rss_mb": 3000.0},
+            "check-data": {"seconds": 60.0, "peak_rss_mb": 2500.0},
+            "train: load": stage,
+            "train: total": {"seconds": 476.0, "peak_rss_mb": 6471.7},
+        },
+        "session_start_auc": 0.72781,
+        "bayes_auc": 0.73432,
+        "by_hits_seen": [
+            {"hits_seen": "1", "in_session_auc": 0.73634},
+            {"hits_seen": "21+", "in_session_auc": 0.83281},
+            {"hits_seen": "none", "in_session_auc": None},
+        ],
+    }
+    (row,) = results.table([_record("20261202T150000Z", "train", train)]).splitlines()[2:]
+    assert "1,860,042 sessions, 15,766,036 hits: training 476 s at a peak of 6.32 GB" in row
+    assert "(with generating and checking the data 836 s)" in row
+    assert "0.7278 at session start against the Bayes AUC 0.7343" in row
+    assert "0.7363 after 1 hit(s), 0.8328 after 21+" in row
