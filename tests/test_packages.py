@@ -42,3 +42,25 @@ def test_features_imports_nothing_else_of_the_project() -> None:
 def test_contracts_import_only_contracts() -> None:
     wrong = {f: sorted(n - {"contracts"}) for f, n in _imported("contracts").items()}
     assert {f: n for f, n in wrong.items() if n} == {}
+
+
+MODULE_MAX_LINES = 400
+CLASS_MAX_LINES = 250
+
+
+def test_the_workers_modules_and_classes_stay_a_page_or_two() -> None:
+    """stream/ is split along its jobs, one per module (docs/worker.md, "Where the code
+    is"): a module that grows past MODULE_MAX_LINES, or a class past CLASS_MAX_LINES,
+    has taken on another job and is split again."""
+    long_modules, long_classes = {}, {}
+    for path in sorted((ROOT / "stream").glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        name = str(path.relative_to(ROOT))
+        if len(text.splitlines()) > MODULE_MAX_LINES:
+            long_modules[name] = len(text.splitlines())
+        for node in ast.parse(text).body:
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                lines = node.end_lineno - node.lineno + 1
+                if lines > CLASS_MAX_LINES:
+                    long_classes[f"{name}:{node.name}"] = lines
+    assert long_modules == {} and long_classes == {}
