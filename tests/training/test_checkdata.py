@@ -35,6 +35,30 @@ def test_generated_data_matches_the_published_figures(generated: Path) -> None:
         assert _status(rows, name) == "ok", name
 
 
+def test_each_months_conversion_is_reported_and_the_later_months_convert_less(
+    generated: Path,
+) -> None:
+    """The generator keeps the level shift of the real export (coarser, older records
+    convert more), so a model trained on the earlier months meets drift in the later
+    ones; check-data says each month's rate."""
+    rows = [r for r in check_data(generated) if r.name.startswith("conversion in ")]
+    months = [r.name.split()[2] for r in rows]
+    assert months == [f"2021-{m:02d}" for m in range(5, 13)]
+    assert all(r.status == "info" and r.published == "-" for r in rows)
+    sizes = [int(r.name.split("(")[1].split()[0].replace(",", "")) for r in rows]
+    overall = next(
+        r.measured for r in check_data(generated) if r.name == "conversion, all sessions"
+    )
+    weighted = sum(r.measured * n for r, n in zip(rows, sizes, strict=True)) / sum(sizes)
+    assert weighted == pytest.approx(overall)
+    rate = {month: r.measured for month, r in zip(months, rows, strict=True)}
+    before = sum(rate[m] * n for m, n in zip(months, sizes, strict=True) if m < "2021-11")
+    after = sum(rate[m] * n for m, n in zip(months, sizes, strict=True) if m >= "2021-11")
+    n_before = sum(n for m, n in zip(months, sizes, strict=True) if m < "2021-11")
+    n_after = sum(n for m, n in zip(months, sizes, strict=True) if m >= "2021-11")
+    assert after / n_after < 0.8 * (before / n_before)
+
+
 def test_main_prints_the_table_and_exits_zero(
     generated: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -42,6 +66,7 @@ def test_main_prints_the_table_and_exits_zero(
     out = capsys.readouterr().out
     assert "published" in out and "this data" in out
     assert "0 out of tolerance" in out
+    assert "conversion in 2021-11" in out and " reported" in out
 
 
 def test_a_figure_out_of_tolerance_fails(generated: Path, tmp_path: Path) -> None:
