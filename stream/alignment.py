@@ -38,8 +38,7 @@ class Alignment:
         self.metrics = metrics
         self.marks = marks
         self.positions = positions
-        self.sessions_name = topics.topic_name(topics.SESSIONS, settings.topic_prefix)
-        self.hits_name = topics.topic_name(topics.HITS, settings.topic_prefix)
+        self.inputs = topics.InputTopics(settings.topic_prefix)
         self.held: set[Any] = set()  # session partitions paused by ``align``
         self.held_generation = 0  # the consumer group generation they were paused in
         # event time the hits mark of a partition moved in its latest fetch (ms)
@@ -79,7 +78,7 @@ class Alignment:
         marks = self.marks
         pause, resume = [], []
         for (topic, partition), tp in assigned.items():
-            if topic != self.sessions_name:
+            if topic != self.inputs.sessions:
                 continue
             lead = max(lead_ms, ALIGN_FETCHES * self.hits_span.get(partition, 0.0))
             s_mark = marks.get(("sessions", partition))
@@ -118,7 +117,8 @@ class Alignment:
         """
         out = set()
         consumer = self.app.consumer
-        for kind, name in (("sessions", self.sessions_name), ("hits", self.hits_name)):
+        for kind in topics.InputTopics.KINDS:
+            name = self.inputs.name(kind)
             tp = TopicPartition(name, partition)
             try:
                 high = consumer.highwater(tp)

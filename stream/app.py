@@ -88,9 +88,7 @@ class Pipeline:
         self.settings = settings
         self.processor = processor
         self.metrics = metrics
-        prefix = settings.topic_prefix
-        self.sessions_name = topics.topic_name(topics.SESSIONS, prefix)
-        self.hits_name = topics.topic_name(topics.HITS, prefix)
+        self.inputs = topics.InputTopics(settings.topic_prefix)
         self.positions: dict[tuple[str, int], int] = {}  # next offset to process
         self.exits = ExitLog(settings.data_dir / "exits.json")
         self.publisher = Publisher(app, settings, metrics)
@@ -156,7 +154,7 @@ class Pipeline:
         try:
             assigned = self.app.consumer.assignment()
             for tp in assigned:
-                if tp.topic not in (self.sessions_name, self.hits_name):
+                if tp.topic not in self.inputs:
                     continue
                 high = self.app.consumer.highwater(tp)
                 if high is None:
@@ -200,7 +198,7 @@ def attach_pipeline(
     pipe = Pipeline(app, settings, processor, metrics)
     metrics.use_model(processor.model.version)
     metrics.restarted(pipe.exits)
-    for name in (pipe.sessions_name, pipe.hits_name):
+    for name in (pipe.inputs.sessions, pipe.inputs.hits):
         app.topics.add(app.topic(name))  # subscribed; the fetches go to the pipeline
     app.batch_handler = pipe.on_fetch
     app.on_seek = pipe.unchecked

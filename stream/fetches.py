@@ -54,8 +54,7 @@ class FetchRunner:
         self.metrics = metrics
         self.exits = exits
         self.positions = positions  # next offset to process, by (topic, partition)
-        self.sessions_name = topics.topic_name(topics.SESSIONS, settings.topic_prefix)
-        self.hits_name = topics.topic_name(topics.HITS, settings.topic_prefix)
+        self.inputs = topics.InputTopics(settings.topic_prefix)
 
     async def process(self, fetch: Fetch) -> None:
         """Process a checked fetch; its offsets go into Redis with its last write."""
@@ -64,7 +63,8 @@ class FetchRunner:
         positions = self.positions
         offsets: dict[tuple[str, int], int] = {}
         for tp, recs in fetch.items():
-            into = sessions if tp.topic == self.sessions_name else hits
+            kind = self.inputs.kind(tp.topic)
+            into = sessions if kind == "sessions" else hits
             into.append(
                 [
                     Record(r.value, r.topic, r.partition, r.offset, r.key, _stamp(r.timestamp))
@@ -72,16 +72,15 @@ class FetchRunner:
                 ]
             )
             positions[(tp.topic, tp.partition)] = recs[-1].offset + 1
-            kind = "sessions" if tp.topic == self.sessions_name else "hits"
             offsets[(kind, tp.partition)] = recs[-1].offset + 1
         # Each batch's output is queued in the producer, and the next batch goes on while
         # Kafka takes it; the fetch is handled once all of it is on Kafka.
         pending: Pending = []
         size = self.settings.batch_max
         events_in = self.metrics.events_in
-        events_in.labels(self.sessions_name).inc(sum(len(run) for run in sessions))
+        events_in.labels(self.inputs.sessions).inc(sum(len(run) for run in sessions))
         released, parked = await self.run_sessions(list(interleave(sessions, size)), pending)
-        events_in.labels(self.hits_name).inc(sum(len(run) for run in hits))
+        events_in.labels(self.inputs.hits).inc(sum(len(run) for run in hits))
         # The close sweep leaves the released sessions open until their parked hits are
         # in. Those hits go first, before the fetch's own.
         proc = self.processor
@@ -202,7 +201,7 @@ class FetchRunner:
     ) -> None:
         """Wait for a batch's write to land, then queue its output; time the batch."""
         await landed
-        source = self.sessions_name if kind == "sessions" else self.hits_name
+        source = self.inputs.name(kind)
         await self.publisher.publish(out, source, pending)
         self.metrics.batch_seconds.labels(kind).observe(time.perf_counter() - started)
 

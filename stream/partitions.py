@@ -41,8 +41,7 @@ class Partitions:
         self.metrics = metrics
         self.exits = exits
         self.positions = positions  # next offset to process, by (topic, partition)
-        self.sessions_name = topics.topic_name(topics.SESSIONS, settings.topic_prefix)
-        self.hits_name = topics.topic_name(topics.HITS, settings.topic_prefix)
+        self.inputs = topics.InputTopics(settings.topic_prefix)
         # Input partitions whose Redis state this worker has checked since their
         # assignment or the last loss; one check at a time.
         self.checked: set[Key] = set()
@@ -53,15 +52,15 @@ class Partitions:
     @functools.cached_property
     def recovery(self) -> Recovery:
         """What checks Redis against the input (stream/recovery.py)."""
-        names = {"sessions": self.sessions_name, "hits": self.hits_name}
+        names = {kind: self.inputs.name(kind) for kind in topics.InputTopics.KINDS}
         return Recovery(self.settings, self.processor.store, names)
 
     def key(self, tp: Any) -> Key:
         """The (input kind, partition) of a topic partition."""
-        return ("sessions" if tp.topic == self.sessions_name else "hits", tp.partition)
+        return (self.inputs.kind(tp.topic), tp.partition)
 
     def _tp(self, key: Key) -> TP:
-        return TP(self.sessions_name if key[0] == "sessions" else self.hits_name, key[1])
+        return TP(self.inputs.name(key[0]), key[1])
 
     def assigned(self) -> list[Any]:
         """The input topic partitions assigned to this worker (none while rebalancing)."""
@@ -69,7 +68,7 @@ class Partitions:
             assigned = self.app.consumer.assignment()
         except Exception:  # noqa: BLE001 - no consumer yet (starting or rebalancing)
             return []
-        return [tp for tp in assigned if tp.topic in (self.sessions_name, self.hits_name)]
+        return [tp for tp in assigned if tp.topic in self.inputs]
 
     def mine(self) -> set[int]:
         """Return the input partition numbers assigned to this worker."""
@@ -153,7 +152,7 @@ class Partitions:
         """Forget what this worker knew of partitions it gave up."""
         for tp in revoked:
             self.positions.pop((tp.topic, tp.partition), None)
-            if tp.topic in (self.sessions_name, self.hits_name):
+            if tp.topic in self.inputs:
                 key = self.key(tp)
                 self.checked.discard(key)
                 self.read_from.pop(key, None)

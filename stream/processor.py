@@ -144,10 +144,6 @@ class Processor:
         """Keep the close sweep off sessions being released (``Parking``)."""
         return self.parking.releasing_sessions(sids)
 
-    def forget_starting(self) -> None:
-        """Stop waiting for start scores an abandoned fetch was to publish."""
-        self.parking.forget_starting()
-
     async def release(self, sids: Mapping[str, int]) -> list[Record]:
         """Release sessions whose start score is on Kafka; return their parked hits."""
         return await self.parking.release(sids)

@@ -98,11 +98,6 @@ class RedisStore:
         return self.calls.expected
 
     @property
-    def clustered(self) -> bool:
-        """Whether calls go per partition, to the node holding it (Redis Cluster)."""
-        return self.calls.clustered
-
-    @property
     def layout_recorded(self) -> bool:
         """Whether the key layout is recorded in Redis (``record_layout``)."""
         return self.writes.layout_recorded
@@ -114,10 +109,6 @@ class RedisStore:
     def dash(self, partition: int) -> str:
         """Return the prefix of the dashboard aggregates a partition's sessions count in."""
         return self.calls.dashes[partition]
-
-    def session_key(self, session_id: str, partition: int) -> str:
-        """Return a session's hash."""
-        return self.layout.session(partition, session_id)
 
     # Reads (stream/state_reads.py).
 
