@@ -71,8 +71,6 @@ BASE_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("time_is_rounded", "1 when visit_time is a whole hour (older, coarse records)", "visit_time"),
     ("weekday", "day of week, Monday 0", "visit_date"),
     ("is_weekend", "1 on Saturday and Sunday", "visit_date"),
-    ("day_of_month", "day of month", "visit_date"),
-    ("month", "month of the visit", "visit_date"),
     ("screen_width", "screen width in pixels (NaN when unknown)", "device_screen_resolution"),
     ("screen_height", "screen height in pixels (NaN when unknown)", "device_screen_resolution"),
     ("log_screen_area", "log of width x height", "device_screen_resolution"),
@@ -142,13 +140,15 @@ def _cached(parse: Callable[[str], T], text: str) -> T:
 
 
 @lru_cache(maxsize=4096)
-def _parse_date(text: str) -> tuple[float, float, float, float]:
+def _parse_date(text: str) -> tuple[float, float]:
+    # The weekday only: a feature of the calendar date (its month, its day) would let a
+    # model fit each past period's level, which it cannot carry into dates it never saw.
     try:
         d = date.fromisoformat(text[:10])
     except ValueError:
-        return (math.nan, math.nan, math.nan, math.nan)
+        return (math.nan, math.nan)
     wd = d.weekday()
-    return (float(wd), float(wd >= 5), float(d.day), float(d.month))
+    return (float(wd), float(wd >= 5))
 
 
 @lru_cache(maxsize=131072)
@@ -362,11 +362,11 @@ def session_matrix(cols: Mapping[str, Sequence[Any]], encoding: SessionEncoding)
     times = [nan3 if is_null(t) else _cached(_parse_time, str(t)) for t in cols["visit_time"]]
     for i in range(3):
         put([t[i] for t in times])
-    nan4 = (math.nan,) * 4
+    nan2 = (math.nan, math.nan)
     dates = distinct("visit_date").map(
-        lambda d: nan4 if is_null(d) else _cached(_parse_date, str(d))
+        lambda d: nan2 if is_null(d) else _cached(_parse_date, str(d))
     )
-    for i in range(4):
+    for i in range(2):
         put(dates[:, i])
 
     unknown_screen = (math.nan, math.nan, math.nan, math.nan, 1.0)
