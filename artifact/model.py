@@ -11,26 +11,34 @@ import numpy as np
 import xgboost as xgb
 from xgboost import core as xgb_core
 
+from artifact.calibration import IDENTITY, Calibration
 from features import HIT_FEATURES, IN_SESSION_FEATURES, SESSION_FEATURES
 from features.columns import SESSION_COLUMNS
 from features.hits import hit_feature_matrix
 from features.session import SessionEncoding, rows_to_columns, session_matrix
 
-# The prediction settings inplace_predict sends with every call: value output, all trees,
-# NaN as missing. Built once.
-_PREDICT_ARGS = xgb_core.make_jcargs(
-    type=0,
-    training=False,
-    iteration_begin=0,
-    iteration_end=0,
-    missing=np.nan,
-    strict_shape=False,
-    cache_id=0,
-)
+
+def _predict_args(output_type: int) -> bytes:
+    """The settings inplace_predict sends with every call: the output type (0 value,
+    1 margin), all trees, NaN as missing."""
+    return xgb_core.make_jcargs(
+        type=output_type,
+        training=False,
+        iteration_begin=0,
+        iteration_end=0,
+        missing=np.nan,
+        strict_shape=False,
+        cache_id=0,
+    )
 
 
-def predict_dense(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:
-    """P(convert) of each row of a dense float matrix, as float64.
+# Built once.
+_VALUE_ARGS = _predict_args(0)
+_MARGIN_ARGS = _predict_args(1)
+
+
+def predict_dense(booster: xgb.Booster, x: np.ndarray, *, margin: bool = False) -> np.ndarray:
+    """P(convert) of each row of a dense float matrix (its log-odds with ``margin``), float64.
 
     The same C call ``Booster.inplace_predict`` makes for a NumPy array, without its
     Python preamble (type dispatch, imports, argument encoding), which costs more than
@@ -47,7 +55,7 @@ def predict_dense(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:
         xgb_core._LIB.XGBoosterPredictFromDense(
             booster.handle,
             interface,
-            _PREDICT_ARGS,
+            _MARGIN_ARGS if margin else _VALUE_ARGS,
             ctypes.c_void_p(),
             ctypes.byref(shape),
             ctypes.byref(dims),
@@ -74,6 +82,10 @@ class ConversionModel:
     Behaves like a scikit-learn classifier: ``predict_proba(df)`` takes ga_sessions rows
     as read from the CSV. The worker and the API use the array methods instead, which
     keep pandas off the hot path.
+
+    Each booster's log-odds pass through its calibration (``artifact.calibration``), a
+    monotone map fitted on the most recent weeks of the training data; artifacts saved
+    before calibrations existed load with the identity.
     """
 
     version: str
@@ -83,6 +95,8 @@ class ConversionModel:
     session_features: tuple[str, ...]
     in_session_features: tuple[str, ...]
     classes_: tuple[int, int] = (0, 1)
+    session_calibration: Calibration = IDENTITY
+    in_session_calibration: Calibration = IDENTITY
 
     def check_features(self) -> None:
         """Fail loudly when the code's feature list differs from the trained one."""
@@ -114,7 +128,7 @@ class ConversionModel:
         if len(x) == 0:
             return np.empty(0, dtype=np.float64)
         # The feature list is checked once, when the artifact is loaded, not per call.
-        return predict_dense(self.session_booster, x)
+        return self.session_calibration.apply(predict_dense(self.session_booster, x, margin=True))
 
     def score_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Score ga_sessions rows given as dictionaries (events, API requests)."""
@@ -129,7 +143,9 @@ class ConversionModel:
         if len(session_x) == 0:
             return np.empty(0, dtype=np.float64)
         x = np.hstack([session_x, hit_feature_matrix(states)]).astype(np.float32)
-        return predict_dense(self.in_session_booster, x)
+        return self.in_session_calibration.apply(
+            predict_dense(self.in_session_booster, x, margin=True)
+        )
 
     def predict_proba(self, df: Any) -> np.ndarray:
         """Return (n, 2) class probabilities for a DataFrame of raw ga_sessions rows."""

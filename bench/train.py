@@ -1,12 +1,16 @@
 """Benchmark of the offline pipeline at full scale: generate, check, train.
 
-    python -m bench.train [--sessions N] [--out DIR] [--tune-budget S]
+    python -m bench.train [--sessions N] [--out DIR] [--tune-budget S] [--holdout F]
 
 Prints the wall time and peak memory of every stage, the ROC-AUC of the chosen
 session-start model next to the Bayes AUC of truth.csv on the same held-out sessions,
-and the in-session model's ROC-AUC by hits seen. Each stage runs in this process; its
-peak memory is the process's peak resident set during the stage (VmHWM, reset between
-stages).
+its calibration against the outcomes and against truth.csv, and the in-session model's
+ROC-AUC by hits seen. Each stage runs in this process; its peak memory is the process's
+peak resident set during the stage (VmHWM, reset between stages).
+
+With ``--holdout F`` the last fraction F of the generated days is split off before
+training (``training.holdout``) and the shipped model is judged on them: the days after
+its data, where the generated export's conversion level has dropped.
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ from typing import Any
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from artifact.store import MODEL_FILE
 from bench.results import save
+from training.calibration import calibration_figures
 from training.checkdata import check_data
 from training.generate import FULL_SESSIONS, generate
+from training.holdout import render as render_holdout
+from training.holdout import score_holdout, split_days
 from training.resources import stage
 from training.train import TEST_SCORES_FILE, TrainConfig, train
 
@@ -34,15 +42,23 @@ def _row(name: str, rec: dict[str, Any]) -> str:
     return f"| {name} | {rec['seconds']:,.0f} s | {peak_text} |"
 
 
-def run(sessions: int, out: Path, seed: int, tune_budget_s: float) -> dict[str, Any]:
-    """Run the three stages; return everything the table shows."""
+def run(
+    sessions: int, out: Path, seed: int, tune_budget_s: float, holdout: float = 0.0
+) -> dict[str, Any]:
+    """Run the stages; return everything the tables show."""
     data, models = out / "data", out / "model"
     stages: dict[str, dict[str, Any]] = {}
     with stage("generate", stages):
         summary = generate(data, sessions, seed, progress=False)
     with stage("check-data", stages):
         checks = check_data(data)
-    card = train(data, models, TrainConfig(tune_budget_s=tune_budget_s))
+    train_data = data
+    split: dict[str, Any] | None = None
+    if holdout:
+        with stage("split-days", stages):
+            split = split_days(data, out / "split", holdout)
+        train_data = out / "split" / "train"
+    card = train(train_data, models, TrainConfig(tune_budget_s=tune_budget_s))
     for name, rec in card["stages"].items():
         if name != "total":
             stages[f"train: {name}"] = rec
@@ -57,7 +73,20 @@ def run(sessions: int, out: Path, seed: int, tune_budget_s: float) -> dict[str, 
     truth = pd.read_csv(data / "truth.csv", dtype={"session_id": str})
     joined = scores.merge(truth, on="session_id", how="inner")
     metrics = card["metrics"]
+    held: dict[str, Any] | None = None
+    if split is not None:
+        with stage("score-holdout", stages):
+            held = {**split, **score_holdout(models / MODEL_FILE, out / "split" / "holdout")}
     return {
+        "holdout": held,
+        "test_calibration": {
+            "outcomes": calibration_figures(joined["p_session_start"], joined["converted"]),
+            "truth": calibration_figures(joined["p_session_start"], joined["p_convert"]),
+        },
+        "shipped": {
+            k: card["models"]["shipped"]["session_start"][k]
+            for k in ("trees", "rows", "early_stopped_trees", "early_stopped_rows")
+        },
         "sessions": summary.n_sessions,
         "hits": summary.n_hits,
         "stages": stages,
@@ -95,6 +124,13 @@ def render(result: dict[str, Any]) -> str:
             for row in result["comparison"][1:]
         ],
         "",
+        "| test weeks, session start | Σpredicted / Σ | ECE |",
+        "|---|---|---|",
+        *[
+            f"| against {k} | {v['sum_predicted_over_target']:.4f} | {v['ece']:.4f} |"
+            for k, v in result["test_calibration"].items()
+        ],
+        "",
         "| hits seen | snapshots | in-session ROC-AUC | session-start ROC-AUC |",
         "|---|---|---|---|",
         *[
@@ -103,6 +139,16 @@ def render(result: dict[str, Any]) -> str:
             for r in result["by_hits_seen"]
         ],
     ]
+    held = result.get("holdout")
+    if held:
+        lines += [
+            "",
+            f"Held-out days from {held['holdout_from']} on ({held['holdout_sessions']:,} "
+            f"sessions), scored with the shipped model trained on the "
+            f"{held['train_sessions']:,} sessions before them:",
+            "",
+            render_holdout(held),
+        ]
     return "\n".join(lines)
 
 
@@ -117,9 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("data/bench-train"))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--tune-budget", type=float, default=120.0)
+    parser.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="hold out this last fraction of the days and score them (default: none)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result = run(args.sessions, args.out, args.seed, args.tune_budget)
+    result = run(args.sessions, args.out, args.seed, args.tune_budget, args.holdout)
     (args.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
     save("train", result, sys.argv[1:] if argv is None else argv)
     print(render(result))

@@ -1,4 +1,5 @@
-"""Command line of the offline pipeline: generate, check-data, train."""
+"""Command line of the offline pipeline: generate, check-data, train, split-days,
+score-holdout."""
 
 from __future__ import annotations
 
@@ -39,6 +40,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the logistic regression and random forest baselines",
     )
+    split = sub.add_parser("split-days", help="hold out the last days of an export")
+    split.add_argument("--data", type=Path, required=True)
+    split.add_argument("--out", type=Path, required=True, help="gets train/ and holdout/")
+    split.add_argument("--fraction", type=float, default=0.2, help="share of the days held out")
+
+    hold = sub.add_parser("score-holdout", help="judge a shipped model on held-out days")
+    hold.add_argument("--model", type=Path, default=Path("models/Pickled_model.pkl"))
+    hold.add_argument("--data", type=Path, required=True)
     return parser
 
 
@@ -59,6 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         from training.checkdata import main as check_main
 
         return check_main(args.data)
+    if args.command == "split-days":
+        from training.holdout import split_days
+
+        print(json.dumps(split_days(args.data, args.out, args.fraction)))
+        return 0
+    if args.command == "score-holdout":
+        from training.holdout import render, score_holdout
+
+        print(render(score_holdout(args.model, args.data)))
+        return 0
     from training.train import TrainConfig, train
 
     cfg = TrainConfig(

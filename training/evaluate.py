@@ -20,6 +20,8 @@ from sklearn.metrics import (  # noqa: E402
     roc_curve,
 )
 
+from training.calibration import calibration_figures  # noqa: E402
+
 
 def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
     """Predicted against observed conversion by score decile (equal-count bins)."""
@@ -93,11 +95,13 @@ def write_report(
     importance: dict[str, float],
     metrics: dict[str, Any],
     by_hits: list[dict[str, Any]],
+    uncalibrated: np.ndarray | None = None,
 ) -> Path:
     """Write the charts, metrics.json and report.md into out_dir/report; return it.
 
     ``curves`` maps a model's name to its test-set probabilities; the first one is the
-    chosen model.
+    chosen model. ``uncalibrated`` is the chosen booster's raw probabilities on the same
+    rows, drawn beside the calibrated ones in the reliability chart.
     """
     report = out_dir / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -123,19 +127,33 @@ def write_report(
     figures["precision_recall"] = _save(fig, report / "precision_recall.png")
 
     chosen_name, chosen_p = next(iter(curves.items()))
-    table = calibration_table(y, chosen_p)
+    reliability = {f"{chosen_name}, calibrated": chosen_p}
+    if uncalibrated is not None:
+        reliability[f"{chosen_name}, uncalibrated"] = np.asarray(uncalibrated)
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    pred = [r["mean_predicted"] for r in table]
-    obs = [r["observed"] for r in table]
-    top = max(max(pred), max(obs)) * 1.1
-    ax.plot([0, top], [0, top], "k:", lw=1)
-    ax.plot(pred, obs, "o-", label=chosen_name)
+    top = 0.0
+    for (name, p), marker in zip(reliability.items(), ("o-", "s--"), strict=False):
+        table = calibration_table(y, p)
+        pred = [r["mean_predicted"] for r in table]
+        obs = [r["observed"] for r in table]
+        top = max(top, *pred, *obs)
+        figures_ = calibration_figures(p, y)
+        ax.plot(
+            pred,
+            obs,
+            marker,
+            label=(
+                f"{name}: Σpred/Σobs {figures_['sum_predicted_over_target']:.2f}, "
+                f"ECE {figures_['ece']:.4f}"
+            ),
+        )
+    ax.plot([0, top * 1.1], [0, top * 1.1], "k:", lw=1)
     ax.set(
         xlabel="mean predicted probability",
         ylabel="observed conversion",
-        title="Calibration by score decile",
+        title="Reliability by score decile, test weeks",
     )
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", fontsize=7)
     figures["calibration"] = _save(fig, report / "calibration.png")
 
     lift = lift_table(y, chosen_p)
@@ -194,6 +212,30 @@ def _summary_lines(metrics: dict[str, Any]) -> list[str]:
             f"| {row['model']} | {row['split']} | {_fmt(row['roc_auc'])} | "
             f"{_fmt(row['average_precision'])} | {_fmt(row['log_loss'])} |"
         )
+    calibration = [
+        row
+        for part in ("session_start", "in_session")
+        for kind, row in metrics.get(part, {}).get("test_calibration", {}).items()
+        if isinstance(row, dict)
+        for row in [{**row, "kind": kind}]
+    ]
+    if calibration:
+        lines += [
+            "",
+            "## Calibration on the test weeks",
+            "",
+            "Calibrated: the evaluated booster with the map fitted on the early-stopping weeks",
+            "before the test weeks; uncalibrated: its raw probabilities. ECE is the mean gap",
+            "between predicted and observed conversion over score deciles.",
+            "",
+            "| model | probabilities | Σpredicted / Σobserved | ECE |",
+            "|---|---|---|---|",
+        ]
+        for r in calibration:
+            lines.append(
+                f"| {r['model']} | {r['kind']} | {_fmt(r['sum_predicted_over_target'])} | "
+                f"{_fmt(r['ece'])} |"
+            )
     hits = metrics.get("in_session", {}).get("by_hits_seen", [])
     if hits:
         lines += [

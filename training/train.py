@@ -16,6 +16,7 @@ import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
 from artifact import ConversionModel, save_model
+from artifact.calibration import Calibration
 from features import IN_SESSION_FEATURES, SESSION_FEATURES
 from features.columns import SESSION_COLUMNS
 from features.hits import (
@@ -25,8 +26,17 @@ from features.hits import (
     hit_increments_coded,
 )
 from features.session import SessionEncoding, session_matrix
+from training.calibration import calibration_figures
 from training.dataset import Dataset, load_dataset
 from training.evaluate import binary_metrics, write_report
+from training.refit import (
+    fit_rounds,
+    level_calibration,
+    margins,
+    platt_calibration,
+    recent_rows,
+    refit_rounds,
+)
 from training.resources import stage
 
 log = logging.getLogger(__name__)
@@ -52,6 +62,8 @@ class TrainConfig:
     tune_max_trials: int = 12
     compare_max_rows: int = 400_000  # rows for the logistic regression and random forest
     compare: bool = True
+    calibration_days: int = 14  # the shipped models' level comes from the last days
+    min_level_positives: int = 100  # ... reaching back until they hold this many conversions
     session_params: dict[str, Any] = field(
         default_factory=lambda: {
             "max_depth": 5,
@@ -243,12 +255,15 @@ def _columns(sessions: pd.DataFrame, rows: np.ndarray) -> dict[str, list[Any]]:
 
 
 def session_features(
-    ds: Dataset, split: Split, cfg: TrainConfig
+    ds: Dataset, train_rows: np.ndarray, apply_rows: np.ndarray, cfg: TrainConfig
 ) -> tuple[np.ndarray, SessionEncoding]:
-    """Compute every session's features; training rows get out-of-fold encodings."""
+    """Compute session features: out-of-fold encodings for the training rows, and the
+    encoding fitted on all of them for ``apply_rows`` (rows no fit may learn from).
+
+    Rows in neither set are left unset.
+    """
     y = ds.converted
-    train_rows = np.concatenate([split.fit, split.stop])
-    x = np.empty((len(ds.sessions), len(SESSION_FEATURES)), dtype=np.float32)
+    x = np.full((len(ds.sessions), len(SESSION_FEATURES)), np.nan, dtype=np.float32)
     rng = np.random.default_rng(cfg.seed)
     fold_of = rng.integers(0, cfg.folds, size=len(train_rows))
     for k in range(cfg.folds):
@@ -256,7 +271,8 @@ def session_features(
         enc = SessionEncoding.fit(_columns(ds.sessions, rest), y[rest])
         x[held] = session_matrix(_columns(ds.sessions, held), enc)
     encoding = SessionEncoding.fit(_columns(ds.sessions, train_rows), y[train_rows])
-    x[split.test] = session_matrix(_columns(ds.sessions, split.test), encoding)
+    if len(apply_rows):
+        x[apply_rows] = session_matrix(_columns(ds.sessions, apply_rows), encoding)
     return x, encoding
 
 
@@ -363,8 +379,24 @@ def auc_by_hits_seen(snap: Snapshots, p: np.ndarray, session_p: np.ndarray) -> l
     return out
 
 
+def _calibration_rows(
+    name: str, y: np.ndarray, raw: np.ndarray, cal: np.ndarray
+) -> dict[str, dict[str, Any]]:
+    """Σpredicted / Σobserved and ECE on the test rows, calibrated and raw."""
+    return {
+        "calibrated": {"model": name, **calibration_figures(cal, y)},
+        "uncalibrated": {"model": name, **calibration_figures(raw, y)},
+    }
+
+
 def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict[str, Any]:
-    """Train both models on the CSVs in data_dir and write the artifact into out_dir."""
+    """Train both models on the CSVs in data_dir and write the artifact into out_dir.
+
+    Two passes. The evaluated models are fitted on the weeks before the early-stopping
+    and test windows, chosen on the early-stopping weeks and measured on the test weeks,
+    which nothing else looks at. The shipped models refit the chosen configuration on
+    all the data and are calibrated on its most recent days (``training.refit``).
+    """
     cfg = cfg or TrainConfig()
     stages: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
@@ -377,18 +409,29 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
         ds.hits.orphans,
         ds.converted.mean(),
     )
+    y = ds.converted
+    every = np.arange(len(y))
 
     split = time_split(ds.sessions, cfg.test_days, cfg.early_stop_days)
+    recent, recent_from = recent_rows(
+        ds.sessions["visit_date"], y, cfg.calibration_days, cfg.min_level_positives
+    )
     with stage("session_features", stages):
-        x, encoding = session_features(ds, split, cfg)
+        x, _ = session_features(ds, np.concatenate([split.fit, split.stop]), split.test, cfg)
+        x_all, encoding = session_features(ds, every, every[:0], cfg)
         # From here on only the ids are needed: drop the raw columns (most of the memory).
         ds.sessions = ds.sessions[["session_id"]].copy()
         gc.collect()
-    y = ds.converted
 
     with stage("session_model", stages):
         session_booster, tuning = tune_session_model(x, y, split, cfg)
-    p_test = session_booster.inplace_predict(x[split.test])
+        session_eval_cal = platt_calibration(
+            margins(session_booster, x[split.stop]),
+            y[split.stop],
+            {"window": "early-stopping weeks", "from": split.window["early_stop_from"]},
+        )
+    raw_test = np.asarray(session_booster.inplace_predict(x[split.test]), dtype=np.float64)
+    p_test = session_eval_cal.apply(margins(session_booster, x[split.test]))
     session_auc = _auc(y[split.test], p_test)
     log.info(
         "session-start model: %d trees, test ROC-AUC %.4f",
@@ -396,7 +439,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
         session_auc or float("nan"),
     )
     with stage("comparison", stages):
-        curves = {"xgboost (chosen)": np.asarray(p_test)}
+        curves = {"xgboost (chosen)": p_test}
         comparison = [
             dict(
                 model="xgboost (chosen)",
@@ -418,28 +461,38 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
                 )
             )
 
+    def in_x(s: Snapshots, xs: np.ndarray) -> np.ndarray:
+        out = np.empty((len(s.session), len(IN_SESSION_FEATURES)), dtype=np.float32)
+        out[:, : xs.shape[1]] = xs[s.session]
+        out[:, xs.shape[1] :] = hit_feature_matrix(s.states)
+        return out
+
     with stage("in_session_model", stages):
         snap_fit = snapshots(ds, split.fit, cfg)
         snap_stop = snapshots(ds, split.stop, cfg, limit=cfg.max_eval_snapshots)
         snap_test = snapshots(ds, split.test, cfg, limit=cfg.max_eval_snapshots)
-
-        def in_x(s: Snapshots) -> np.ndarray:
-            out = np.empty((len(s.session), len(IN_SESSION_FEATURES)), dtype=np.float32)
-            out[:, : x.shape[1]] = x[s.session]
-            out[:, x.shape[1] :] = hit_feature_matrix(s.states)
-            return out
-
         in_session_booster = _fit_booster(
             cfg.in_session_params,
-            in_x(snap_fit),
+            in_x(snap_fit, x),
             snap_fit.label,
-            in_x(snap_stop),
+            in_x(snap_stop, x),
             snap_stop.label,
             IN_SESSION_FEATURES,
             cfg,
         )
-    p_snap = in_session_booster.inplace_predict(in_x(snap_test))
-    p_snap_start = session_booster.inplace_predict(x[snap_test.session])
+        fit_snapshots = len(snap_fit.label)
+        del snap_fit
+        in_eval_cal = platt_calibration(
+            margins(in_session_booster, in_x(snap_stop, x)),
+            snap_stop.label,
+            {"window": "early-stopping weeks", "from": split.window["early_stop_from"]},
+        )
+        del snap_stop
+        x_test = in_x(snap_test, x)
+        raw_snap = np.asarray(in_session_booster.inplace_predict(x_test), dtype=np.float64)
+        p_snap = in_eval_cal.apply(margins(in_session_booster, x_test))
+        del x_test
+    p_snap_start = session_eval_cal.apply(margins(session_booster, x[snap_test.session]))
     in_session_auc = _auc(snap_test.label, p_snap)
     log.info(
         "in-session model: %d trees, test ROC-AUC %.4f over %d snapshots",
@@ -448,14 +501,28 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
         len(snap_test.label),
     )
 
+    with stage("refit", stages):
+        shipped_session, shipped_in_session, shipped = _refit(
+            ds,
+            x_all,
+            (recent, recent_from),
+            cfg,
+            session=(session_booster, tuning["params"], len(split.fit), session_eval_cal),
+            in_session=(in_session_booster, fit_snapshots, in_eval_cal),
+            in_x=in_x,
+        )
+    session_calibration, in_session_calibration = shipped.pop("calibrations")
+
     version = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + ds.fingerprint[:8]
     model = ConversionModel(
         version=version,
         encoding=encoding,
-        session_booster=session_booster,
-        in_session_booster=in_session_booster,
+        session_booster=shipped_session,
+        in_session_booster=shipped_in_session,
         session_features=SESSION_FEATURES,
         in_session_features=IN_SESSION_FEATURES,
+        session_calibration=session_calibration,
+        in_session_calibration=in_session_calibration,
     )
     metrics: dict[str, Any] = {
         "comparison": comparison,
@@ -466,6 +533,8 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
             "test_sessions": int(len(split.test)),
             "test_conversion_rate": float(y[split.test].mean()),
             "trees": int(session_booster.num_boosted_rounds()),
+            "calibration": session_eval_cal.as_dict(),
+            "test_calibration": _calibration_rows("session-start", y[split.test], raw_test, p_test),
         },
         "in_session": {
             "test_roc_auc": in_session_auc,
@@ -473,6 +542,8 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
             "test_snapshots": int(len(snap_test.label)),
             "trees": int(in_session_booster.num_boosted_rounds()),
             "by_hits_seen": auc_by_hits_seen(snap_test, p_snap, p_snap_start),
+            "calibration": in_eval_cal.as_dict(),
+            "test_calibration": _calibration_rows("in-session", snap_test.label, raw_snap, p_snap),
         },
     }
     card = {
@@ -488,6 +559,13 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
             "orphan_hits": int(ds.hits.orphans),
             "conversion_rate": float(y.mean()),
             "window": split.window,
+        },
+        "models": {
+            "evaluated": (
+                "fitted before the early-stopping weeks, calibrated on them; every figure "
+                "in metrics is this model's on the test weeks"
+            ),
+            "shipped": shipped,
         },
         "metrics": metrics,
         "params": {"session": tuning["params"], "in_session": cfg.in_session_params},
@@ -506,6 +584,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
             importance,
             metrics,
             metrics["in_session"]["by_hits_seen"],
+            uncalibrated=raw_test,
         )
         # The test rows' scores, for comparisons that need the rows (the benchmark's
         # Bayes AUC on the same sessions, the online-quality check).
@@ -513,8 +592,93 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
             {
                 "session_id": ds.sessions["session_id"].to_numpy()[split.test],
                 "converted": y[split.test],
-                "p_session_start": np.round(np.asarray(p_test, dtype=np.float64), 7),
+                "p_session_start": np.round(p_test, 7),
             }
         ).to_csv(out_dir / "report" / TEST_SCORES_FILE, index=False)
     card["stages"] = {**stages, "total": {"seconds": round(time.perf_counter() - t0, 2)}}
     return card
+
+
+def _refit(
+    ds: Dataset,
+    x_all: np.ndarray,
+    recent_days: tuple[np.ndarray, str],
+    cfg: TrainConfig,
+    *,
+    session: tuple[xgb.Booster, dict[str, Any], int, Calibration],
+    in_session: tuple[xgb.Booster, int, Calibration],
+    in_x: Any,
+) -> tuple[xgb.Booster, xgb.Booster, dict[str, Any]]:
+    """Refit both models on all sessions and calibrate them on the recent days.
+
+    Each comes with its evaluated twin (early-stopped on fewer rows) and that twin's
+    calibration, whose slope, fitted out of time, the shipped model keeps.
+    """
+    y = ds.converted
+    every = np.arange(len(y))
+    recent, recent_from = recent_days
+    evaluated, params, fit_rows, evaluated_cal = session
+    window = {"window": "most recent days", "from": recent_from}
+
+    def slope_of(cal: Calibration) -> dict[str, Any]:
+        return {**window, "slope_from": cal.fitted_on.get("slope_from", "none (slope 1)")}
+
+    rounds = refit_rounds(evaluated.num_boosted_rounds(), len(every), fit_rows, cfg.max_rounds)
+    booster = fit_rounds(params, x_all, y, rounds, SESSION_FEATURES, cfg.threads, cfg.seed)
+    session_cal = level_calibration(
+        margins(booster, x_all[recent]), y[recent], evaluated_cal.slope, slope_of(evaluated_cal)
+    )
+
+    in_evaluated, in_fit_rows, in_evaluated_cal = in_session
+    snap_all = snapshots(ds, every, cfg)
+    in_rounds = refit_rounds(
+        in_evaluated.num_boosted_rounds(), len(snap_all.label), in_fit_rows, cfg.max_rounds
+    )
+    in_booster = fit_rounds(
+        cfg.in_session_params,
+        in_x(snap_all, x_all),
+        snap_all.label,
+        in_rounds,
+        IN_SESSION_FEATURES,
+        cfg.threads,
+        cfg.seed,
+    )
+    all_snapshots = len(snap_all.label)
+    del snap_all
+    snap_recent = snapshots(ds, recent, cfg, limit=cfg.max_eval_snapshots)
+    in_cal = level_calibration(
+        margins(in_booster, in_x(snap_recent, x_all)),
+        snap_recent.label,
+        in_evaluated_cal.slope,
+        slope_of(in_evaluated_cal),
+    )
+    log.info(
+        "shipped models: %d and %d trees on all %d sessions; calibrated on the days from %s",
+        rounds,
+        in_rounds,
+        len(every),
+        recent_from,
+    )
+    shipped = {
+        "description": (
+            "the chosen configuration refitted on every session, the test weeks included, "
+            "with the early-stopped number of trees scaled by the growth of its training "
+            "rows; probabilities calibrated on the most recent days"
+        ),
+        "session_start": {
+            "trees": rounds,
+            "rows": int(len(every)),
+            "early_stopped_trees": int(evaluated.num_boosted_rounds()),
+            "early_stopped_rows": int(fit_rows),
+            "calibration": session_cal.as_dict(),
+        },
+        "in_session": {
+            "trees": in_rounds,
+            "rows": all_snapshots,
+            "early_stopped_trees": int(in_evaluated.num_boosted_rounds()),
+            "early_stopped_rows": int(in_fit_rows),
+            "calibration": in_cal.as_dict(),
+        },
+        "calibrations": (session_cal, in_cal),
+    }
+    return booster, in_booster, shipped

@@ -8,6 +8,7 @@ import xgboost as xgb
 
 from artifact import load_model
 from artifact.model import predict_dense
+from features.hits import STATE_FIELDS
 
 
 @pytest.mark.parametrize("rows", [1, 3, 700])
@@ -45,3 +46,60 @@ def test_a_wrong_feature_count_is_an_error_not_a_wrong_score(model_path: Path) -
     x = np.zeros((2, model.session_booster.num_features() + 1), dtype=np.float32)
     with pytest.raises(xgb.core.XGBoostError):
         predict_dense(model.session_booster, x)
+
+
+def test_margins_are_xgboost_margins(model_path: Path) -> None:
+    model = load_model(model_path)
+    x = np.random.default_rng(1).normal(size=(50, model.session_booster.num_features()))
+    expected = model.session_booster.inplace_predict(
+        x.astype(np.float32), predict_type="margin", validate_features=False
+    )
+    np.testing.assert_allclose(
+        predict_dense(model.session_booster, x, margin=True), expected, rtol=1e-6
+    )
+
+
+def test_scores_are_the_calibrated_margins_of_both_boosters(model_path: Path) -> None:
+    model = load_model(model_path)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, model.session_booster.num_features())).astype(np.float32)
+    states = np.abs(rng.normal(size=(40, len(STATE_FIELDS)))).astype(np.float64)
+    assert model.in_session_booster is not None
+    margins = predict_dense(model.session_booster, x, margin=True)
+    expected = model.session_calibration.apply(margins)
+    np.testing.assert_allclose(model.score_session_vectors(x), expected, rtol=1e-12)
+    # The calibration is not the identity in the trained artifact: it moves the level.
+    assert not np.allclose(expected, 1 / (1 + np.exp(-margins)))
+    # ... and it keeps the order.
+    assert (np.argsort(expected, kind="stable") == np.argsort(margins, kind="stable")).all()
+    from features.hits import hit_feature_matrix
+
+    full = np.hstack([x, hit_feature_matrix(states)]).astype(np.float32)
+    in_margins = predict_dense(model.in_session_booster, full, margin=True)
+    np.testing.assert_allclose(
+        model.score_in_session(x, states),
+        model.in_session_calibration.apply(in_margins),
+        rtol=1e-12,
+    )
+
+
+def test_an_artifact_pickled_before_calibrations_scores_with_the_identity(
+    model_path: Path,
+) -> None:
+    import pickle
+
+    from artifact.calibration import IDENTITY
+
+    model = load_model(model_path)
+    state = dict(model.__dict__)
+    del state["session_calibration"], state["in_session_calibration"]
+    old = object.__new__(type(model))
+    old.__dict__.update(state)
+    revived = pickle.loads(pickle.dumps(old))
+    assert revived.session_calibration is IDENTITY
+    x = np.zeros((3, model.session_booster.num_features()), dtype=np.float32)
+    np.testing.assert_allclose(
+        revived.score_session_vectors(x),
+        predict_dense(model.session_booster, x),
+        rtol=1e-6,
+    )

@@ -90,3 +90,29 @@ def test_test_scores_are_the_held_out_sessions_with_their_scores(trained: dict) 
 
     auc = roc_auc_score(scores["converted"], scores["p_session_start"])
     assert auc == pytest.approx(start["test_roc_auc"], abs=1e-4)
+
+
+def test_the_card_tells_the_evaluated_model_from_the_shipped_one(trained: dict) -> None:
+    shipped = trained["models"]["shipped"]
+    start, in_session = shipped["session_start"], shipped["in_session"]
+    # The shipped boosters are fitted on every session, with more trees than early
+    # stopping chose on the fewer rows before the early-stopping weeks.
+    assert start["rows"] == trained["training_data"]["sessions"] > start["early_stopped_rows"]
+    assert start["trees"] >= start["early_stopped_trees"]
+    assert start["trees"] >= trained["metrics"]["session_start"]["trees"]
+    assert in_session["rows"] > in_session["early_stopped_rows"]
+    for part in (start, in_session):
+        cal = part["calibration"]
+        assert cal["window"] == "most recent days" and cal["positives"] >= 30
+        assert cal["from"] <= trained["training_data"]["window"]["test_to"]
+
+
+def test_the_report_gives_calibration_on_the_test_weeks(trained: dict) -> None:
+    report = (Path(trained["model_dir"]) / "report" / "report.md").read_text()
+    assert "## Calibration on the test weeks" in report
+    for part in ("session_start", "in_session"):
+        rows = trained["metrics"][part]["test_calibration"]
+        for kind in ("calibrated", "uncalibrated"):
+            assert rows[kind]["sum_predicted_over_target"] > 0
+            assert 0 <= rows[kind]["ece"] < 0.1
+            assert f"| {rows[kind]['ece']:.4f} |" in report
