@@ -24,7 +24,11 @@ import pandas as pd
 import xgboost as xgb
 
 from artifact.calibration import IDENTITY, Calibration
+from features import IN_SESSION_FEATURES, SESSION_FEATURES
 from training.calibration import MIN_OUTCOMES, fit_level, fit_platt
+from training.config import TrainConfig
+from training.dataset import Dataset
+from training.snapshots import snapshots
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +124,88 @@ def platt_calibration(margin: np.ndarray, y: np.ndarray, fitted_on: dict[str, An
     slope, source = slope_out_of_time(margin, y)
     cal = level_calibration(margin, y, slope, {**fitted_on, "slope_from": source})
     return cal if cal.fitted_on.get("applied") else IDENTITY
+
+
+def refit_shipped(
+    ds: Dataset,
+    x_all: np.ndarray,
+    recent_days: tuple[np.ndarray, str],
+    cfg: TrainConfig,
+    *,
+    session: tuple[xgb.Booster, dict[str, Any], int, Calibration],
+    in_session: tuple[xgb.Booster, int, Calibration],
+    in_x: Any,
+) -> tuple[xgb.Booster, xgb.Booster, dict[str, Any]]:
+    """Refit both models on all sessions and calibrate them on the recent days.
+
+    Each comes with its evaluated twin (early-stopped on fewer rows) and that twin's
+    calibration, whose slope, fitted out of time, the shipped model keeps.
+    """
+    y = ds.converted
+    every = np.arange(len(y))
+    recent, recent_from = recent_days
+    evaluated, params, fit_rows, evaluated_cal = session
+    window = {"window": "most recent days", "from": recent_from}
+
+    def slope_of(cal: Calibration) -> dict[str, Any]:
+        return {**window, "slope_from": cal.fitted_on.get("slope_from", "none (slope 1)")}
+
+    rounds = refit_rounds(evaluated.num_boosted_rounds(), len(every), fit_rows, cfg.max_rounds)
+    booster = fit_rounds(params, x_all, y, rounds, SESSION_FEATURES, cfg.threads, cfg.seed)
+    session_cal = level_calibration(
+        margins(booster, x_all[recent]), y[recent], evaluated_cal.slope, slope_of(evaluated_cal)
+    )
+
+    in_evaluated, in_fit_rows, in_evaluated_cal = in_session
+    snap_all = snapshots(ds, every, cfg)
+    in_rounds = refit_rounds(
+        in_evaluated.num_boosted_rounds(), len(snap_all.label), in_fit_rows, cfg.max_rounds
+    )
+    in_booster = fit_rounds(
+        cfg.in_session_params,
+        in_x(snap_all, x_all),
+        snap_all.label,
+        in_rounds,
+        IN_SESSION_FEATURES,
+        cfg.threads,
+        cfg.seed,
+    )
+    all_snapshots = len(snap_all.label)
+    del snap_all
+    snap_recent = snapshots(ds, recent, cfg, limit=cfg.max_eval_snapshots)
+    in_cal = level_calibration(
+        margins(in_booster, in_x(snap_recent, x_all)),
+        snap_recent.label,
+        in_evaluated_cal.slope,
+        slope_of(in_evaluated_cal),
+    )
+    log.info(
+        "shipped models: %d and %d trees on all %d sessions; calibrated on the days from %s",
+        rounds,
+        in_rounds,
+        len(every),
+        recent_from,
+    )
+    shipped = {
+        "description": (
+            "the chosen configuration refitted on every session, the test weeks included, "
+            "with the early-stopped number of trees scaled by the growth of its training "
+            "rows; probabilities calibrated on the most recent days"
+        ),
+        "session_start": {
+            "trees": rounds,
+            "rows": int(len(every)),
+            "early_stopped_trees": int(evaluated.num_boosted_rounds()),
+            "early_stopped_rows": int(fit_rows),
+            "calibration": session_cal.as_dict(),
+        },
+        "in_session": {
+            "trees": in_rounds,
+            "rows": all_snapshots,
+            "early_stopped_trees": int(in_evaluated.num_boosted_rounds()),
+            "early_stopped_rows": int(in_fit_rows),
+            "calibration": in_cal.as_dict(),
+        },
+        "calibrations": (session_cal, in_cal),
+    }
+    return booster, in_booster, shipped

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,74 +16,23 @@ import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
 from artifact import ConversionModel, save_model
-from artifact.calibration import Calibration
 from features import IN_SESSION_FEATURES, SESSION_FEATURES
 from features.columns import SESSION_COLUMNS
 from features.hits import (
-    action_table,
-    cumulative_states,
     hit_feature_matrix,
-    hit_increments_coded,
 )
 from features.session import SessionEncoding, session_matrix
 from training.calibration import calibration_figures
+from training.config import TrainConfig
 from training.dataset import Dataset, load_dataset
 from training.evaluate import binary_metrics, write_report
-from training.refit import (
-    fit_rounds,
-    level_calibration,
-    margins,
-    platt_calibration,
-    recent_rows,
-    refit_rounds,
-)
+from training.refit import margins, platt_calibration, recent_rows, refit_shipped
 from training.resources import stage
+from training.snapshots import Snapshots, snapshots
 
 log = logging.getLogger(__name__)
 
 TEST_SCORES_FILE = "test_scores.csv"
-
-
-@dataclass
-class TrainConfig:
-    """Knobs of one training run."""
-
-    test_days: int = 28  # the last weeks are held out
-    early_stop_days: int = 14  # the last weeks of the training window stop boosting
-    folds: int = 5  # out-of-fold category encodings for training rows
-    seed: int = 42
-    max_rounds: int = 2000
-    early_stopping_rounds: int = 50
-    max_snapshot_hits: int = 40  # snapshots per session (its first hits)
-    max_snapshots: int = 3_000_000  # training snapshots (a random sample beyond this)
-    max_eval_snapshots: int = 1_000_000  # early-stopping and test snapshots
-    threads: int = 2
-    tune_budget_s: float = 120.0  # wall time for the XGBoost parameter search
-    tune_max_trials: int = 12
-    compare_max_rows: int = 400_000  # rows for the logistic regression and random forest
-    compare: bool = True
-    calibration_days: int = 14  # the shipped models' level comes from the last days
-    min_level_positives: int = 100  # ... reaching back until they hold this many conversions
-    session_params: dict[str, Any] = field(
-        default_factory=lambda: {
-            "max_depth": 5,
-            "eta": 0.05,
-            "subsample": 0.8,
-            "colsample_bytree": 0.8,
-            "min_child_weight": 20,
-            "lambda": 5.0,
-        }
-    )
-    in_session_params: dict[str, Any] = field(
-        default_factory=lambda: {
-            "max_depth": 6,
-            "eta": 0.08,
-            "subsample": 0.8,
-            "colsample_bytree": 0.8,
-            "min_child_weight": 20,
-            "lambda": 5.0,
-        }
-    )
 
 
 @dataclass
@@ -308,53 +257,6 @@ def _fit_booster(
     return booster[: booster.best_iteration + 1]
 
 
-@dataclass
-class Snapshots:
-    """In-session training rows: a session after its hit k, before any target hit."""
-
-    session: np.ndarray
-    hits_seen: np.ndarray
-    states: np.ndarray
-    label: np.ndarray
-
-
-def snapshots(
-    ds: Dataset, rows: np.ndarray, cfg: TrainConfig, limit: int | None = None
-) -> Snapshots:
-    """Build point-in-time snapshots of the given sessions after each of their hits.
-
-    A snapshot after hit k sees hits 1..k only; sessions are cut at their first target
-    hit, so no snapshot sees the conversion or anything after it. The hits kept (the
-    chosen sessions' first ``max_snapshot_hits`` hits before any target) are a prefix of
-    each session, so the running states are computed on those hits alone.
-    """
-    h = ds.hits
-    n = len(h.session)
-    starts = np.flatnonzero(np.r_[True, h.session[1:] != h.session[:-1]]) if n else np.zeros(0)
-    position = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n])) + 1
-    first_target = ds.first_target_hit[h.session]
-    before_target = (first_target == 0) | (h.hit_number < first_target)
-    chosen = np.zeros(len(ds.sessions), dtype=bool)
-    chosen[rows] = True
-    keep = np.flatnonzero(chosen[h.session] & before_target & (position <= cfg.max_snapshot_hits))
-    increments = hit_increments_coded(
-        h.hit_number[keep], h.hit_time_ms[keep], h.action[keep], action_table(h.actions)
-    )
-    states = cumulative_states(h.session[keep], increments)
-    del increments
-    limit = cfg.max_snapshots if limit is None else limit
-    pick = np.arange(len(keep))
-    if len(pick) > limit:
-        pick = np.sort(np.random.default_rng(cfg.seed).choice(pick, size=limit, replace=False))
-    sessions = h.session[keep[pick]]
-    return Snapshots(
-        session=sessions,
-        hits_seen=position[keep[pick]].astype(np.int32),
-        states=states[pick],
-        label=ds.converted[sessions].astype(np.int8),
-    )
-
-
 def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
     return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
 
@@ -502,7 +404,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
     )
 
     with stage("refit", stages):
-        shipped_session, shipped_in_session, shipped = _refit(
+        shipped_session, shipped_in_session, shipped = refit_shipped(
             ds,
             x_all,
             (recent, recent_from),
@@ -597,88 +499,3 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
         ).to_csv(out_dir / "report" / TEST_SCORES_FILE, index=False)
     card["stages"] = {**stages, "total": {"seconds": round(time.perf_counter() - t0, 2)}}
     return card
-
-
-def _refit(
-    ds: Dataset,
-    x_all: np.ndarray,
-    recent_days: tuple[np.ndarray, str],
-    cfg: TrainConfig,
-    *,
-    session: tuple[xgb.Booster, dict[str, Any], int, Calibration],
-    in_session: tuple[xgb.Booster, int, Calibration],
-    in_x: Any,
-) -> tuple[xgb.Booster, xgb.Booster, dict[str, Any]]:
-    """Refit both models on all sessions and calibrate them on the recent days.
-
-    Each comes with its evaluated twin (early-stopped on fewer rows) and that twin's
-    calibration, whose slope, fitted out of time, the shipped model keeps.
-    """
-    y = ds.converted
-    every = np.arange(len(y))
-    recent, recent_from = recent_days
-    evaluated, params, fit_rows, evaluated_cal = session
-    window = {"window": "most recent days", "from": recent_from}
-
-    def slope_of(cal: Calibration) -> dict[str, Any]:
-        return {**window, "slope_from": cal.fitted_on.get("slope_from", "none (slope 1)")}
-
-    rounds = refit_rounds(evaluated.num_boosted_rounds(), len(every), fit_rows, cfg.max_rounds)
-    booster = fit_rounds(params, x_all, y, rounds, SESSION_FEATURES, cfg.threads, cfg.seed)
-    session_cal = level_calibration(
-        margins(booster, x_all[recent]), y[recent], evaluated_cal.slope, slope_of(evaluated_cal)
-    )
-
-    in_evaluated, in_fit_rows, in_evaluated_cal = in_session
-    snap_all = snapshots(ds, every, cfg)
-    in_rounds = refit_rounds(
-        in_evaluated.num_boosted_rounds(), len(snap_all.label), in_fit_rows, cfg.max_rounds
-    )
-    in_booster = fit_rounds(
-        cfg.in_session_params,
-        in_x(snap_all, x_all),
-        snap_all.label,
-        in_rounds,
-        IN_SESSION_FEATURES,
-        cfg.threads,
-        cfg.seed,
-    )
-    all_snapshots = len(snap_all.label)
-    del snap_all
-    snap_recent = snapshots(ds, recent, cfg, limit=cfg.max_eval_snapshots)
-    in_cal = level_calibration(
-        margins(in_booster, in_x(snap_recent, x_all)),
-        snap_recent.label,
-        in_evaluated_cal.slope,
-        slope_of(in_evaluated_cal),
-    )
-    log.info(
-        "shipped models: %d and %d trees on all %d sessions; calibrated on the days from %s",
-        rounds,
-        in_rounds,
-        len(every),
-        recent_from,
-    )
-    shipped = {
-        "description": (
-            "the chosen configuration refitted on every session, the test weeks included, "
-            "with the early-stopped number of trees scaled by the growth of its training "
-            "rows; probabilities calibrated on the most recent days"
-        ),
-        "session_start": {
-            "trees": rounds,
-            "rows": int(len(every)),
-            "early_stopped_trees": int(evaluated.num_boosted_rounds()),
-            "early_stopped_rows": int(fit_rows),
-            "calibration": session_cal.as_dict(),
-        },
-        "in_session": {
-            "trees": in_rounds,
-            "rows": all_snapshots,
-            "early_stopped_trees": int(in_evaluated.num_boosted_rounds()),
-            "early_stopped_rows": int(in_fit_rows),
-            "calibration": in_cal.as_dict(),
-        },
-        "calibrations": (session_cal, in_cal),
-    }
-    return booster, in_booster, shipped

@@ -1,0 +1,48 @@
+"""The knobs of a training run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """Knobs of one training run."""
+
+    test_days: int = 28  # the last weeks are held out
+    early_stop_days: int = 14  # the last weeks of the training window stop boosting
+    folds: int = 5  # out-of-fold category encodings for training rows
+    seed: int = 42
+    max_rounds: int = 2000
+    early_stopping_rounds: int = 50
+    max_snapshot_hits: int = 40  # snapshots per session (its first hits)
+    max_snapshots: int = 3_000_000  # training snapshots (a random sample beyond this)
+    max_eval_snapshots: int = 1_000_000  # early-stopping and test snapshots
+    threads: int = 2
+    tune_budget_s: float = 120.0  # wall time for the XGBoost parameter search
+    tune_max_trials: int = 12
+    compare_max_rows: int = 400_000  # rows for the logistic regression and random forest
+    compare: bool = True
+    calibration_days: int = 14  # the shipped models' level comes from the last days
+    min_level_positives: int = 100  # ... reaching back until they hold this many conversions
+    session_params: dict[str, Any] = field(
+        default_factory=lambda: {
+            "max_depth": 5,
+            "eta": 0.05,
+            "subsample": 0.8,
+            "colsample_bytree": 0.8,
+            "min_child_weight": 20,
+            "lambda": 5.0,
+        }
+    )
+    in_session_params: dict[str, Any] = field(
+        default_factory=lambda: {
+            "max_depth": 6,
+            "eta": 0.08,
+            "subsample": 0.8,
+            "colsample_bytree": 0.8,
+            "min_child_weight": 20,
+            "lambda": 5.0,
+        }
+    )
