@@ -128,7 +128,11 @@ def records(folder: Path | None = None) -> list[tuple[str, dict[str, Any]]]:
 
 def _variant(record: dict[str, Any]) -> tuple[str, int]:
     figures = record.get("figures", {})
-    return record["bench"], int(figures.get("masters", 1)) if record["bench"] == "cost" else 0
+    if record["bench"] == "cost":
+        return record["bench"], int(figures.get("masters", 1))
+    if record["bench"] == "train":  # with held-out days, or not
+        return record["bench"], int(bool(figures.get("holdout")))
+    return record["bench"], 0
 
 
 def newest(kept: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
@@ -211,6 +215,24 @@ def _train(f: dict[str, Any]) -> tuple[str, str]:
         f"checking the data {total:,.0f} s); held-out ROC-AUC {f['session_start_auc']:.4f} "
         f"at session start against the Bayes AUC {f['bayes_auc']:.4f}"
     )
+    calibration = f.get("test_calibration")
+    if calibration:
+        what += (
+            f"; on the test weeks Σpredicted / Σtrue "
+            f"{calibration['truth']['sum_predicted_over_target']:.3f}, ECE against the truth "
+            f"{calibration['truth']['ece']:.4f}"
+        )
+    held = f.get("holdout")
+    if held:
+        truth = held["truth"]
+        what += (
+            f"; on the {_n(held['holdout_sessions'])} sessions of the held-out days from "
+            f"{held['holdout_from']}, scored by the shipped model: ROC-AUC "
+            f"{held['roc_auc']:.4f} (Bayes AUC {truth['bayes_auc']:.4f}), Σpredicted / Σtrue "
+            f"{truth['calibrated']['sum_predicted_over_target']:.3f} (uncalibrated "
+            f"{truth['uncalibrated']['sum_predicted_over_target']:.3f}), ECE against the "
+            f"truth {truth['calibrated']['ece']:.4f}"
+        )
     by_hits = [r for r in f["by_hits_seen"] if r.get("in_session_auc") is not None]
     if by_hits:
         first, last = by_hits[0], by_hits[-1]
