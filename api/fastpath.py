@@ -100,6 +100,7 @@ class PredictFastPath:
                 "session_id": row.session_id,
                 "probability": round(float(p), 6),
                 "model_version": model.version,
+                "calibration_id": model.calibration_id,
             }
         )
 

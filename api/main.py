@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from redis.asyncio.cluster import RedisCluster
 
 from api.access import Access, install_log_filter
+from api.calibration import watch_calibration
 from api.dashboard import router as dashboard_router
 from api.errors import validation_error
 from api.fastpath import PredictFastPath
@@ -116,13 +117,15 @@ def create_app(
         client = redis if redis is not None else redis_client(cfg)
         app.state.redis = client
         app.state.layouts = Layouts(cfg.redis_key_prefix)
-        watcher = None
+        watchers = []
         if model is None and cfg.model_reload_s > 0:
-            watcher = asyncio.create_task(watch_model(app, cfg.model_reload_s))
+            watchers.append(asyncio.create_task(watch_model(app, cfg.model_reload_s)))
+        if cfg.calibration_follow_s > 0:
+            watchers.append(asyncio.create_task(watch_calibration(app, cfg.calibration_follow_s)))
         try:
             yield
         finally:
-            if watcher is not None:
+            for watcher in watchers:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher

@@ -140,6 +140,7 @@ async def predict(row: SessionRow, request: Request) -> Response:
             "session_id": row.session_id,
             "probability": round(float(p), 6),
             "model_version": model.version,
+            "calibration_id": model.calibration_id,
         }
     )
     return Response(content, media_type="application/json")
@@ -183,6 +184,7 @@ async def predict_batch(body: BatchRequest, request: Request) -> Response:
     content = orjson.dumps(
         {
             "model_version": version,
+            "calibration_id": model.calibration_id,
             "predictions": [
                 {"session_id": sid, "probability": round(p, 6), "model_version": version}
                 for sid, p in zip(cols["session_id"], probs.tolist(), strict=True)

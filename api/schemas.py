@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NotRequired, Required
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from typing_extensions import TypedDict
 
+from contracts.calibrations import OFFLINE
 from contracts.limits import ID_MAX_CHARS, ID_PATTERN
 
 RESOLUTION = re.compile(r"^\d{1,5}x\d{1,5}$")
@@ -144,6 +145,9 @@ class PredictResponse(BaseModel):
     session_id: str
     probability: float
     model_version: str
+    calibration_id: str = Field(
+        default=OFFLINE, description="the online calibration that made it (offline: as shipped)"
+    )
 
 
 class BatchRequest(BaseModel):
@@ -158,6 +162,7 @@ class BatchResponse(BaseModel):
     """Probabilities in the order of the request's rows."""
 
     model_version: str
+    calibration_id: str = OFFLINE
     predictions: list[PredictResponse]
 
 
@@ -173,6 +178,8 @@ class ScoreResponse(BaseModel):
     hit_number: int | None
     event_time: str | None
     scored_at: str
+    calibration_id: str = OFFLINE
+    calibration_shift: float = 0.0
     age_s: float
 
 

@@ -25,3 +25,4 @@ class ApiSettings(BaseSettings):
     max_batch_rows: int = 10_000
     max_body_bytes: int = 16 * 1024 * 1024  # a 10,000-row batch is about 7 MB
     model_reload_s: float = 5.0  # how often to look for a newly deployed artifact; 0: never
+    calibration_follow_s: float = 1.0  # how often to look for a new online calibration; 0: never

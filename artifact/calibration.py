@@ -45,3 +45,26 @@ class Calibration:
 
 
 IDENTITY = Calibration()
+
+
+def level_shift(logits: np.ndarray, outcomes: np.ndarray) -> float:
+    """The shift d that makes ``sigmoid(logits + d)`` sum to the outcomes.
+
+    The sum grows strictly with d, so bisection finds it, without the overshoot of a
+    Newton step where the probabilities are tiny. Outcomes may be 0/1 or probabilities;
+    with none (or all) positive, the shift is at its bound (40 log-odds).
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    target = float(np.sum(outcomes))
+    if len(z) == 0:
+        return 0.0
+    lo, hi = -40.0 - float(z.max()), 40.0 - float(z.min())
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if float(np.sum(0.5 * (1.0 + np.tanh(0.5 * (z + mid))))) < target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    return 0.5 * (lo + hi)

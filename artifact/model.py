@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ import xgboost as xgb
 from xgboost import core as xgb_core
 
 from artifact.calibration import IDENTITY, Calibration
+from contracts.calibrations import OFFLINE
 from features import HIT_FEATURES, IN_SESSION_FEATURES, SESSION_FEATURES
 from features.columns import SESSION_COLUMNS
 from features.hits import hit_feature_matrix
@@ -97,6 +99,48 @@ class ConversionModel:
     classes_: tuple[int, int] = (0, 1)
     session_calibration: Calibration = IDENTITY
     in_session_calibration: Calibration = IDENTITY
+    # The online calibration in use (``stream.recalibration``): its id, and the shift in
+    # log-odds it adds to both calibrations above. A pickled artifact holds the offline.
+    calibration_id: str = OFFLINE
+    calibration_shift: float = 0.0
+
+    def with_online_shift(self, shift: float, calibration_id: str) -> ConversionModel:
+        """This model with an online shift of its log-odds, from its offline calibration.
+
+        The boosters are shared, not copied; only the level moves, so the order of any
+        two sessions' scores stays what it was.
+        """
+        base = self.offline()
+        return dataclasses.replace(
+            base,
+            session_calibration=dataclasses.replace(
+                base.session_calibration, intercept=base.session_calibration.intercept + shift
+            ),
+            in_session_calibration=dataclasses.replace(
+                base.in_session_calibration,
+                intercept=base.in_session_calibration.intercept + shift,
+            ),
+            calibration_id=calibration_id,
+            calibration_shift=float(shift),
+        )
+
+    def offline(self) -> ConversionModel:
+        """This model with its offline calibration only (no online shift)."""
+        if self.calibration_id == OFFLINE and self.calibration_shift == 0.0:
+            return self
+        return dataclasses.replace(
+            self,
+            session_calibration=dataclasses.replace(
+                self.session_calibration,
+                intercept=self.session_calibration.intercept - self.calibration_shift,
+            ),
+            in_session_calibration=dataclasses.replace(
+                self.in_session_calibration,
+                intercept=self.in_session_calibration.intercept - self.calibration_shift,
+            ),
+            calibration_id=OFFLINE,
+            calibration_shift=0.0,
+        )
 
     def check_features(self) -> None:
         """Fail loudly when the code's feature list differs from the trained one."""

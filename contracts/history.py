@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import msgpack
 import orjson
 
+from contracts.calibrations import OFFLINE
 from contracts.keys import unpack_row
 from contracts.scores import score_event
 from contracts.times import iso_from_ms, utc_iso
@@ -23,10 +24,21 @@ from contracts.times import iso_from_ms, utc_iso
 # event time), or true: the session's start, as stored in its state hash. The JSON is
 # made again from it, byte for byte, with what the state hash holds.
 def history_entry(
-    probability: float, model_version: str, event: float | bool | None, scored_ms: int
+    probability: float,
+    model_version: str,
+    event: float | bool | None,
+    scored_ms: int,
+    calibration: tuple[str, float] = (OFFLINE, 0.0),
 ) -> bytes:
-    """Return a score's compact form for the session's history hash."""
-    return msgpack.packb([float(probability), model_version, event, scored_ms])
+    """Return a score's compact form for the session's history hash.
+
+    A score made with an online calibration keeps its id and shift as two more items;
+    one made with the offline calibration keeps the four.
+    """
+    item: list[object] = [float(probability), model_version, event, scored_ms]
+    if calibration[0] != OFFLINE:
+        item += [calibration[0], float(calibration[1])]
+    return msgpack.packb(item)
 
 
 def score_from_history(
@@ -39,7 +51,8 @@ def score_from_history(
     """
     if entry[:1] == b"{":
         return entry
-    probability, version, event, scored_ms = msgpack.unpackb(entry)
+    probability, version, event, scored_ms, *online = msgpack.unpackb(entry)
+    calibration = (str(online[0]), float(online[1])) if len(online) == 2 else (OFFLINE, 0.0)
     trigger, _, number = name.partition(":")
     event_time: str | None = None
     if event is True:
@@ -56,6 +69,7 @@ def score_from_history(
             hit_number=int(number) if number else None,
             event_time=event_time,
             scored_at=utc_iso(scored_ms),
+            calibration=calibration,
         )
     )
 

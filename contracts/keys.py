@@ -117,6 +117,15 @@ def partition_tag(partition: int, partitions: int) -> str:
         k += 1
 
 
+def calibrations_key(prefix: str = KEY_PREFIX) -> str:
+    """Return the hash of the online calibrations in use: model version -> record JSON.
+
+    A copy of the latest record per version on ``conversion.calibrations``, kept by the
+    worker for the API; the topic is the record, and the worker writes it again.
+    """
+    return f"{prefix}:calibrations"
+
+
 def layout_key(prefix: str = KEY_PREFIX) -> str:
     """Return the hash recording the layout: ``version`` and ``partitions``."""
     return f"{prefix}:layout"

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from contracts.calibrations import OFFLINE
 from contracts.times import now_iso
 
 Trigger = Literal["session_start", "hit", "session_end"]
@@ -40,10 +41,13 @@ def score_event(
     hit_number: int | None,
     event_time: str | None,
     scored_at: str | None = None,
+    calibration: tuple[str, float] = (OFFLINE, 0.0),
 ) -> dict[str, Any]:
     """Build the score event published on conversion.scores.
 
     ``scored_at`` defaults to now; a batch passes one for all its scores.
+    ``calibration`` is the online calibration that made it: its id and its shift in
+    log-odds (``contracts.calibrations``; the offline one shifts nothing).
     """
     return {
         "score_id": score_id(session_id, trigger, hit_number, model_version),
@@ -55,6 +59,8 @@ def score_event(
         "hit_number": hit_number,
         "event_time": event_time,
         "scored_at": scored_at or now_iso(),
+        "calibration_id": calibration[0],
+        "calibration_shift": round(float(calibration[1]), 6),
     }
 
 
@@ -70,3 +76,5 @@ class ScoreEvent(BaseModel):
     hit_number: int | None
     event_time: str | None
     scored_at: str
+    calibration_id: str = OFFLINE
+    calibration_shift: float = 0.0

@@ -5,8 +5,10 @@ HITS = "ga.hits"
 SCORES = "conversion.scores"
 OUTCOMES = "conversion.outcomes"
 DEAD_LETTERS = "ga.dead-letters"
+CALIBRATIONS = "conversion.calibrations"  # one partition: the online calibrations in order
 
-ALL_TOPICS: tuple[str, ...] = (SESSIONS, HITS, SCORES, OUTCOMES, DEAD_LETTERS)
+ALL_TOPICS: tuple[str, ...] = (SESSIONS, HITS, SCORES, OUTCOMES, DEAD_LETTERS, CALIBRATIONS)
+SINGLE_PARTITION_TOPICS: tuple[str, ...] = (CALIBRATIONS,)
 INPUT_TOPICS: tuple[str, ...] = (SESSIONS, HITS)  # keyed by session id, co-partitioned
 
 

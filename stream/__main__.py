@@ -31,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     quality.add_argument(
         "--from-beginning", action="store_true", help="read the topics' retained history first"
     )
+    cal = sub.add_parser("calibration", help="show, pause, resume or roll back online calibration")
+    cal.add_argument("action", choices=["show", "pause", "resume", "rollback"])
+    cal.add_argument("--model-version", default=None, help="default: the deployed artifact's")
+    cal.add_argument("--to", default=None, help="rollback: a record's seq, or offline")
     tail = sub.add_parser("tail", help="print score events and wait until all have arrived")
     tail.add_argument("--topic", default="conversion.scores")
     tail.add_argument(
@@ -101,6 +105,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         print(report(run, replaying, args.dry_run))
+        return 0
+    if args.command == "calibration":
+        from stream.calibration_ops import CalibrationCommandError, run_calibration
+
+        try:
+            print(run_calibration(settings, args.action, args.model_version, args.to))
+        except CalibrationCommandError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     from stream.tail import tail
 

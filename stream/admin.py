@@ -27,6 +27,7 @@ async def ensure_topics(settings: StreamSettings) -> int:
     """
     names = [topics.topic_name(t, settings.topic_prefix) for t in topics.ALL_TOPICS]
     partitions = settings.topic_partitions
+    single = {topics.topic_name(t, settings.topic_prefix) for t in topics.SINGLE_PARTITION_TOPICS}
     admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
@@ -37,7 +38,7 @@ async def ensure_topics(settings: StreamSettings) -> int:
                 [
                     NewTopic(
                         name=n,
-                        num_partitions=partitions,
+                        num_partitions=1 if n in single else partitions,
                         replication_factor=settings.topic_replication,
                     )
                     for n in missing

@@ -22,6 +22,7 @@ import orjson
 from contracts import keys, topics
 from contracts.dashboard import WORKER_TTL_S, workers_key
 from stream.alignment import Alignment
+from stream.calibration_follow import CalibrationFollower, follow
 from stream.dashboard import worker_name
 from stream.faust_seam import BatchApp, Fetch, LeanMonitor, Rewind
 from stream.fetches import FetchRunner
@@ -78,7 +79,8 @@ class Pipeline:
     The work itself is done by one part per job: ``partitions`` (what Redis holds of
     the partitions held, and rewinds), ``fetches`` (a fetch cut into batches and run
     through the processor), ``publisher`` (the output on Kafka), ``alignment`` (back-
-    pressure under a backlog), ``sweep`` (the close sweep) and ``reloads`` (the model).
+    pressure under a backlog), ``sweep`` (the close sweep), ``reloads`` (the model) and
+    ``calibrations`` (its online calibration).
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class Pipeline:
             self.exits,
         )
         self.reloads = ModelReloads(settings, processor, metrics)
+        self.calibrations = CalibrationFollower(settings, processor, metrics)
 
     async def on_fetch(self, fetch: Fetch) -> None:
         """Process one fetch (what the client has buffered): its sessions, then its hits.
@@ -211,6 +214,12 @@ def attach_pipeline(
     @app.task
     async def close_idle_sessions() -> None:
         await every(settings.close_check_s, pipe.close_idle)
+
+    if settings.calibration_follow_s > 0:
+
+        @app.task
+        async def follow_calibrations() -> None:
+            await follow(pipe.calibrations)
 
     @app.timer(interval=0.25)
     async def align() -> None:

@@ -151,6 +151,7 @@ class Closer:
         probs = model.score_in_session(vecs, np.vstack([states[sid].state for sid, _ in fresh]))
         stamp_ms = now_ms()
         stamp = utc_iso(stamp_ms)
+        online = (model.calibration_id, model.calibration_shift)
         closes: list[CloseWrite] = []
         for (sid, last_ms), p in zip(fresh, probs, strict=True):
             st = states[sid]
@@ -165,6 +166,7 @@ class Closer:
                     hit_number=None,
                     event_time=event_time,
                     scored_at=stamp,
+                    calibration=online,
                 )
             )
             outcome = None
@@ -180,7 +182,7 @@ class Closer:
                     )
                 )
                 out.outcomes.append((sid, outcome))
-            entry = history_entry(p, model.version, last_ms, stamp_ms)
+            entry = history_entry(p, model.version, last_ms, stamp_ms, online)
             closes.append(CloseWrite(sid, payload, END_FIELD, outcome, entry, where[sid]))
             out.score(sid, payload, "session_end")
         await self.ctx.store.prepare_close(closes)

@@ -142,6 +142,7 @@ class HitScorer:
         if failed:
             return [], failed
         version = model.version
+        online = (model.calibration_id, model.calibration_shift)
         latest = {sid: states[sid].latest for _, sid, _, _ in to_score}
         # A conversion's outcome carries the score before it; the read brought it
         # for every session with a target hit, this reads any other.
@@ -184,6 +185,7 @@ class HitScorer:
                             hit_number=hit["hit_number"],
                             event_time=event_time,
                             scored_at=stamp,
+                            calibration=online,
                         )
                     )
                 )
@@ -204,7 +206,9 @@ class HitScorer:
             w.applied.append(hit["hit_number"])
             w.scores.append((history_field("hit", hit["hit_number"]), payload))
             w.entries.append(
-                history_entry(probability, version, event_ms if st.start else None, stamp_ms)
+                history_entry(
+                    probability, version, event_ms if st.start else None, stamp_ms, online
+                )
             )
             events.score(sid, payload, "hit")
             if rec.timestamp_ms is not None:

@@ -162,6 +162,18 @@ class WorkerMetrics:
             ["result"],
             registry=r,
         )
+        self.calibration_shift = Gauge(
+            "scorer_worker_calibration_shift",
+            "Shift of the log-odds by the online calibration in use (0: as shipped), by "
+            "model version and calibration id",
+            ["version", "calibration_id"],
+            registry=r,
+        )
+
+    def use_calibration(self, version: str, calibration_id: str, shift: float) -> None:
+        """Mark the online calibration in use."""
+        self.calibration_shift.clear()
+        self.calibration_shift.labels(version=version, calibration_id=calibration_id).set(shift)
 
     def restarted(self, exits: ExitLog) -> None:
         """Count the exits recorded before this start, and mark the start."""

@@ -15,6 +15,10 @@ an hour by default), on ``SCORER_QUALITY_METRICS_PORT`` of ``SCORER_METRICS_HOST
 - ``scorer_quality_scores{model_version}``: the distribution of the window's scores;
 - ``scorer_quality_pairs{model_version}``, ``scorer_quality_conversion_rate{model_version}``.
 
+It also recalibrates online (``stream.recalibration``; ``SCORER_RECALIBRATE=0``: not):
+it reads ``conversion.calibrations`` from its beginning, publishes the calibrations its
+window of outcomes calls for there, and serves ``scorer_calibration_*``.
+
 The state is in memory: after a restart the window fills again (or is rebuilt from
 the topics' retained history with ``--from-beginning``).
 """
@@ -24,21 +28,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from contracts import topics
+from stream.admin import ensure_topics
+from stream.calibration_topic import CalibrationCollector, CalibrationReader, publish
 from stream.kafka import client_options
+from stream.recalibration import RecalibrationRules, Recalibrator
 from stream.settings import StreamSettings
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,8 @@ class Pair:
     probability: float
     converted: bool
     at: float  # wall time the outcome was seen
+    shift: float = 0.0  # the online calibration's shift the score was made with
+    event_time: str | None = None  # the session's start
 
 
 def roc_auc(p: np.ndarray, y: np.ndarray) -> float | None:
@@ -75,10 +85,18 @@ def roc_auc(p: np.ndarray, y: np.ndarray) -> float | None:
 class QualityTracker:
     """Pairs scores with outcomes and summarises the rolling window."""
 
-    def __init__(self, window_s: float = 3600.0, max_sessions: int = 2_000_000) -> None:
+    def __init__(
+        self,
+        window_s: float = 3600.0,
+        max_sessions: int = 2_000_000,
+        on_pair: Callable[[str, Pair], None] | None = None,
+        on_event_time: Callable[[str | None], None] | None = None,
+    ) -> None:
         self.window_s = window_s
         self.max_sessions = max_sessions
-        self.start_scores: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.on_pair = on_pair  # told of every new pair (the recalibrator)
+        self.on_event_time = on_event_time  # told of every score's event time (the same)
+        self.start_scores: OrderedDict[str, tuple[str, float, float, str | None]] = OrderedDict()
         self.waiting: OrderedDict[str, tuple[bool, float]] = OrderedDict()  # outcome first
         self.pairs: OrderedDict[str, Pair] = OrderedDict()
 
@@ -88,10 +106,21 @@ class QualityTracker:
 
     def on_score(self, event: dict[str, Any], now: float | None = None) -> None:
         """Remember a session-start score; pair it if its outcome came first."""
+        if self.on_event_time is not None:
+            self.on_event_time(event.get("event_time"))
         if event.get("trigger") != "session_start":
             return
         sid = event["session_id"]
-        self.start_scores[sid] = (str(event["model_version"]), float(event["probability"]))
+        p, shift = float(event["probability"]), float(event.get("calibration_shift") or 0.0)
+        if not (0.0 <= p <= 1.0 and math.isfinite(shift)):
+            raise ValueError(f"probability {p} or shift {shift} out of range")
+        time_ = event.get("event_time")
+        self.start_scores[sid] = (
+            str(event["model_version"]),
+            p,
+            shift,
+            time_ if isinstance(time_, str) else None,
+        )
         self._bound(self.start_scores)
         if sid in self.waiting:
             converted, at = self.waiting.pop(sid)
@@ -114,9 +143,11 @@ class QualityTracker:
             self._bound(self.waiting)
 
     def _pair(self, sid: str, converted: bool, at: float) -> None:
-        version, p = self.start_scores[sid]
-        self.pairs[sid] = Pair(version, p, converted, at)
+        version, p, shift, event_time = self.start_scores[sid]
+        pair = self.pairs[sid] = Pair(version, p, converted, at, shift, event_time)
         self.pairs.move_to_end(sid)
+        if self.on_pair is not None:
+            self.on_pair(version, pair)
 
     def window(self, now: float | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Return (scores, labels) per model version of the pairs in the window."""
@@ -197,9 +228,14 @@ class QualityCollector(Collector):
 
 
 async def consume(
-    settings: StreamSettings, tracker: QualityTracker, *, from_beginning: bool = False
+    settings: StreamSettings,
+    tracker: QualityTracker,
+    *,
+    from_beginning: bool = False,
+    recalibrator: Recalibrator | None = None,
 ) -> None:
-    """Feed the tracker from the scores and outcomes topics until cancelled."""
+    """Feed the tracker from the scores and outcomes topics until cancelled; with a
+    recalibrator, publish the calibrations it proposes (``stream.recalibration``)."""
     scores = topics.topic_name(topics.SCORES, settings.topic_prefix)
     outcomes = topics.topic_name(topics.OUTCOMES, settings.topic_prefix)
     consumer = AIOKafkaConsumer(
@@ -210,6 +246,14 @@ async def consume(
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
     )
+    reader = CalibrationReader(settings) if recalibrator is not None else None
+    producer = AIOKafkaProducer(**client_options(settings), acks="all") if reader else None
+    if reader is not None and recalibrator is not None and producer is not None:
+        await reader.start()
+        await reader.catch_up()
+        for record in reader.latest.values():
+            recalibrator.on_record(record)
+        await producer.start()
     await consumer.start()
     try:
         while True:
@@ -221,22 +265,56 @@ async def consume(
                         handle(orjson.loads(rec.value))
                     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                         log.warning("skipped a record of %s: %s", tp.topic, exc)
+            if reader is not None and recalibrator is not None:
+                for record in await reader.poll():
+                    recalibrator.on_record(record)
+                await publish(settings, recalibrator.due(), producer)
     finally:
         await consumer.stop()
+        if reader is not None:
+            await reader.stop()
+        if producer is not None:
+            await producer.stop()
+
+
+def recalibration_rules(settings: StreamSettings) -> RecalibrationRules:
+    """The recalibrator's rules from the settings."""
+    return RecalibrationRules(
+        window=settings.recal_window,
+        min_outcomes=settings.recal_min_outcomes,
+        min_conversions=settings.recal_min_conversions,
+        every=settings.recal_every,
+        max_step=settings.recal_max_step,
+        alert_shift=settings.recal_alert_shift,
+        settle_s=settings.session_gap_s + 7200.0,
+    )
 
 
 def run_quality(settings: StreamSettings, *, from_beginning: bool = False) -> int:
-    """Serve the online-quality metrics until stopped."""
-    tracker = QualityTracker(window_s=settings.quality_window_s)
+    """Serve the online-quality metrics (and recalibrate) until stopped."""
+    recalibrator = Recalibrator(recalibration_rules(settings)) if settings.recalibrate else None
+    tracker = QualityTracker(
+        window_s=settings.quality_window_s,
+        on_pair=None if recalibrator is None else recalibrator.observe,
+        on_event_time=None if recalibrator is None else recalibrator.saw_event_time,
+    )
     registry = CollectorRegistry()
     registry.register(QualityCollector(tracker))
+    if recalibrator is not None:
+        registry.register(CalibrationCollector(recalibrator))
     start_http_server(settings.quality_metrics_port, addr=settings.metrics_host, registry=registry)
     log.info(
-        "online quality on %s:%d, window %.0f s",
+        "online quality on %s:%d, window %.0f s; online recalibration %s",
         settings.metrics_host,
         settings.quality_metrics_port,
         settings.quality_window_s,
+        "on" if recalibrator is not None else "off",
     )
+
+    async def main() -> None:
+        await ensure_topics(settings)
+        await consume(settings, tracker, from_beginning=from_beginning, recalibrator=recalibrator)
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(consume(settings, tracker, from_beginning=from_beginning))
+        asyncio.run(main())
     return 0

@@ -47,5 +47,14 @@ class StreamSettings(BaseSettings):
     model_reload_s: float = 5.0  # how often to look for a newly deployed artifact; 0: never
     quality_window_s: float = 3600.0  # online quality: the rolling window of outcomes
     quality_metrics_port: int = 9109  # online quality: its Prometheus port
+    # Online recalibration (stream/recalibration.py), run by the quality process:
+    recalibrate: bool = True  # estimate and publish online calibrations
+    recal_window: int = 20_000  # outcomes in the window
+    recal_min_outcomes: int = 5_000  # ... before the shift moves at all
+    recal_min_conversions: int = 100
+    recal_every: int = 1_000  # outcomes between estimates
+    recal_max_step: float = 0.1  # log-odds per update
+    recal_alert_shift: float = 0.5  # log-odds: beyond it, the alert fires
+    calibration_follow_s: float = 1.0  # worker and API: how often to look for a new one
     dashboard_retention_s: int = 30 * 86400  # dashboard: expiry of daily and all-time data
     log_level: str = "info"

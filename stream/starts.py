@@ -155,6 +155,7 @@ class SessionStarts:
         assert model is not None and vectors is not None and probs is not None
         cache = self.ctx.cache
         hfield = history_field("session_start", None)
+        online = (model.calibration_id, model.calibration_shift)
         stamp_ms = now_ms()
         stamp = utc_iso(stamp_ms)
         writes: dict[str, SessionWrite] = {}
@@ -174,6 +175,7 @@ class SessionStarts:
                 hit_number=None,
                 event_time=start,
                 scored_at=stamp,
+                calibration=online,
             )
             payload = orjson.dumps(event)
             writes[sid] = SessionWrite(
@@ -183,7 +185,7 @@ class SessionStarts:
                 vector=vectors[i],
                 score_json=payload,
                 history_field=hfield,
-                history=history_entry(probs[i], model.version, True, stamp_ms),
+                history=history_entry(probs[i], model.version, True, stamp_ms, online),
                 partition=rec.partition,
                 event_ms=epoch_ms(start),
                 probability=float(probs[i]),

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from artifact.calibration import MAX_SLOPE, MIN_SLOPE, Calibration
+from artifact.calibration import MAX_SLOPE, MIN_SLOPE, Calibration, level_shift
 
 # Fewer positive (or negative) outcomes than this and no calibration is fitted.
 MIN_OUTCOMES = 30
@@ -62,24 +62,9 @@ def fit_platt(margin: np.ndarray, y: np.ndarray, *, iterations: int = 50) -> tup
 
 
 def fit_level(margin: np.ndarray, y: np.ndarray, slope: float) -> float:
-    """The intercept that makes ``sigmoid(slope * m + b)`` sum to the outcomes.
-
-    That sum grows strictly with b, so bisection finds it without the overshoot a
-    Newton step takes where the probabilities are tiny.
-    """
+    """The intercept that makes ``sigmoid(slope * m + b)`` sum to the outcomes."""
     m, t = _check(margin, y)
-    z = slope * m
-    target = float(t.sum())
-    lo, hi = -40.0 - float(z.max()), 40.0 - float(z.min())
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if float(_sigmoid(z + mid).sum()) < target:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12:
-            break
-    return 0.5 * (lo + hi)
+    return level_shift(slope * m, t)
 
 
 def calibrate(

@@ -73,3 +73,33 @@ def test_a_trajectory_is_in_session_order_and_skips_what_it_cannot_read() -> Non
     assert trajectory(history, 30) == [0.1, 0.2, 0.4, 0.05]
     assert trajectory(history, 2) == [0.4, 0.05]
     assert trajectory({}, 30) == []
+
+
+def test_a_score_made_with_an_online_calibration_comes_back_with_it() -> None:
+    calibration = ("20261128T191146Z-a7e59150#4", -0.412345678)
+    event = score_event(
+        session_id=SESSION["session_id"],
+        client_id=SESSION["client_id"],
+        probability=0.0211,
+        model_version="20261128T191146Z-a7e59150",
+        trigger="hit",
+        hit_number=3,
+        event_time=iso_from_ms(1_637_753_792_123.4),
+        scored_at=utc_iso(1_764_357_116_645),
+        calibration=calibration,
+    )
+    assert event["calibration_id"] == calibration[0]
+    assert event["calibration_shift"] == -0.412346
+    entry = history_entry(
+        0.0211, "20261128T191146Z-a7e59150", 1_637_753_792_123.4, 1_764_357_116_645, calibration
+    )
+    again = score_from_history(
+        SESSION["session_id"], SESSION["client_id"], None, history_field("hit", 3), entry
+    )
+    assert again == orjson.dumps(event)
+    # An entry of the offline calibration keeps the four items it always had.
+    plain = history_entry(0.0211, "v", None, 0)
+    assert len(plain) < len(entry)
+    assert orjson.loads(score_from_history("s", None, None, "hit:1", plain))["calibration_id"] == (
+        "offline"
+    )
