@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from api.metrics import ApiMetrics
+from stream.calibration_topic import CalibrationCollector
 from stream.metrics import WorkerMetrics
 from stream.quality import QualityCollector, QualityTracker
+from stream.recalibration import Recalibrator, make_record
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "scorer.json"
@@ -28,12 +30,21 @@ def exported_series() -> set[str]:
         *WorkerMetrics().registry.collect(),
         *ApiMetrics().registry.collect(),
         *QualityCollector(QualityTracker()).collect(),
+        *CalibrationCollector(_recalibrating()).collect(),
     ]
     names = set()
     for family in families:
         for suffix in SUFFIXES.get(family.type, ("",)):
             names.add(family.name + suffix)
     return names
+
+
+def _recalibrating() -> Recalibrator:
+    """A recalibrator with one version, so that every one of its series is exported."""
+    recal = Recalibrator()
+    recal.on_record(make_record("v1", 1, -0.1, "active", "estimate"))
+    recal.versions["v1"].target = -0.1
+    return recal
 
 
 def dashboard_series(dashboard: dict) -> set[str]:
@@ -70,6 +81,7 @@ def test_the_dashboard_shows_what_operators_watch(dashboard: dict) -> None:
         "scorer_quality_roc_auc",
         "scorer_quality_predicted",
         "scorer_quality_observed",
+        "scorer_calibration_shift",  # online recalibration
     ):
         assert needed in series, needed
 
