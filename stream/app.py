@@ -118,6 +118,8 @@ class Pipeline:
         or a loss (``stream/recovery.py``); where Redis lost writes, the fetch is dropped
         and the partitions are read again from where Redis's state ends (``Rewind``).
         """
+        if not self.calibrations.ready.is_set():
+            await self.calibrations.wait_ready()
         partitions = self.partitions
         async with partitions.checking:
             going_on = await partitions.admit(fetch)

@@ -26,6 +26,7 @@ from stream.settings import StreamSettings
 log = logging.getLogger(__name__)
 
 MIRROR_EVERY_S = 30.0  # the Redis copy is written again this often (Redis can forget)
+CATCH_UP_S = 10.0  # at start, reading the topic to its end may take this long at most
 
 
 class CalibrationFollower:
@@ -45,6 +46,20 @@ class CalibrationFollower:
         self.applied: ConversionModel | None = None  # the model this follower swapped in
         self.base = processor.model.offline()
         self.mirrored_at = 0.0
+        # Set once the topic has been read to its end at start (or that took too long):
+        # the worker scores nothing before, so that no score after a restart misses the
+        # calibration in use. Set at once when the worker does not follow calibrations.
+        self.ready = asyncio.Event()
+        if settings.calibration_follow_s <= 0:
+            self.ready.set()
+
+    async def wait_ready(self) -> None:
+        """Wait until the topic was read at start; past a bound, go on without it."""
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout=CATCH_UP_S + 5.0)
+        except TimeoutError:
+            log.warning("calibrations: not read in %.0f s; scoring goes on", CATCH_UP_S + 5.0)
+            self.ready.set()
 
     def apply(self) -> bool:
         """Swap in the base model with its version's latest record; return whether the
@@ -90,6 +105,13 @@ class CalibrationFollower:
         """Follow the topic until cancelled."""
         await self.reader.start()
         try:
+            try:
+                await self.reader.catch_up(timeout_s=CATCH_UP_S)
+            except TimeoutError as exc:
+                log.warning("calibrations: %s; scoring with what was read", exc)
+            self.apply()
+            await self.mirror()
+            self.ready.set()
             while True:
                 new = await self.reader.poll(
                     timeout_ms=int(self.settings.calibration_follow_s * 1000)
@@ -110,4 +132,5 @@ async def follow(follower: CalibrationFollower) -> None:
             raise
         except Exception as exc:  # noqa: BLE001 - scoring goes on with the calibration in use
             log.warning("calibrations: following stopped (%s); again in 5 s", exc)
+            follower.ready.set()  # the broker is away: scoring must not wait for it
             await asyncio.sleep(5.0)

@@ -233,3 +233,25 @@ def test_the_metrics_show_each_versions_calibration() -> None:
         s.labels["model_version"]: s.value for s in families["scorer_calibration_paused"].samples
     }
     assert paused == {"v0": 1.0, "v1": 0.0}
+
+
+def test_scoring_waits_for_the_topic_at_start_but_not_for_ever(
+    model_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from artifact import load_model
+    from stream import calibration_follow
+
+    processor = FakeProcessor(load_model(model_path))
+    off = CalibrationFollower(
+        StreamSettings(calibration_follow_s=0),
+        processor,
+        WorkerMetrics(),  # type: ignore[arg-type]
+    )
+    assert off.ready.is_set()  # not following: nothing to wait for
+    on = CalibrationFollower(StreamSettings(), processor, WorkerMetrics())  # type: ignore[arg-type]
+    assert not on.ready.is_set()
+    monkeypatch.setattr(calibration_follow, "CATCH_UP_S", -4.9)  # a bound of 0.1 s
+    asyncio.run(on.wait_ready())
+    assert on.ready.is_set()
