@@ -12,6 +12,7 @@ class TrainConfig:
 
     test_days: int = 28  # the last weeks are held out
     early_stop_days: int = 14  # the last weeks of the training window stop boosting
+    min_stop_positives: int = 100  # ... reaching back until they hold this many conversions
     folds: int = 5  # out-of-fold category encodings for training rows
     seed: int = 42
     max_rounds: int = 2000

@@ -173,24 +173,43 @@ def random_split_check(
     return binary_metrics(y[test_idx], booster.inplace_predict(x[test_idx]))
 
 
-def time_split(sessions: pd.DataFrame, test_days: int, early_stop_days: int) -> Split:
-    """Hold out the last test_days for testing, and the weeks before them for stopping."""
+def time_split(
+    sessions: pd.DataFrame,
+    test_days: int,
+    early_stop_days: int,
+    converted: np.ndarray | None = None,
+    min_stop_positives: int = 0,
+) -> Split:
+    """Hold out the last test_days for testing, and the weeks before them for stopping.
+
+    With ``converted``, the early-stopping window reaches back, a day at a time, until it
+    holds ``min_stop_positives`` conversions: on a small data set two weeks hold a dozen,
+    and early stopping on so few picks a number of trees by chance.
+    """
     dates = pd.to_datetime(sessions["visit_date"], errors="coerce")
     last = dates.max()
+    first = dates.min()
     test_from = last - pd.Timedelta(days=test_days - 1)
     stop_from = test_from - pd.Timedelta(days=early_stop_days)
+    if converted is not None and min_stop_positives > 0:
+        before_test = (dates < test_from).to_numpy()
+        while stop_from - pd.Timedelta(days=7) > first:
+            in_stop = before_test & (dates >= stop_from).to_numpy()
+            if int(converted[in_stop].sum()) >= min_stop_positives:
+                break
+            stop_from -= pd.Timedelta(days=1)
     idx = np.arange(len(sessions))
     test = idx[(dates >= test_from).to_numpy()]
     stop = idx[((dates >= stop_from) & (dates < test_from)).to_numpy()]
     fit = idx[(dates < stop_from).to_numpy()]
     if min(len(fit), len(stop), len(test)) == 0:
         raise ValueError(
-            f"the data spans {dates.min():%Y-%m-%d}..{last:%Y-%m-%d}: too short for "
+            f"the data spans {first:%Y-%m-%d}..{last:%Y-%m-%d}: too short for "
             f"{early_stop_days} early-stopping and {test_days} test days"
         )
     fmt = "%Y-%m-%d"
     window = {
-        "train_from": f"{dates.min():{fmt}}",
+        "train_from": f"{first:{fmt}}",
         "early_stop_from": f"{stop_from:{fmt}}",
         "test_from": f"{test_from:{fmt}}",
         "test_to": f"{last:{fmt}}",
@@ -314,7 +333,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
     y = ds.converted
     every = np.arange(len(y))
 
-    split = time_split(ds.sessions, cfg.test_days, cfg.early_stop_days)
+    split = time_split(ds.sessions, cfg.test_days, cfg.early_stop_days, y, cfg.min_stop_positives)
     recent, recent_from = recent_rows(
         ds.sessions["visit_date"], y, cfg.calibration_days, cfg.min_level_positives
     )

@@ -116,3 +116,16 @@ def test_the_report_gives_calibration_on_the_test_weeks(trained: dict) -> None:
             assert rows[kind]["sum_predicted_over_target"] > 0
             assert 0 <= rows[kind]["ece"] < 0.1
             assert f"| {rows[kind]['ece']:.4f} |" in report
+
+
+def test_on_small_data_the_early_stopping_weeks_reach_back_to_enough_conversions(
+    data_dir: Path,
+) -> None:
+    ds = load_dataset(data_dir)
+    two_weeks = time_split(ds.sessions, 28, 14)
+    assert ds.converted[two_weeks.stop].sum() < 100  # 20,000 sessions: too few in two weeks
+    split = time_split(ds.sessions, 28, 14, ds.converted, min_stop_positives=100)
+    assert ds.converted[split.stop].sum() >= 100
+    assert split.window["early_stop_from"] < two_weeks.window["early_stop_from"]
+    np.testing.assert_array_equal(split.test, two_weeks.test)  # the test weeks stay
+    assert len(split.fit) + len(split.stop) == len(two_weeks.fit) + len(two_weeks.stop)
