@@ -273,9 +273,14 @@ async def session_state(
 
 @protected.get("/model")
 async def model_card(request: Request) -> dict[str, Any]:
-    """Return the model card of the model being served."""
+    """Return the model card of the model being served, with the online calibration it
+    serves with now (``online_calibration``: its id and its shift of the log-odds)."""
     card: dict[str, Any] = request.app.state.card
-    return card
+    model: ConversionModel = request.app.state.model
+    return {
+        **card,
+        "online_calibration": {"id": model.calibration_id, "shift": model.calibration_shift},
+    }
 
 
 router.include_router(protected)

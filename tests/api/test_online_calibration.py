@@ -47,6 +47,7 @@ def test_a_record_in_redis_moves_predict_by_its_shift_and_names_it(
     with TestClient(app) as client:
         before = client.post("/predict", json=ROW).json()
         assert before["calibration_id"] == "offline"
+        assert client.get("/model").json()["online_calibration"] == {"id": "offline", "shift": 0}
         record = make_record(version, 3, -0.4, "active", "estimate")
         fake_redis.hashes[keys.calibrations_key("scorer")] = {
             version.encode(): orjson.dumps(record.model_dump()),
@@ -63,6 +64,9 @@ def test_a_record_in_redis_moves_predict_by_its_shift_and_names_it(
         assert _logit(after["probability"]) - _logit(before["probability"]) == pytest.approx(
             -0.4, abs=1e-4
         )
+        card = client.get("/model").json()
+        assert card["online_calibration"] == {"id": f"{version}#3", "shift": -0.4}
+        assert card["version"] == version
         batch = client.post("/predict/batch", json={"rows": [ROW]}).json()
         assert batch["calibration_id"] == f"{version}#3"
         assert batch["predictions"][0]["probability"] == after["probability"]
