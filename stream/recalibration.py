@@ -138,6 +138,7 @@ class Recalibrator:
         self.rules = rules or RecalibrationRules()
         self.versions: dict[str, VersionWindow] = {}
         self.event_time = -math.inf  # the latest event time the stream has scored
+        self.proposed: list[CalibrationRecord] = []  # made, not yet handed to publish
         self._order = 0
 
     def _window(self, version: str) -> VersionWindow:
@@ -161,10 +162,13 @@ class Recalibrator:
             return  # not later, or later than any real event can be (the worker's bound)
         self.event_time = at
         horizon = at - self.rules.settle_s
-        for w in self.versions.values():
+        for version, w in self.versions.items():
             while w.pending and w.pending[0][0] <= horizon:
                 w.outcomes.append(heapq.heappop(w.pending)[2])
                 w.since += 1
+                if w.since >= self.rules.every:
+                    w.since = 0
+                    self._tick(version, w)
 
     def on_record(self, record: CalibrationRecord) -> None:
         """Take a record read from the topic (ours, an operator's, or an earlier run's)."""
@@ -189,48 +193,50 @@ class Recalibrator:
         return float(np.clip(target, -MAX_ABS_SHIFT, MAX_ABS_SHIFT)), n, conversions
 
     def due(self) -> list[CalibrationRecord]:
-        """The records to publish now: for each version with ``every`` new outcomes
-        whose estimate moves its shift by more than the deadband, and is not paused."""
-        out = []
-        for version, w in self.versions.items():
-            if w.since < self.rules.every:
-                continue
-            w.since = 0
-            found = self.estimate(version)
-            if found is None:
-                continue
-            target, n, conversions = found
-            w.target = target
-            if w.paused:
-                continue
-            noise = 1.0 / math.sqrt(conversions)
-            if abs(target - w.shift) <= max(self.rules.deadband, noise):
-                continue
-            step = float(np.clip(target - w.shift, -self.rules.max_step, self.rules.max_step))
-            shift = float(np.clip(w.shift + step, -MAX_ABS_SHIFT, MAX_ABS_SHIFT))
-            times = [o.event_time for o in w.outcomes if o.event_time]
-            record = make_record(
-                version,
-                w.seq + 1,
-                shift,
-                "active",
-                "estimate",
-                outcomes=n,
-                conversions=conversions,
-                target_shift=target,
-                window=(min(times) if times else None, max(times) if times else None),
-            )
-            w.record = record  # what the topic will say once it is published
-            out.append(record)
-            log.info(
-                "calibration %s: shift %+.3f (estimate %+.3f over %d outcomes, %d conversions)",
-                record.calibration_id,
-                shift,
-                target,
-                n,
-                conversions,
-            )
+        """The records to publish now (made as outcomes settled, in their order)."""
+        out, self.proposed = self.proposed, []
         return out
+
+    def _tick(self, version: str, w: VersionWindow) -> None:
+        """One estimate, after ``every`` settled outcomes: a record if it calls for a move
+        beyond the deadband and the estimate's noise, and the version is not paused.
+
+        Made as the outcomes settle, however many settle at once, so the calibration's
+        path depends on the stream's event time only, not on how fast it is read."""
+        found = self.estimate(version)
+        if found is None:
+            return
+        target, n, conversions = found
+        w.target = target
+        if w.paused:
+            return
+        noise = 1.0 / math.sqrt(conversions)
+        if abs(target - w.shift) <= max(self.rules.deadband, noise):
+            return
+        step = float(np.clip(target - w.shift, -self.rules.max_step, self.rules.max_step))
+        shift = float(np.clip(w.shift + step, -MAX_ABS_SHIFT, MAX_ABS_SHIFT))
+        times = [o.event_time for o in w.outcomes if o.event_time]
+        record = make_record(
+            version,
+            w.seq + 1,
+            shift,
+            "active",
+            "estimate",
+            outcomes=n,
+            conversions=conversions,
+            target_shift=target,
+            window=(min(times) if times else None, max(times) if times else None),
+        )
+        w.record = record  # what the topic will say once it is published
+        self.proposed.append(record)
+        log.info(
+            "calibration %s: shift %+.3f (estimate %+.3f over %d outcomes, %d conversions)",
+            record.calibration_id,
+            shift,
+            target,
+            n,
+            conversions,
+        )
 
 
 def make_record(

@@ -59,7 +59,7 @@ def test_expected_conversions_follow_a_drop_that_came_after_the_model(
         update={
             "model_path": model_path,
             "quality_metrics_port": free_port(),
-            "recal_window": 10_000,
+            "recal_window": 15_000,
             "recal_min_outcomes": 2000,
             "recal_min_conversions": 40,
             "recal_every": 500,
@@ -90,16 +90,18 @@ def test_expected_conversions_follow_a_drop_that_came_after_the_model(
         worker.wait_ready()
         time.sleep(2)  # the quality reader starts from the topics' ends
         asyncio.run(send_events(settings, truth.events, progress=False))
+        # Every session counted, and every conversion: the hits trail the sessions.
+        converted = sum(truth.converted(s) for s in truth.sessions)
         data: dict = {}
         deadline = time.monotonic() + 420
         while time.monotonic() < deadline:
             data = httpx.get(f"{url}/dashboard/data", params={"window": "all"}).json()
-            if data["totals"]["sessions"] >= len(truth.sessions):
+            totals = data["totals"]
+            if totals["sessions"] >= len(truth.sessions) and totals["observed"] >= converted:
                 break
             time.sleep(2)
         assert data["totals"]["sessions"] == len(truth.sessions)
-        time.sleep(3)  # the last conversions and closes
-        data = httpx.get(f"{url}/dashboard/data", params={"window": "all"}).json()
+        assert data["totals"]["observed"] == converted
         samples = metrics(settings.quality_metrics_port)
         row = dict(truth.sessions[next(iter(truth.sessions))])
         served = httpx.post(f"{url}/predict", json=row).json()
