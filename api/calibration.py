@@ -37,7 +37,7 @@ async def apply_calibration(app: FastAPI) -> bool:
         return False
     if record.model_version != model.version or record.calibration_id == model.calibration_id:
         return False
-    app.state.model = model.offline().with_online_shift(record.shift, record.calibration_id)
+    app.state.model = model.with_online_shift(record.shift, record.calibration_id)
     log.info(
         "calibration: %s now serves with %s (shift %+.4f)",
         model.version,

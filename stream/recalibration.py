@@ -41,7 +41,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -266,8 +266,3 @@ def make_record(
         window_to=window[1],
         decided_at=now_iso(),
     )
-
-
-def record_json(record: CalibrationRecord) -> dict[str, Any]:
-    """The record as published."""
-    return record.model_dump()

@@ -14,11 +14,9 @@ data), and the expected calibration error over equal-count score bins.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from artifact.calibration import MAX_SLOPE, MIN_SLOPE, Calibration, level_shift
+from artifact.calibration import MAX_SLOPE, MIN_SLOPE, level_shift
 
 # Fewer positive (or negative) outcomes than this and no calibration is fitted.
 MIN_OUTCOMES = 30
@@ -65,19 +63,6 @@ def fit_level(margin: np.ndarray, y: np.ndarray, slope: float) -> float:
     """The intercept that makes ``sigmoid(slope * m + b)`` sum to the outcomes."""
     m, t = _check(margin, y)
     return level_shift(slope * m, t)
-
-
-def calibrate(
-    margin_out_of_time: np.ndarray,
-    y_out_of_time: np.ndarray,
-    margin_recent: np.ndarray,
-    y_recent: np.ndarray,
-    fitted_on: dict[str, Any],
-) -> Calibration:
-    """Slope from rows the booster never fitted, level from the most recent rows."""
-    slope, _ = fit_platt(margin_out_of_time, y_out_of_time)
-    intercept = fit_level(margin_recent, y_recent, slope)
-    return Calibration(slope=slope, intercept=intercept, fitted_on=fitted_on)
 
 
 def expected_calibration_error(p: np.ndarray, target: np.ndarray, bins: int = 10) -> float:
