@@ -7,38 +7,95 @@ publishes the very same copy, and the API shows the same scores.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import msgpack
 import orjson
 
 from contracts.calibrations import OFFLINE
-from contracts.keys import unpack_row
-from contracts.scores import score_event
+from contracts.keys import StoredRow, unpack_row
+from contracts.leads import lead_event
+from contracts.scores import TIER_NAMES, score_event
 from contracts.times import iso_from_ms, utc_iso
-
 
 # A score in a session's history hash is kept as MessagePack of [probability, model
 # version, event time, scored_at in epoch ms]: about 55 bytes where its JSON takes 340,
 # small enough for Redis to keep a session's history as one compact listpack. The event
 # time is its epoch ms (a hit's or a close's, formatted by ``iso_from_ms``), None (no
 # event time), or true: the session's start, as stored in its state hash. The JSON is
-# made again from it, byte for byte, with what the state hash holds.
+# made again from it, byte for byte, with what the state hash holds. A Warm or Hot
+# score keeps five more items: its calibration (id, shift), its tier, its reasons
+# (``compact_reasons``) and, if it made a lead, the session's hits when it did (else None).
+
+
+def compact_reasons(reasons: Mapping[str, Any]) -> list[Any]:
+    """A score's reasons as a history entry keeps them."""
+    top = [[r["feature"], r["value"], r["contribution"]] for r in reasons["top"]]
+    return [reasons["log_odds"], reasons["bias"], reasons["rest"], top]
+
+
+def _reasons(compact: list[Any]) -> dict[str, Any]:
+    log_odds, bias, rest, top = compact
+    return {
+        "log_odds": log_odds,
+        "bias": bias,
+        "top": [{"feature": f, "value": v, "contribution": c} for f, v, c in top],
+        "rest": rest,
+    }
+
+
 def history_entry(
     probability: float,
     model_version: str,
     event: float | bool | None,
     scored_ms: int,
     calibration: tuple[str, float] = (OFFLINE, 0.0),
+    tier: int = 0,
+    reasons: Mapping[str, Any] | None = None,
+    lead_hits: int | None = None,
 ) -> bytes:
     """Return a score's compact form for the session's history hash.
 
     A score made with an online calibration keeps its id and shift as two more items;
-    one made with the offline calibration keeps the four.
+    one made with the offline calibration keeps the four. A Warm or Hot one keeps its
+    tier, reasons and lead too (``lead_hits``: the hits so far, if the score made a lead).
     """
     item: list[object] = [float(probability), model_version, event, scored_ms]
-    if calibration[0] != OFFLINE:
+    if calibration[0] != OFFLINE or tier:
         item += [calibration[0], float(calibration[1])]
+    if tier:
+        item += [tier, None if reasons is None else compact_reasons(reasons), lead_hits]
     return msgpack.packb(item)
+
+
+def _score(
+    session_id: str, client_id: str | None, start: str | None, name: str, entry: bytes
+) -> tuple[dict[str, Any], int | None]:
+    """The ScoreEvent of a compact history entry, and the hits of the lead it made (None:
+    it made none)."""
+    probability, version, event, scored_ms, *more = msgpack.unpackb(entry)
+    calibration = (str(more[0]), float(more[1])) if len(more) >= 2 else (OFFLINE, 0.0)
+    tier, reasons, lead_hits = (more[2], more[3], more[4]) if len(more) >= 5 else (0, None, None)
+    trigger, _, number = name.partition(":")
+    event_time: str | None = None
+    if event is True:
+        event_time = start
+    elif event is not None:
+        event_time = iso_from_ms(event)
+    score = score_event(
+        session_id=session_id,
+        client_id=client_id,
+        probability=probability,
+        model_version=version,
+        trigger=trigger,
+        hit_number=int(number) if number else None,
+        event_time=event_time,
+        scored_at=utc_iso(scored_ms),
+        calibration=calibration,
+        tier=TIER_NAMES[tier],
+        reasons=None if reasons is None else _reasons(reasons),
+    )
+    return score, lead_hits
 
 
 def score_from_history(
@@ -51,27 +108,27 @@ def score_from_history(
     """
     if entry[:1] == b"{":
         return entry
-    probability, version, event, scored_ms, *online = msgpack.unpackb(entry)
-    calibration = (str(online[0]), float(online[1])) if len(online) == 2 else (OFFLINE, 0.0)
-    trigger, _, number = name.partition(":")
-    event_time: str | None = None
-    if event is True:
-        event_time = start
-    elif event is not None:
-        event_time = iso_from_ms(event)
-    return orjson.dumps(
-        score_event(
-            session_id=session_id,
-            client_id=client_id,
-            probability=probability,
-            model_version=version,
-            trigger=trigger,
-            hit_number=int(number) if number else None,
-            event_time=event_time,
-            scored_at=utc_iso(scored_ms),
-            calibration=calibration,
-        )
-    )
+    return orjson.dumps(_score(session_id, client_id, start, name, entry)[0])
+
+
+def copies_from_history(
+    session_id: str, row: StoredRow | None, name: str, entry: bytes
+) -> tuple[bytes, bytes | None]:
+    """Return the ScoreEvent JSON of a history entry, and the LeadEvent JSON of the lead
+    it made (None if it made none), both the very bytes published the first time.
+
+    ``row`` is what the session's state hash holds of its row (None: it is gone, and
+    so is a lead's channel: no lead is made again without it).
+    """
+    client_id = None if row is None else row.client_id
+    start = None if row is None else row.start
+    if entry[:1] == b"{":
+        return entry, None
+    score, lead_hits = _score(session_id, client_id, start, name, entry)
+    lead = None
+    if lead_hits is not None and row is not None:
+        lead = orjson.dumps(lead_event(score, row.channel, lead_hits))
+    return orjson.dumps(score), lead
 
 
 def latest_from_hash(

@@ -41,6 +41,9 @@ HIT_STATE_FIELD = "hs"
 LATEST_FIELD = "latest"
 # The session hash's field holding what its row gave, packed (``pack_row``).
 ROW_FIELD = "row"
+# The session hash's field holding the highest tier it made a lead of (1 warm, 2 hot;
+# absent: none), written with the score that made it (``contracts.leads``).
+LEAD_FIELD = "lead"
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,14 @@ import hashlib
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from contracts.calibrations import OFFLINE
 from contracts.times import now_iso
 
 Trigger = Literal["session_start", "hit", "session_end"]
+Tier = Literal["cold", "warm", "hot"]
+TIER_NAMES: tuple[str, ...] = ("cold", "warm", "hot")  # by tier code (artifact.tiers)
 
 _SCORE_NAMESPACE = uuid.UUID("6f1c1f0e-5b0a-4f57-9a39-2f3c6d0b7a11")
 _NAMESPACE_BYTES = _SCORE_NAMESPACE.bytes
@@ -42,14 +44,18 @@ def score_event(
     event_time: str | None,
     scored_at: str | None = None,
     calibration: tuple[str, float] = (OFFLINE, 0.0),
+    tier: str = "cold",
+    reasons: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the score event published on conversion.scores.
 
     ``scored_at`` defaults to now; a batch passes one for all its scores.
     ``calibration`` is the online calibration that made it: its id and its shift in
-    log-odds (``contracts.calibrations``; the offline one shifts nothing).
+    log-odds (``contracts.calibrations``; the offline one shifts nothing). ``tier`` is
+    its Hot / Warm / Cold tier (``artifact.tiers``); ``reasons``, given for Warm and Hot
+    scores only, its top contributions (``artifact.explain.Explanation.top``).
     """
-    return {
+    event: dict[str, Any] = {
         "score_id": score_id(session_id, trigger, hit_number, model_version),
         "session_id": session_id,
         "client_id": client_id,
@@ -61,7 +67,30 @@ def score_event(
         "scored_at": scored_at or now_iso(),
         "calibration_id": calibration[0],
         "calibration_shift": round(float(calibration[1]), 6),
+        "tier": tier,
     }
+    if reasons is not None:
+        event["reasons"] = reasons
+    return event
+
+
+class Reason(BaseModel):
+    """One feature's signed contribution to a score's log-odds, with the visitor's value
+    (named as docs/features.md names the feature)."""
+
+    feature: str
+    value: float | str | None
+    contribution: float
+
+
+class Reasons(BaseModel):
+    """A score's top contributions: bias + the contributions of ``top`` + ``rest`` (the
+    other features' sum) = ``log_odds``, the score's log-odds."""
+
+    log_odds: float
+    bias: float
+    top: list[Reason] = Field(max_length=64)
+    rest: float
 
 
 class ScoreEvent(BaseModel):
@@ -78,3 +107,5 @@ class ScoreEvent(BaseModel):
     scored_at: str
     calibration_id: str = OFFLINE
     calibration_shift: float = 0.0
+    tier: Tier = "cold"
+    reasons: Reasons | None = None

@@ -6,8 +6,17 @@ SCORES = "conversion.scores"
 OUTCOMES = "conversion.outcomes"
 DEAD_LETTERS = "ga.dead-letters"
 CALIBRATIONS = "conversion.calibrations"  # one partition: the online calibrations in order
+LEADS = "conversion.leads"  # sessions that just became Warm or Hot (contracts/leads.py)
 
-ALL_TOPICS: tuple[str, ...] = (SESSIONS, HITS, SCORES, OUTCOMES, DEAD_LETTERS, CALIBRATIONS)
+ALL_TOPICS: tuple[str, ...] = (
+    SESSIONS,
+    HITS,
+    SCORES,
+    OUTCOMES,
+    DEAD_LETTERS,
+    CALIBRATIONS,
+    LEADS,
+)
 SINGLE_PARTITION_TOPICS: tuple[str, ...] = (CALIBRATIONS,)
 INPUT_TOPICS: tuple[str, ...] = (SESSIONS, HITS)  # keyed by session id, co-partitioned
 
