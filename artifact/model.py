@@ -13,6 +13,7 @@ import xgboost as xgb
 from xgboost import core as xgb_core
 
 from artifact.calibration import IDENTITY, Calibration
+from artifact.tiers import Tiers
 from contracts.calibrations import OFFLINE
 from features import HIT_FEATURES, IN_SESSION_FEATURES, SESSION_FEATURES
 from features.columns import SESSION_COLUMNS
@@ -103,6 +104,9 @@ class ConversionModel:
     # log-odds it adds to both calibrations above. A pickled artifact holds the offline.
     calibration_id: str = OFFLINE
     calibration_shift: float = 0.0
+    # Hot / Warm / Cold thresholds (``artifact.tiers``); an artifact saved before tiers
+    # existed has none, and every one of its scores is Cold.
+    tiers: Tiers | None = None
 
     def with_online_shift(self, shift: float, calibration_id: str) -> ConversionModel:
         """This model with an online shift of its log-odds, from its offline calibration.
@@ -141,6 +145,13 @@ class ConversionModel:
             calibration_id=OFFLINE,
             calibration_shift=0.0,
         )
+
+    def tier_codes(self, probabilities: np.ndarray) -> np.ndarray:
+        """The tier code (``artifact.tiers``: 0 cold, 1 warm, 2 hot) of probabilities this
+        model made, judged without its online shift."""
+        if self.tiers is None:
+            return np.zeros(len(probabilities), dtype=np.int8)
+        return self.tiers.codes(probabilities, self.calibration_shift)
 
     def check_features(self) -> None:
         """Fail loudly when the code's feature list differs from the trained one."""

@@ -27,6 +27,8 @@ class TrainConfig:
     compare: bool = True
     calibration_days: int = 14  # the shipped models' level comes from the last days
     min_level_positives: int = 100  # ... reaching back until they hold this many conversions
+    hot_share: float = 0.01  # Hot: the top 1 % of recent session-start scores
+    warm_share: float = 0.04  # Warm: the next 4 % (``training.tiers``)
     session_params: dict[str, Any] = field(
         default_factory=lambda: {
             "max_depth": 5,

@@ -96,12 +96,15 @@ def write_report(
     metrics: dict[str, Any],
     by_hits: list[dict[str, Any]],
     uncalibrated: np.ndarray | None = None,
+    tiers: dict[str, Any] | None = None,
 ) -> Path:
     """Write the charts, metrics.json and report.md into out_dir/report; return it.
 
     ``curves`` maps a model's name to its test-set probabilities; the first one is the
     chosen model. ``uncalibrated`` is the chosen booster's raw probabilities on the same
-    rows, drawn beside the calibrated ones in the reliability chart.
+    rows, drawn beside the calibrated ones in the reliability chart. ``tiers`` is the
+    card's Hot / Warm / Cold block (``Tiers.as_dict``), written under ``tiers`` in
+    metrics.json and as a table in report.md.
     """
     report = out_dir / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -187,9 +190,11 @@ def write_report(
         ax.legend(fontsize=8)
         figures["auc_by_hits_seen"] = _save(fig, report / "auc_by_hits_seen.png")
 
-    (report / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    written = {**metrics, "tiers": tiers} if tiers else metrics
+    (report / "metrics.json").write_text(json.dumps(written, indent=2) + "\n")
     lines = ["# Training report", ""]
     lines += _summary_lines(metrics)
+    lines += _tier_lines(tiers or {})
     lines += ["", "## Figures", ""]
     lines += [f"- [{name.replace('_', ' ')}]({file})" for name, file in figures.items()]
     lines += [
@@ -250,4 +255,49 @@ def _summary_lines(metrics: dict[str, Any]) -> list[str]:
                 f"| {r['hits_seen']} | {r['snapshots']} | {_fmt(r['in_session_auc'])}"
                 f" | {_fmt(r['session_start_auc'])} |"
             )
+    return lines
+
+
+def _tier_lines(tiers: dict[str, Any]) -> list[str]:
+    """The Hot / Warm / Cold table: the shipped thresholds, and what the evaluated model's
+    tiers held on the test weeks (``training.tiers``)."""
+    if "hot" not in tiers:
+        return []
+    lines = [
+        "",
+        "## Tiers",
+        "",
+        f"Hot is the top {tiers['hot_share']:.1%} of session-start scores, Warm the next "
+        f"{tiers['warm_share']:.1%}: Hot at or above {tiers['hot']:.4f}, Warm at or above "
+        f"{tiers['warm']:.4f}, the quantiles of the {tiers['chosen_on']}.",
+    ]
+    figures = tiers.get("test_weeks")
+    if not figures:
+        return [*lines, f"Measured on {tiers.get('measured_on', 'nothing')}."]
+    truth = any("mean_true_probability" in row for row in figures.values())
+    lines += [
+        f"The figures are those of the {tiers['measured_on']}: capture is the share of all "
+        "test-week conversions in the tier, lift its conversion rate over the overall one.",
+        "",
+        "| tier | threshold (shipped) | threshold (evaluated) | share of test-week sessions"
+        " | conversion rate | capture | lift |" + (" mean true probability |" if truth else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if truth else ""),
+    ]
+    for name, row in figures.items():
+        # Cold is everything below Warm: its "threshold" is Warm's, as an upper bound.
+        above = name if name != "cold" else "warm"
+        sign = "< " if name == "cold" else "≥ "
+        evaluated = figures[above].get("threshold")
+        cells = [
+            name,
+            sign + _fmt(float(tiers[above])),
+            sign + _fmt(evaluated) if evaluated is not None else "—",
+            _fmt(row["share"]),
+            _fmt(row["conversion_rate"]),
+            _fmt(row["capture"]),
+            _fmt(row["lift"]),
+        ]
+        if truth:
+            cells.append(_fmt(row.get("mean_true_probability")))
+        lines.append("| " + " | ".join(cells) + " |")
     return lines

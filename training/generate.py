@@ -6,7 +6,8 @@ conventions, identifier structure and the published shares and conversion effect
 stays bounded at any size.
 
 Conversion is drawn from ``p_convert``, a logistic function of the session row's own
-fields (written to truth.csv, which training never reads). Its terms are of two kinds:
+fields (written to truth.csv, which no model is fitted or chosen on; the training report
+only quotes it beside the Hot / Warm / Cold tiers). Its terms are of two kinds:
 
 * one effect per cell of each published grouping (utm_medium, the named sources,
   device and organic traffic, visit number, hour, weekday, period, city ...), fitted on

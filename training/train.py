@@ -29,6 +29,7 @@ from training.evaluate import binary_metrics, write_report
 from training.refit import margins, platt_calibration, recent_rows, refit_shipped
 from training.resources import stage
 from training.snapshots import Snapshots, snapshots
+from training.tiers import tiers_for_model, true_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +341,9 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
     with stage("session_features", stages):
         x, _ = session_features(ds, np.concatenate([split.fit, split.stop]), split.test, cfg)
         x_all, encoding = session_features(ds, every, every[:0], cfg)
-        # From here on only the ids are needed: drop the raw columns (most of the memory).
+        # From here on only the ids and days are needed: drop the raw columns (most of
+        # the memory).
+        dates = pd.to_datetime(ds.sessions["visit_date"], errors="coerce")
         ds.sessions = ds.sessions[["session_id"]].copy()
         gc.collect()
 
@@ -445,6 +448,18 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
         session_calibration=session_calibration,
         in_session_calibration=in_session_calibration,
     )
+    # Hot / Warm / Cold at the shipped model's quantiles of the test weeks, judged with
+    # the evaluated model's scores there.
+    test_ids = ds.sessions["session_id"].to_numpy()[split.test]
+    tiers = tiers_for_model(
+        model.score_session_vectors,
+        x_all,
+        dates,
+        split.test,
+        (p_test, y[split.test], true_probabilities(data_dir, test_ids)),
+        (cfg.hot_share, cfg.warm_share),
+    )
+    model.tiers = tiers
     metrics: dict[str, Any] = {
         "comparison": comparison,
         "tuning": tuning,
@@ -488,6 +503,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
             ),
             "shipped": shipped,
         },
+        "tiers": tiers.as_dict(),
         "metrics": metrics,
         "params": {"session": tuning["params"], "in_session": cfg.in_session_params},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -506,12 +522,13 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
             metrics,
             metrics["in_session"]["by_hits_seen"],
             uncalibrated=raw_test,
+            tiers=tiers.as_dict(),
         )
         # The test rows' scores, for comparisons that need the rows (the benchmark's
         # Bayes AUC on the same sessions, the online-quality check).
         pd.DataFrame(
             {
-                "session_id": ds.sessions["session_id"].to_numpy()[split.test],
+                "session_id": test_ids,
                 "converted": y[split.test],
                 "p_session_start": np.round(p_test, 7),
             }
