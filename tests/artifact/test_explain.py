@@ -1,0 +1,133 @@
+"""Reasons add up to the score's log-odds, and show the values the visitor had."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from artifact import load_model
+from artifact.explain import EMPTY_VALUE, RARE_VALUE, explain_in_session, explain_session
+from features import IN_SESSION_FEATURES, SESSION_FEATURES
+from features.columns import SESSION_COLUMNS
+from features.hits import STATE_INDEX, empty_state
+from features.session import rows_to_columns
+
+# Rows as the real export has them: empty resolutions, (not set), values never seen in
+# training, missing utm fields, a visit number as text.
+QUIRKS: list[dict[str, object]] = [
+    {"device_screen_resolution": "0x0"},
+    {"device_screen_resolution": "(not set)", "geo_city": "(not set)"},
+    {"utm_source": None, "utm_campaign": None, "device_os": None, "device_brand": None},
+    {"utm_medium": "never-seen-medium", "geo_city": "Atlantis"},
+    {"visit_number": "3"},
+    {"utm_keyword": float("nan"), "device_browser": ""},
+]
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p) - np.log1p(-p)
+
+
+@pytest.fixture(scope="module")
+def rows(data_dir: Path) -> list[dict[str, object]]:
+    """Generated session rows, the last ones of the export, and each quirk on one of them."""
+    df = pd.read_csv(data_dir / "ga_sessions.csv", dtype={"client_id": str}).tail(400)
+    base = df.to_dict("records")
+    quirky = [dict(base[i], **q) for i, q in enumerate(QUIRKS)]
+    return base + quirky
+
+
+def test_session_reasons_add_up_to_the_scores_log_odds(model_path: Path, rows: list) -> None:
+    model = load_model(model_path)
+    x = model.session_vectors(rows_to_columns(rows, SESSION_COLUMNS))
+    z = _logit(model.score_session_vectors(x))
+    for exact in (False, True):
+        found = explain_session(model, x) if not exact else _exact(model, x)
+        assert len(found) == len(rows)
+        for e, want in zip(found, z, strict=True):
+            assert {r.feature for r in e.reasons} == set(SESSION_FEATURES)
+            total = e.bias + sum(r.contribution for r in e.reasons)
+            assert total == pytest.approx(want, abs=1e-4)
+            assert e.log_odds == pytest.approx(want, abs=1e-4)
+            # The event's short form keeps the sum: bias + top + rest.
+            top = e.top(5)
+            assert len(top["top"]) == 5
+            short = top["bias"] + sum(r["contribution"] for r in top["top"]) + top["rest"]
+            assert short == pytest.approx(want, abs=1e-4)
+            sizes = [abs(r.contribution) for r in e.reasons]
+            assert sizes == sorted(sizes, reverse=True)
+
+
+def _exact(model, x):  # type: ignore[no-untyped-def]
+    from artifact.explain import explain_rows
+
+    return explain_rows(
+        model.session_booster,
+        model.session_calibration,
+        SESSION_FEATURES,
+        x,
+        model.encoding,
+        exact=True,
+    )
+
+
+def test_an_online_shift_moves_the_bias_not_the_contributions(model_path: Path, rows) -> None:
+    model = load_model(model_path)
+    shifted = model.with_online_shift(-0.7, "v#1")
+    x = model.session_vectors(rows_to_columns(rows[:50], SESSION_COLUMNS))
+    before, after = explain_session(model, x), explain_session(shifted, x)
+    z = _logit(shifted.score_session_vectors(x))
+    for b, a, want in zip(before, after, z, strict=True):
+        assert a.bias == pytest.approx(b.bias - 0.7, abs=1e-9)
+        assert [r.contribution for r in a.reasons] == [r.contribution for r in b.reasons]
+        assert a.log_odds == pytest.approx(want, abs=1e-4)
+
+
+def test_in_session_reasons_add_up_on_hit_states(model_path: Path, rows) -> None:
+    model = load_model(model_path)
+    assert model.in_session_booster is not None
+    x = model.session_vectors(rows_to_columns(rows[:60], SESSION_COLUMNS))
+    rng = np.random.default_rng(3)
+    states = np.tile(empty_state(), (len(x), 1))
+    for name in ("hits", "max_hit_number", "card_views", "photo_views", "search"):
+        states[:, STATE_INDEX[name]] = rng.integers(0, 12, len(x))
+    states[:, STATE_INDEX["max_hit_time_ms"]] = rng.choice([-1.0, 30_000.0, 900_000.0], len(x))
+    z = _logit(model.score_in_session(x, states))
+    found = explain_in_session(model, x, states)
+    for e, want, state in zip(found, z, states, strict=True):
+        assert [
+            r.feature for r in sorted(e.reasons, key=lambda r: IN_SESSION_FEATURES.index(r.feature))
+        ] == list(IN_SESSION_FEATURES)
+        assert e.log_odds == pytest.approx(want, abs=1e-4)
+        hits_seen = next(r for r in e.reasons if r.feature == "hits_seen")
+        assert hits_seen.value == state[STATE_INDEX["hits"]]
+
+
+def test_values_are_the_visitors_own(model_path: Path, rows) -> None:
+    model = load_model(model_path)
+    codes = model.encoding.columns["utm_medium"].log_odds
+    known = next(r for r in rows if str(r["utm_medium"]) in codes)
+    chosen = [
+        known,
+        dict(known, utm_medium="never-seen-medium", visit_number=7),
+        dict(known, utm_medium=None),
+    ]
+    x = model.session_vectors(rows_to_columns(chosen, SESSION_COLUMNS))
+    found = explain_session(model, x)
+
+    def value(e, feature):  # type: ignore[no-untyped-def]
+        return next(r.value for r in e.reasons if r.feature == feature)
+
+    assert value(found[0], "te_utm_medium") == known["utm_medium"]
+    assert value(found[0], "freq_utm_medium") == known["utm_medium"]
+    assert value(found[1], "te_utm_medium") == RARE_VALUE
+    assert value(found[1], "visit_number") == 7.0
+    assert value(found[2], "te_utm_medium") in (EMPTY_VALUE, RARE_VALUE)
+    # A feature the row does not have (no resolution) has no value, not NaN.
+    blank = model.session_vectors(
+        rows_to_columns([dict(known, device_screen_resolution=None)], SESSION_COLUMNS)
+    )
+    assert value(explain_session(model, blank)[0], "screen_width") is None
