@@ -18,9 +18,11 @@ from typing import cast
 import numpy as np
 import orjson
 
+from artifact.explain import explain_in_session
 from contracts.history import history_entry, history_field
-from contracts.scores import score_event
+from contracts.scores import TIER_NAMES, score_event
 from contracts.times import iso_from_ms, now_ms, utc_iso
+from stream.leads import explained
 from stream.logic import outcome_event
 from stream.parking import Parking
 from stream.records import Context, Output
@@ -148,14 +150,23 @@ class Closer:
         """Score sessions closed for the first time, store their close, add its events."""
         model = self.ctx.model
         vecs = np.vstack([cast(np.ndarray, states[sid].vector) for sid, _ in fresh])
-        probs = model.score_in_session(vecs, np.vstack([states[sid].state for sid, _ in fresh]))
+        hit_states = np.vstack([states[sid].state for sid, _ in fresh])
+        probs = model.score_in_session(vecs, hit_states)
+        tiers = explained(
+            model,
+            probs,
+            lambda rows: explain_in_session(model, vecs[rows], hit_states[rows]),
+            self.ctx.reasons,
+        )
+        out.unexplained += tiers.failed
         stamp_ms = now_ms()
         stamp = utc_iso(stamp_ms)
         online = (model.calibration_id, model.calibration_shift)
         closes: list[CloseWrite] = []
-        for (sid, last_ms), p in zip(fresh, probs, strict=True):
+        for k, ((sid, last_ms), p) in enumerate(zip(fresh, probs, strict=True)):
             st = states[sid]
             event_time = iso_from_ms(last_ms)
+            tier, reasons = tiers.tier(k), tiers.reasons.get(k)
             payload = orjson.dumps(
                 score_event(
                     session_id=sid,
@@ -167,6 +178,8 @@ class Closer:
                     event_time=event_time,
                     scored_at=stamp,
                     calibration=online,
+                    tier=TIER_NAMES[tier],
+                    reasons=reasons,
                 )
             )
             outcome = None
@@ -182,7 +195,7 @@ class Closer:
                     )
                 )
                 out.outcomes.append((sid, outcome))
-            entry = history_entry(p, model.version, last_ms, stamp_ms, online)
+            entry = history_entry(p, model.version, last_ms, stamp_ms, online, tier, reasons)
             closes.append(CloseWrite(sid, payload, END_FIELD, outcome, entry, where[sid]))
             out.score(sid, payload, "session_end")
         await self.ctx.store.prepare_close(closes)

@@ -148,12 +148,14 @@ local function add(P, ms, channel, stats)
 end
 -- S: a session's row. a[i..]: dashboard index, session id, start probability and
 -- start ms (as text), utm medium, source and campaign, the packed row
--- (contracts.keys.pack_row), the packed counters, the start score's field and entry.
--- Nothing happens if the hash has a row already, and it says so (true). ``latest``
--- names the latest score's field.
+-- (contracts.keys.pack_row), the packed counters, the start score's field and entry,
+-- then any more fields and values of the hash (its lead's tier). Nothing happens if
+-- the hash has a row already, and it says so (true). ``latest`` names the latest
+-- score's field.
 local function start(key, a, i, c)
   if redis.call('HSETNX', key, 'row', a[i + 7]) == 0 then return true end
-  redis.call('HSET', key, 'hs', a[i + 8], a[i + 9], a[i + 10], 'latest', a[i + 9])
+  redis.call('HSET', key, 'hs', a[i + 8], a[i + 9], a[i + 10], 'latest', a[i + 9],
+             unpack(a, i + 11, i + c - 1))
   redis.call('EXPIRE', key, STTL)
   local x = hotset(DASH[a[i]])
   local ms = tonumber(a[i + 3])

@@ -40,6 +40,7 @@ class _RunSession:
     state: SessionState
     applied: set[int] = field(default_factory=set)
     history: dict[str, bytes] = field(default_factory=dict)  # score JSON by history field
+    leads: dict[str, bytes] = field(default_factory=dict)  # lead JSON by its score's field
     # ``applied`` holds every hit applied, not only the run's: the session came from the
     # cache. One read from Redis knows only the hits its batch asked about, so it is
     # not cached (its later batches read it again).
@@ -217,6 +218,7 @@ class HitBatches:
             st.latest, st.has_latest = w.scores[-1][1], True
             if w.outcome is not None:
                 st.outcome = w.outcome
+            st.lead_tier = max(st.lead_tier, w.lead_tier)
             known = run.sessions.get(w.session_id)
             if known is None:
                 cached = batch.cached.get(w.session_id)
@@ -228,6 +230,7 @@ class HitBatches:
             known.state = st
             known.applied.update(w.applied)
             known.history.update(w.scores)
+            known.leads.update(w.leads)
             if known.complete:
                 ttl_at = None if w.refresh_ttl else cache.ttl_set_at(w.session_id)
                 cache.put(w.session_id, st, known.applied, ttl_at)
@@ -256,23 +259,28 @@ class HitBatches:
         if not batch.duplicates:
             return
         out, states = batch.out, batch.states
-        # A copy made earlier in this run may not be in Redis yet; the run has it.
-        copies: dict[tuple[str, int], bytes | None] = {}
+        # A copy made earlier in this run may not be in Redis yet; the run has it, and the
+        # lead its score made, if any.
+        copies: dict[tuple[str, int], tuple[bytes | None, bytes | None]] = {}
         from_redis = []
         for sid, number in batch.duplicates:
             known = run.sessions.get(sid)
-            copy = None if known is None else known.history.get(history_field("hit", number))
+            name = history_field("hit", number)
+            copy = None if known is None else known.history.get(name)
             if copy is None:
                 from_redis.append((sid, number))
-            copies[(sid, number)] = copy
-        stored = await self.ctx.store.stored_scores(
+            else:
+                copies[(sid, number)] = (copy, known.leads.get(name) if known else None)
+        stored = await self.ctx.store.stored_copies(
             [(sid, partition_of(states[sid]), history_field("hit", n)) for sid, n in from_redis]
         )
         copies.update(zip(from_redis, stored, strict=True))
         for sid, number in batch.duplicates:
-            copy = copies[(sid, number)]
+            copy, lead = copies[(sid, number)]
             if copy is not None:
                 out.score(sid, copy, "hit")
+            if lead is not None:
+                out.leads.append((sid, lead))
             outcome = states[sid].outcome
             if outcome is not None and orjson.loads(outcome).get("hit_number") == number:
                 out.outcomes.append((sid, outcome))

@@ -15,16 +15,20 @@ import numpy as np
 import orjson
 
 from artifact import ConversionModel
+from artifact.explain import explain_in_session
 from contracts.history import history_entry, history_field
-from contracts.scores import score_event
+from contracts.scores import TIER_NAMES, score_event
 from contracts.times import iso_from_ms, now_ms, utc_iso
 from features.hits import STATE_INDEX, combine_values, empty_state
+from stream.leads import explained as explain_tiers
+from stream.leads import lead_json
 from stream.logic import epoch_ms, hit_event_ms, outcome_event
 from stream.records import Context, Output, Record, bounded, converted, failure
 from stream.state import HitWrite, SessionState
 
 MAX_HIT = STATE_INDEX["max_hit_number"]
 TARGETS = STATE_INDEX["target_hits"]
+HITS = STATE_INDEX["hits"]
 # A hits write sets its session's TTL again once this share of the TTL has passed since
 # it was last set (the session start sets it; so does any write of a session the
 # worker did not know).
@@ -98,12 +102,10 @@ class HitScorer:
 
     @staticmethod
     def _probabilities(
-        model: ConversionModel, states: dict[str, SessionState], walk: HitsWalk
+        model: ConversionModel, vecs: np.ndarray, hit_states: np.ndarray, walk: HitsWalk
     ) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
         """Score a walk's hits: all at once, else one by one; return what failed too."""
         to_score = walk.to_score
-        vecs = np.vstack([cast(np.ndarray, states[sid].vector) for _, sid, _, _ in to_score])
-        hit_states = np.array([s for _, _, s, _ in to_score], dtype=np.float64)
         try:
             probs = model.score_in_session(vecs, hit_states)
             if np.isfinite(probs).all():
@@ -138,9 +140,18 @@ class HitScorer:
         if not to_score:
             return [], []
         model = self.ctx.model
-        probs, failed = self._probabilities(model, states, walk)
+        vecs = np.vstack([cast(np.ndarray, states[sid].vector) for _, sid, _, _ in to_score])
+        hit_states = np.array([s for _, _, s, _ in to_score], dtype=np.float64)
+        probs, failed = self._probabilities(model, vecs, hit_states, walk)
         if failed:
             return [], failed
+        tiers = explain_tiers(
+            model,
+            probs,
+            lambda rows: explain_in_session(model, vecs[rows], hit_states[rows]),
+            self.ctx.reasons,
+        )
+        made: dict[str, int] = {}  # each session's highest lead tier, as the batch goes
         version = model.version
         online = (model.calibration_id, model.calibration_shift)
         latest = {sid: states[sid].latest for _, sid, _, _ in to_score}
@@ -174,21 +185,25 @@ class HitScorer:
                         )
                     )
                 probability = float(p)
-                payload = bounded(
-                    orjson.dumps(
-                        score_event(
-                            session_id=sid,
-                            client_id=st.client_id,
-                            probability=probability,
-                            model_version=version,
-                            trigger="hit",
-                            hit_number=hit["hit_number"],
-                            event_time=event_time,
-                            scored_at=stamp,
-                            calibration=online,
-                        )
-                    )
+                tier, reasons = tiers.tier(k), tiers.reasons.get(k)
+                event = score_event(
+                    session_id=sid,
+                    client_id=st.client_id,
+                    probability=probability,
+                    model_version=version,
+                    trigger="hit",
+                    hit_number=hit["hit_number"],
+                    event_time=event_time,
+                    scored_at=stamp,
+                    calibration=online,
+                    tier=TIER_NAMES[tier],
+                    reasons=reasons,
                 )
+                payload = bounded(orjson.dumps(event))
+                lead = None
+                if tier > made.get(sid, st.lead_tier) and self._open(st, converted_at, sid, k):
+                    assert st.channel is not None
+                    lead = lead_json(event, st.channel, int(state[HITS]))
             except Exception as exc:  # noqa: BLE001 - one hit's events cannot be made
                 failed.append((i, "serialise", failure(exc)))
                 continue
@@ -198,6 +213,11 @@ class HitScorer:
             if outcome is not None:
                 w.outcome = outcome
                 events.outcomes.append((sid, outcome))
+            if lead is not None:
+                made[sid] = w.lead_tier = tier
+                w.leads.append((history_field("hit", hit["hit_number"]), lead))
+                events.leads.append((sid, lead))
+                events.new_leads[TIER_NAMES[tier]] += 1
             latest[sid] = payload
             last[sid] = state
             w.probability = probability
@@ -207,7 +227,14 @@ class HitScorer:
             w.scores.append((history_field("hit", hit["hit_number"]), payload))
             w.entries.append(
                 history_entry(
-                    probability, version, event_ms if st.start else None, stamp_ms, online
+                    probability,
+                    version,
+                    event_ms if st.start else None,
+                    stamp_ms,
+                    online,
+                    tier,
+                    reasons,
+                    None if lead is None else int(state[HITS]),
                 )
             )
             events.score(sid, payload, "hit")
@@ -219,10 +246,23 @@ class HitScorer:
             w.state = np.asarray(last[sid], dtype=np.float64)
         out.outcomes += events.outcomes
         out.scores += events.scores
+        out.leads += events.leads
+        out.new_leads.update(events.new_leads)
+        out.unexplained += tiers.failed
         for trigger, n in events.triggers.items():
             out.triggers[trigger] = out.triggers.get(trigger, 0) + n
         out.event_ts_ms += events.event_ts_ms
         return list(writes.values()), []
+
+    @staticmethod
+    def _open(st: SessionState, converted_at: dict[str, int], sid: str, k: int) -> bool:
+        """Whether a session may still make a lead at the ``k``-th score of the walk: it is
+        open, has not converted, and none of its hits up to this one is its target, and
+        its channel is known (it is, once its row is stored)."""
+        if st.closed or st.outcome is not None or st.channel is None:
+            return False
+        at = converted_at.get(sid)
+        return at is None or k < at
 
     def _new_write(self, sid: str, st: SessionState, rec: Record, event_ms: float) -> HitWrite:
         """A session's write for a batch, before its hits are added to it."""

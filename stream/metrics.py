@@ -44,6 +44,19 @@ class WorkerMetrics:
             ["outcome"],
             registry=r,
         )
+        self.leads = Counter(
+            "scorer_worker_leads_total",
+            "Leads made, by tier (warm, hot); a copy published again after a crash is not counted",
+            ["tier"],
+            registry=r,
+        )
+        self.unexplained = Counter(
+            "scorer_worker_unexplained_total",
+            "Warm and Hot scores published without reasons: explaining them failed",
+            registry=r,
+        )
+        for tier in ("warm", "hot"):
+            self.leads.labels(tier)
         self.dead_letters = Counter(
             "scorer_worker_dead_letters_total",
             "Events sent to the dead-letter topic, by the stage that failed",

@@ -59,12 +59,14 @@ class Processor:
         hits_topic: str = "ga.hits",
         cache_sessions: int = 50_000,
         cache_age_s: float = 600.0,
+        reasons: bool = True,
     ) -> None:
         self.ctx = Context(
             model=model,
             store=store,
             cache=SessionCache(cache_sessions, cache_age_s),
             gate=SessionGate(),
+            reasons=reasons,
         )
         self.clock = EventClock(store)
         self.parking = Parking(self.ctx, hits_topic)

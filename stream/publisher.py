@@ -1,4 +1,4 @@
-"""Publishing a batch's output: scores, outcomes and dead letters, on Kafka, counted."""
+"""Publishing a batch's output: scores, outcomes, leads and dead letters, on Kafka, counted."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ class Publisher:
         prefix = settings.topic_prefix
         self.scores_name = topics.topic_name(topics.SCORES, prefix)
         self.outcomes_name = topics.topic_name(topics.OUTCOMES, prefix)
+        self.leads_name = topics.topic_name(topics.LEADS, prefix)
         self.dead_name = topics.topic_name(topics.DEAD_LETTERS, prefix)
         self.partition_counts: dict[str, tuple[int, float]] = {}  # topic -> (count, when)
         self._spread = 0  # round-robin partition of keyless messages (dead letters)
@@ -58,6 +59,7 @@ class Publisher:
         futures = await self.send_all(
             [(self.scores_name, sid.encode(), payload) for sid, payload in out.scores]
             + [(self.outcomes_name, sid.encode(), payload) for sid, payload in out.outcomes]
+            + [(self.leads_name, sid.encode(), payload) for sid, payload in out.leads]
             + [(self.dead_name, None, payload) for _, payload in out.dead_letters],
             wait=pending is None,
         )
@@ -163,6 +165,10 @@ class Publisher:
             m.outcomes_out.labels(
                 "converted" if b'"outcome":"converted"' in payload else "not_converted"
             ).inc()
+        for tier, n in out.new_leads.items():
+            m.leads.labels(tier).inc(n)
+        if out.unexplained:
+            m.unexplained.inc(out.unexplained)
         for stage, _ in out.dead_letters:
             m.dead_letters.labels(stage).inc()
         for (stage, kind), n in out.refusals.items():

@@ -44,6 +44,10 @@ class Output:
 
     scores: list[tuple[str, bytes]] = field(default_factory=list)  # (session_id, JSON)
     outcomes: list[tuple[str, bytes]] = field(default_factory=list)  # (session_id, JSON)
+    leads: list[tuple[str, bytes]] = field(default_factory=list)  # (session_id, JSON)
+    # leads made by this batch (not copies published again), by tier name
+    new_leads: collections.Counter[str] = field(default_factory=collections.Counter)
+    unexplained: int = 0  # Warm and Hot scores left without reasons (stream/leads.py)
     # sessions to release after publishing, each with its partition
     released: dict[str, int] = field(default_factory=dict)
     dead_letters: list[tuple[str, bytes]] = field(default_factory=list)  # (stage, JSON)
@@ -89,6 +93,7 @@ class Context:
     store: RedisStore
     cache: SessionCache  # what Redis holds of this worker's sessions (stream/cache.py)
     gate: SessionGate  # sessions a hits batch or a close round works on (stream/gate.py)
+    reasons: bool = True  # explain Warm and Hot scores (stream/leads.py)
 
 
 def dead_letter(record: Record, stage: str, error: str, kind: str = "invalid") -> bytes:

@@ -50,6 +50,9 @@ class SessionState:
     latest: bytes | None = None  # the latest ScoreEvent JSON (when read: ``has_latest``)
     has_latest: bool = True  # False: the read left the latest score out
     outcome: bytes | None = None  # the OutcomeEvent JSON, once known
+    lead_tier: int = 0  # the highest tier it made a lead of (0: none)
+    # its utm_medium, utm_source, utm_campaign, device and city, as its row is stored
+    channel: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -67,6 +70,7 @@ class SessionWrite:
     event_ms: float = 0.0
     probability: float = 0.0
     channel: list[str] | None = None  # dashboard.channel_values of its row
+    lead_tier: int = 0  # the tier of the lead its start score made (0: none)
 
 
 @dataclass
@@ -85,6 +89,8 @@ class HitWrite:
     refresh_ttl: bool = True  # set the session's TTL again (else it was set lately)
     probability: float = 0.0  # the latest of the batch's scores
     entries: list[bytes] = field(default_factory=list)  # history entries of ``scores``, if any
+    lead_tier: int = 0  # the highest tier its scores made a lead of (0: none)
+    leads: list[tuple[str, bytes]] = field(default_factory=list)  # (history field, LeadEvent JSON)
 
 
 @dataclass

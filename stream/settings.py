@@ -56,5 +56,6 @@ class StreamSettings(BaseSettings):
     recal_max_step: float = 0.1  # log-odds per update
     recal_alert_shift: float = 0.5  # log-odds: beyond it, the alert fires
     calibration_follow_s: float = 1.0  # worker and API: how often to look for a new one
+    reasons: bool = True  # the worker explains its Warm and Hot scores (stream/leads.py)
     dashboard_retention_s: int = 30 * 86400  # dashboard: expiry of daily and all-time data
     log_level: str = "info"

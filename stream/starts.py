@@ -17,14 +17,16 @@ import numpy as np
 import orjson
 
 from artifact import ConversionModel
+from artifact.explain import explain_session
 from contracts.history import history_entry, history_field
-from contracts.scores import score_event
+from contracts.scores import TIER_NAMES, score_event
 from contracts.times import now_ms, utc_iso
 from features.columns import SESSION_COLUMNS
 from features.hits import empty_state
 from features.session import rows_to_columns
 from stream.clock import EventClock
 from stream.dashboard import channel_values
+from stream.leads import Explained, explained, lead_json
 from stream.logic import BadEvent, epoch_ms, parse_session, start_time
 from stream.parking import Parking
 from stream.records import Context, Output, Record, counts, failure
@@ -42,6 +44,7 @@ class SessionsRun:
     """
 
     started: dict[str, bytes] = field(default_factory=dict)  # start score JSON by session
+    leads: dict[str, bytes] = field(default_factory=dict)  # the lead of a start score, if any
     released: dict[str, int] = field(default_factory=dict)  # partition by session, in order
 
 
@@ -58,6 +61,9 @@ class SessionsBatch:
     model: ConversionModel | None = None  # the model that scored it
     vectors: np.ndarray | None = None
     probs: np.ndarray | None = None
+    tiers: Explained | None = None  # the scores' tiers and reasons
+    # the lead of each session's start score, if any: made, or a copy (``_landed``)
+    leads: dict[str, bytes | None] = field(default_factory=dict)
     # the read of its sessions, sent and not yet awaited (``read``)
     reading: Awaitable[tuple[dict[str, SessionState], list[bool]]] | None = None
     writes: list[SessionWrite] = field(default_factory=list)
@@ -77,6 +83,8 @@ def _stored_session(w: SessionWrite) -> SessionState:
         partition=w.partition,
         latest=w.score_json,
         has_latest=True,
+        lead_tier=w.lead_tier,
+        channel=tuple(w.channel) if w.channel is not None else None,
     )
 
 
@@ -109,10 +117,20 @@ class SessionStarts:
             )
             batch.probs = model.score_session_vectors(batch.vectors)
             if np.isfinite(batch.probs).all():
-                return batch
+                return self._explain(batch)
         except Exception:  # noqa: BLE001 - found below, row by row
             pass
         self._score_rows_alone(batch)
+        return self._explain(batch)
+
+    def _explain(self, batch: SessionsBatch) -> SessionsBatch:
+        """Find a scored batch's tiers, and the reasons of its Warm and Hot scores."""
+        model, vectors, probs = batch.model, batch.vectors, batch.probs
+        if model is not None and vectors is not None and probs is not None and len(probs):
+            batch.tiers = explained(
+                model, probs, lambda rows: explain_session(model, vectors[rows]), self.ctx.reasons
+            )
+            batch.out.unexplained += batch.tiers.failed
         return batch
 
     def _score_rows_alone(self, batch: SessionsBatch) -> None:
@@ -152,7 +170,9 @@ class SessionStarts:
         if not batch.parsed:
             return batch
         out, model, vectors, probs = batch.out, batch.model, batch.vectors, batch.probs
+        tiers = batch.tiers
         assert model is not None and vectors is not None and probs is not None
+        assert tiers is not None
         cache = self.ctx.cache
         hfield = history_field("session_start", None)
         online = (model.calibration_id, model.calibration_shift)
@@ -166,6 +186,7 @@ class SessionStarts:
                 out.duplicates += 1
                 continue
             start = start_time(row).isoformat()
+            tier, reasons = tiers.tier(i), tiers.reasons.get(i)
             event = score_event(
                 session_id=sid,
                 client_id=row.get("client_id"),
@@ -176,8 +197,13 @@ class SessionStarts:
                 event_time=start,
                 scored_at=stamp,
                 calibration=online,
+                tier=TIER_NAMES[tier],
+                reasons=reasons,
             )
             payload = orjson.dumps(event)
+            channel = channel_values(row)
+            if tier:
+                batch.leads[sid] = lead_json(event, channel, 0)
             writes[sid] = SessionWrite(
                 session_id=sid,
                 client_id=row.get("client_id"),
@@ -185,11 +211,21 @@ class SessionStarts:
                 vector=vectors[i],
                 score_json=payload,
                 history_field=hfield,
-                history=history_entry(probs[i], model.version, True, stamp_ms, online),
+                history=history_entry(
+                    probs[i],
+                    model.version,
+                    True,
+                    stamp_ms,
+                    online,
+                    tier,
+                    reasons,
+                    0 if tier else None,
+                ),
                 partition=rec.partition,
                 event_ms=epoch_ms(start),
                 probability=float(probs[i]),
-                channel=channel_values(row),
+                channel=channel,
+                lead_tier=tier,
             )
             batch.placed[sid] = len(out.scores)
             out.score(sid, payload, "session_start")
@@ -203,18 +239,23 @@ class SessionStarts:
         stored = dict(
             zip(
                 from_redis,
-                await self.ctx.store.stored_scores([(s, where[s], hfield) for s in from_redis]),
+                await self.ctx.store.stored_copies([(s, where[s], hfield) for s in from_redis]),
                 strict=True,
             )
         )
         for sid in again:
-            copy = run.started.get(sid, stored.get(sid))
+            if sid in run.started:
+                batch.from_run[sid] = len(out.scores)
+                out.score(sid, run.started[sid], "session_start")
+                batch.leads[sid] = run.leads.get(sid)
+                continue
+            copy, lead = stored.get(sid, (None, None))
             if copy is not None:
-                if sid in run.started:
-                    batch.from_run[sid] = len(out.scores)
                 out.score(sid, copy, "session_start")
+                batch.leads[sid] = lead
         batch.writes = list(writes.values())
         run.started.update((w.session_id, w.score_json) for w in batch.writes)
+        run.leads.update((s, lead) for s in writes if (lead := batch.leads.get(s)) is not None)
         batch.marks = self.clock.raise_marks("sessions", batch.writes)
         batch.computed = True
         out.released = where
@@ -230,6 +271,7 @@ class SessionStarts:
         instead of the one just made, the very same copy as the first time.
         """
         if not batch.computed:
+            self._leads(batch, set())
             return asyncio.sleep(0)
         landed = await self.ctx.store.send_write(batch.writes, [], batch.marks, events=batch.counts)
         return self._landed(batch, run, landed)
@@ -247,14 +289,30 @@ class SessionStarts:
             where = {row["session_id"]: rec.partition for rec, row in batch.parsed}
             order = sorted(held)
             hfield = history_field("session_start", None)
-            stored = await self.ctx.store.stored_scores([(s, where[s], hfield) for s in order])
-            for sid, copy in zip(order, stored, strict=True):
+            stored = await self.ctx.store.stored_copies([(s, where[s], hfield) for s in order])
+            for sid, (copy, lead) in zip(order, stored, strict=True):
                 out.duplicates += 1
                 at = batch.placed[sid]
                 if copy is None:  # it expired since: what was just made is all there is
                     continue
                 out.scores[at] = (sid, copy)
                 run.started[sid] = copy
+                batch.leads[sid] = lead
+                if lead is None:
+                    run.leads.pop(sid, None)
+                else:
+                    run.leads[sid] = lead
         # Copies taken from the run before an earlier batch found its row held.
         for sid, at in batch.from_run.items():
             out.scores[at] = (sid, run.started[sid])
+            batch.leads[sid] = run.leads.get(sid)
+        self._leads(batch, held)
+
+    @staticmethod
+    def _leads(batch: SessionsBatch, held: set[str]) -> None:
+        """Add the batch's leads, made or copied, to its output; count those it made."""
+        out = batch.out
+        out.leads += [(sid, lead) for sid, lead in batch.leads.items() if lead is not None]
+        for w in batch.writes:
+            if w.lead_tier and w.session_id not in held:
+                out.new_leads[TIER_NAMES[w.lead_tier]] += 1

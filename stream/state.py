@@ -144,6 +144,13 @@ class RedisStore:
         """The stored score JSON of (session, partition, score field) triples."""
         return await self.reads.stored_scores(items)
 
+    async def stored_copies(
+        self, items: Sequence[tuple[str, int, str]]
+    ) -> list[tuple[bytes | None, bytes | None]]:
+        """The stored score JSON of (session, partition, score field) triples, each with
+        the lead it made (``StateReads.stored_copies``)."""
+        return await self.reads.stored_copies(items)
+
     async def applied(self, partitions: Collection[int]) -> dict[tuple[str, int], int | None]:
         """The applied offsets Redis holds for input partitions (None: none)."""
         return await self.reads.applied(partitions)

@@ -10,19 +10,27 @@ import numpy as np
 from redis.commands.core import AsyncScript
 
 from contracts import keys
-from contracts.history import latest_from_hash, score_from_history
+from contracts.history import copies_from_history, latest_from_hash
 from features.hits import empty_state
 from stream.redis_calls import ScriptCalls
 from stream.scripts import READ_SCRIPT, STORED_SCRIPT
 from stream.session_state import Sessions, SessionState
 
 # The hash fields a batch reads of each session; the packed counters come last.
-READ_FIELDS = [keys.ROW_FIELD, "ready", "closed", "outcome", keys.HIT_STATE_FIELD]
+READ_FIELDS = [keys.ROW_FIELD, "ready", "closed", "outcome", keys.LEAD_FIELD, keys.HIT_STATE_FIELD]
 _READ_LATEST = [*READ_FIELDS, keys.LATEST_FIELD]
 _LATEST_AT = len(_READ_LATEST)  # its place (from 1) in READ_SCRIPT's fields
-_N_META = 4
+_N_META = 5
 _EMPTY_STATE: list[float] = empty_state().tolist()  # what a counter is before any hit
 _STATE_BYTES = len(keys.pack_hit_state(_EMPTY_STATE))
+
+
+def _lead_tier(raw: bytes | None) -> int:
+    """The lead tier a session hash holds (0: none, or not a tier this code knows)."""
+    try:
+        return int(raw) if raw else 0
+    except ValueError:
+        return 0
 
 
 class StateReads:
@@ -97,7 +105,7 @@ class StateReads:
         empty = _EMPTY_STATE
         n_fields = len(READ_FIELDS)
         for sid, row in zip(sids, rows, strict=True):
-            raw, ready, closed, outcome = (x or None for x in row[:_N_META])
+            raw, ready, closed, outcome, lead = (x or None for x in row[:_N_META])
             stored = None if raw is None else keys.unpack_row(raw)
             packed = row[_N_META]
             if packed and len(packed) == _STATE_BYTES:
@@ -124,16 +132,25 @@ class StateReads:
                 ),
                 has_latest=has_latest,
                 outcome=outcome,
+                lead_tier=_lead_tier(lead),
+                channel=None if stored is None else stored.channel,
             )
             for n, f in zip(numbers.get(sid, []), row[at:], strict=True):
                 flags[(sid, n)] = f is not False  # its score is stored
 
     async def stored_scores(self, items: Sequence[tuple[str, int, str]]) -> list[bytes | None]:
-        """Return the stored score JSON for (session, partition, score field) triples.
+        """Return the stored score JSON for (session, partition, score field) triples."""
+        return [score for score, _ in await self.stored_copies(items)]
 
-        The JSON is made again from the stored entry and the session's client id and
-        start, the very bytes published the first time. One script call per group of
-        partitions, on its lane, after the writes sent before it.
+    async def stored_copies(
+        self, items: Sequence[tuple[str, int, str]]
+    ) -> list[tuple[bytes | None, bytes | None]]:
+        """Return the stored score JSON for (session, partition, score field) triples,
+        each with the JSON of the lead it made (None: none; both None: no such score).
+
+        The JSON is made again from the stored entry and the session's row (client id,
+        start, channel), the very bytes published the first time. One script call per
+        group of partitions, on its lane, after the writes sent before it.
         """
         if not items:
             return []
@@ -149,16 +166,13 @@ class StateReads:
         for ks, replied in sent:
             for k, row in zip(ks, msgpack.unpackb(await replied, raw=True), strict=True):
                 found[k] = row
-        out: list[bytes | None] = []
+        out: list[tuple[bytes | None, bytes | None]] = []
         for (sid, _, name), row in zip(items, found, strict=True):
             if not row:
-                out.append(None)
+                out.append((None, None))
                 continue
             entry, raw = row
-            stored = keys.unpack_row(raw) if raw else None
-            client_id = None if stored is None else stored.client_id
-            start = None if stored is None else stored.start
-            out.append(score_from_history(sid, client_id, start, name, entry))
+            out.append(copies_from_history(sid, keys.unpack_row(raw) if raw else None, name, entry))
         return out
 
     async def applied(self, partitions: Collection[int]) -> dict[tuple[str, int], int | None]:

@@ -100,6 +100,7 @@ class StateWrites:
                 _PACKED_EMPTY,
                 s.history_field,
                 entry,
+                *((keys.LEAD_FIELD, str(s.lead_tier)) if s.lead_tier else ()),
             )
             opened.setdefault(part, []).extend((repr(s.event_ms), s.session_id))
             scores[part] = scores.get(part, 0) + 1
@@ -116,6 +117,8 @@ class StateWrites:
             fields = [x for pair in zip(names[1:], entries[1:], strict=True) for x in pair]
             if h.outcome is not None:
                 fields += ["outcome", h.outcome]
+            if h.lead_tier:
+                fields += [keys.LEAD_FIELD, str(h.lead_tier)]
             hot = not h.closed and not h.converted and h.outcome is None
             ops.add(
                 "H",

@@ -72,6 +72,7 @@ def run_worker(settings: StreamSettings) -> int:
         hits_topic,
         cache_sessions=settings.state_cache_sessions,
         cache_age_s=min(600.0, settings.session_ttl_s / 4),
+        reasons=settings.reasons,
     )
     attach_pipeline(app, settings, processor, metrics)
     metrics.serve(settings.metrics_port, settings.metrics_host)

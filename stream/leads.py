@@ -1,0 +1,64 @@
+"""A batch's tiers, the reasons of its Warm and Hot scores, and the leads they make.
+
+Every score gets its tier (``artifact.tiers``). Only Warm and Hot scores are explained
+(``artifact.explain``): a few percent of the traffic, computed for the batch at once.
+An explanation that fails costs the score its reasons, never the score: the score is
+published without them, and the failure is logged and counted.
+
+A score makes a lead (``contracts.leads``) when its tier is above the highest the
+session made a lead of, and the session is open and not converted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import orjson
+
+from artifact import ConversionModel
+from artifact.explain import EVENT_REASONS, Explanation
+from contracts.leads import lead_event
+from stream.records import bounded
+
+log = logging.getLogger(__name__)
+
+Explain = Callable[[np.ndarray], list[Explanation]]
+
+
+class Explained:
+    """Tiers of a batch's probabilities, and the reasons of those at Warm or above."""
+
+    def __init__(self, codes: np.ndarray, reasons: dict[int, dict[str, Any]], failed: int) -> None:
+        self.codes = codes
+        self.reasons = reasons
+        self.failed = failed  # Warm and Hot scores left without reasons
+
+    def tier(self, k: int) -> int:
+        """The tier code of the ``k``-th probability."""
+        return int(self.codes[k])
+
+
+def explained(
+    model: ConversionModel, probabilities: np.ndarray, explain: Explain, with_reasons: bool
+) -> Explained:
+    """The tiers of ``probabilities`` and, with ``with_reasons``, the reasons of the Warm and
+    Hot ones; ``explain`` explains the rows at the indexes it is given."""
+    codes = model.tier_codes(probabilities)
+    warm = np.flatnonzero(codes > 0)
+    if not with_reasons or len(warm) == 0:
+        return Explained(codes, {}, 0)
+    try:
+        found = explain(warm)
+    except Exception:  # noqa: BLE001 - the scores go out without their reasons
+        log.exception("could not explain %d scores; published without reasons", len(warm))
+        return Explained(codes, {}, len(warm))
+    reasons = {int(k): e.top(EVENT_REASONS) for k, e in zip(warm, found, strict=True)}
+    return Explained(codes, reasons, 0)
+
+
+def lead_json(score: dict[str, Any], channel: list[str] | tuple[str, ...], hits: int) -> bytes:
+    """The lead a score made, as published (``contracts.leads.lead_event``)."""
+    return bounded(orjson.dumps(lead_event(score, channel, hits)))
