@@ -1,0 +1,175 @@
+"""Leads on the real Kafka broker and Redis: exactly one per session and tier, through
+``kill -9`` of the worker while events are in flight; none for converted or closed
+sessions; every Warm and Hot score explained, its reasons adding up to its log-odds."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import signal
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from helpers import Truth, read_all, read_scores
+
+from artifact import load_model, read_card, save_model
+from artifact.tiers import Tiers
+from bench.procs import WorkerProcess, metrics
+from contracts import topics
+from contracts.leads import LeadEvent, lead_id
+from contracts.scores import TIER_NAMES, ScoreEvent
+from features.target import TARGET_ACTIONS
+from stream.replay import send_events
+from stream.settings import StreamSettings
+from training.generate import generate
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def truth(tmp_path_factory: pytest.TempPathFactory) -> Truth:
+    out = tmp_path_factory.mktemp("leads")
+    generate(out, 400, seed=43, progress=False)
+    return Truth(out)
+
+
+@pytest.fixture()
+def tiered_settings(
+    stream_settings: StreamSettings, model_path: Path, truth: Truth, tmp_path: Path
+) -> StreamSettings:
+    """The test model with Warm at the 75th and Hot at the 93rd percentile of these
+    sessions' start scores, so that many sessions cross each; a small batch size, so a
+    kill finds work in flight."""
+    model = load_model(model_path)
+    start = model.score_rows(list(truth.sessions.values()))
+    warm, hot = np.quantile(start, [0.75, 0.93])
+    tiered = dataclasses.replace(model, tiers=Tiers(warm=float(warm), hot=float(hot)))
+    save_model(tiered, tmp_path / "model", read_card(model_path))
+    return stream_settings.model_copy(
+        update={"model_path": tmp_path / "model" / "Pickled_model.pkl", "batch_max": 40}
+    )
+
+
+def _expected(truth: Truth, scores: dict[tuple[str, str, int | None], dict]) -> set:
+    """The (session, tier, score_id) leads the tier rule gives, walking each session's
+    start score and then its hits in the order they were sent (one partition per session:
+    the order they were applied), up to its first target hit."""
+    want = set()
+    for sid in truth.sessions:
+        made = 0
+        steps = [scores[(sid, "session_start", None)]]
+        for h in truth.hits[sid]:
+            if h["event_action"] in TARGET_ACTIONS:
+                break
+            steps.append(scores[(sid, "hit", h["hit_number"])])
+        for e in steps:
+            code = TIER_NAMES.index(e["tier"])
+            if code > made:
+                made = code
+                want.add((sid, e["tier"], e["score_id"]))
+    return want
+
+
+def _late_hits(truth: Truth, sids: list[str]) -> list[tuple[str, bytes, bytes]]:
+    """Ten car-card views after each session's last hit, an hour of event time later."""
+    out = []
+    for sid in sids:
+        last = max((h["hit_number"] for h in truth.hits[sid]), default=0)
+        for k in range(1, 11):
+            hit = {
+                "session_id": sid,
+                "hit_number": last + k,
+                "hit_time": 3_600_000 + 1000 * k,
+                "event_action": "view_card",
+                "hit_type": "event",
+            }
+            out.append((topics.HITS, sid.encode(), orjson.dumps(hit)))
+    return out
+
+
+def test_leads_exactly_once_through_kill_9_and_none_after_close_or_conversion(
+    tiered_settings: StreamSettings, truth: Truth, tmp_path: Path
+) -> None:
+    settings = tiered_settings
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    worker.start()
+    worker.wait_ready()
+    sender = threading.Thread(
+        target=lambda: asyncio.run(send_events(settings, truth.events, rate=600, progress=False))
+    )
+    sender.start()
+    rng = random.Random(17)
+    kills = 0
+    try:
+        while (sender.is_alive() or kills < 3) and kills < 6:
+            time.sleep(rng.uniform(0.5, 2.5))
+            assert worker.proc is not None
+            worker.proc.send_signal(signal.SIGKILL)
+            worker.proc.wait()
+            kills += 1
+            worker.start()
+            worker.wait_ready()
+        sender.join()
+        read_scores(settings, truth.expected_scores, timeout_s=240)
+        # Late hits for sessions closed by then, which the worker scores but which
+        # may make no lead.
+        outcomes = read_all(settings, topics.OUTCOMES, idle_s=2)
+        closed = sorted({o["session_id"] for o in outcomes if o["outcome"] == "not_converted"})[:40]
+        assert len(closed) >= 10
+        late = _late_hits(truth, closed)
+        asyncio.run(send_events(settings, late, progress=False))
+        read_scores(settings, truth.expected_scores + len(late), timeout_s=120)
+        scores = read_all(settings, topics.SCORES, idle_s=2)
+        leads_raw = read_all(settings, topics.LEADS, idle_s=2)
+        m = metrics(settings.metrics_port)
+    finally:
+        worker.stop()
+    assert kills >= 3
+    by_key: dict[tuple[str, str, int | None], dict] = {}
+    for e in scores:
+        ScoreEvent.model_validate(e)
+        by_key[(e["session_id"], e["trigger"], e["hit_number"])] = e
+        if e["tier"] == "cold":
+            assert "reasons" not in e
+            continue
+        r = e["reasons"]
+        total = r["bias"] + sum(x["contribution"] for x in r["top"]) + r["rest"]
+        assert total == pytest.approx(r["log_odds"], abs=1e-5)
+        p = e["probability"]
+        assert r["log_odds"] == pytest.approx(np.log(p / (1 - p)), abs=2e-3)
+
+    # Exactly one lead per session and tier: a copy published again after a kill is the
+    # same lead, field for field, and the set is what the tier rule says.
+    copies: dict[tuple[str, str], set[bytes]] = defaultdict(set)
+    for x in leads_raw:
+        copies[(x["session_id"], x["tier"])].add(orjson.dumps(x, option=orjson.OPT_SORT_KEYS))
+    assert all(len(c) == 1 for c in copies.values()), [c for c in copies.values() if len(c) > 1]
+    leads = [LeadEvent.model_validate_json(next(iter(c))) for c in copies.values()]
+    got = {(x.session_id, x.tier, x.score_id) for x in leads}
+    assert got == _expected(truth, by_key)
+    assert len(got) >= 20 and {x.tier for x in leads} == {"warm", "hot"}
+    for x in leads:
+        assert x.lead_id == lead_id(x.session_id, x.tier, x.model_version)
+        assert x.trigger != "session_end"
+    # None for a closed session: the late hits were scored, some of them Warm or Hot,
+    # and made no lead.
+    late_scores = [
+        by_key[(sid, "hit", n)]
+        for sid in closed
+        for n in range(1, 1000)
+        if (sid, "hit", n) in by_key
+        and n > max((h["hit_number"] for h in truth.hits[sid]), default=0)
+    ]
+    assert len(late_scores) == 10 * len(closed)
+    assert any(e["tier"] != "cold" for e in late_scores)
+    late_ids = {e["score_id"] for e in late_scores}
+    assert not any(x.score_id in late_ids for x in leads)
+    # The last worker's counter: the leads it made, not the copies it published again.
+    made = sum(m.get(f'scorer_worker_leads_total{{tier="{t}"}}', 0) for t in ("warm", "hot"))
+    assert made <= len(got)
