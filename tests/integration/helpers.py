@@ -13,6 +13,8 @@ import orjson
 
 from bench.procs import redis_client
 from contracts import keys, topics
+from contracts.leads import LeadEvent
+from contracts.scores import TIER_NAMES
 from features.hits import combine, empty_state, hit_increments
 from features.target import TARGET_ACTIONS
 from stream.replay import build_events
@@ -93,6 +95,53 @@ def check_exactly_once(
         state, applied = stored_state(r, sid, layout)
         assert applied == {h["hit_number"] for h in truth.hits[sid]}, sid
         np.testing.assert_allclose(state, truth.state(sid), err_msg=sid)
+
+
+def expected_leads(truth: Truth, scores: dict[tuple[str, str, int | None], dict]) -> set:
+    """The (session, tier, score_id) leads the tier rule gives: walking each session's
+    start score and then its hits in the order they were sent (one partition per session:
+    the order they were applied), up to its first target hit, a score makes a lead when
+    its tier is above the highest one the session made a lead of. ``scores`` holds the
+    scores by (session, trigger, hit number)."""
+    want = set()
+    for sid in truth.sessions:
+        made = 0
+        steps = [scores[(sid, "session_start", None)]]
+        for h in truth.hits[sid]:
+            if h["event_action"] in TARGET_ACTIONS:
+                break
+            steps.append(scores[(sid, "hit", h["hit_number"])])
+        for e in steps:
+            code = TIER_NAMES.index(e["tier"])
+            if code > made:
+                made = code
+                want.add((sid, e["tier"], e["score_id"]))
+    return want
+
+
+def check_leads(
+    truth: Truth,
+    scores: dict[tuple[str, str, int | None], dict],
+    leads: list[dict],
+    strict: bool = True,
+) -> list[LeadEvent]:
+    """Exactly one lead per session and tier, the ones the tier rule gives; return them.
+
+    Copies of a lead are identical (``strict``), or, where Redis was rebuilt and a lost
+    lead was made again, agree on everything but ``created_at`` (its score's
+    ``scored_at``, which ``scores`` then holds for one of the copies only).
+    """
+    copies: dict[tuple[str, str], set[bytes]] = defaultdict(set)
+    for x in leads:
+        same = x if strict else {k: v for k, v in x.items() if k != "created_at"}
+        copies[(x["session_id"], x["tier"])].add(orjson.dumps(same, option=orjson.OPT_SORT_KEYS))
+    assert all(len(c) == 1 for c in copies.values()), [c for c in copies.values() if len(c) > 1]
+    first = {}
+    for x in leads:
+        first.setdefault((x["session_id"], x["tier"]), LeadEvent.model_validate(x))
+    got = {(x.session_id, x.tier, x.score_id) for x in first.values()}
+    assert got == expected_leads(truth, scores)
+    return list(first.values())
 
 
 def session_hash(r: Any, sid: str, layout: keys.Layout) -> dict[bytes, bytes]:

@@ -10,21 +10,19 @@ import random
 import signal
 import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
-from helpers import Truth, read_all, read_scores
+from helpers import Truth, check_leads, read_all, read_scores
 
 from artifact import load_model, read_card, save_model
 from artifact.tiers import Tiers
 from bench.procs import WorkerProcess, metrics
 from contracts import topics
-from contracts.leads import LeadEvent, lead_id
-from contracts.scores import TIER_NAMES, ScoreEvent
-from features.target import TARGET_ACTIONS
+from contracts.leads import lead_id
+from contracts.scores import ScoreEvent
 from stream.replay import send_events
 from stream.settings import StreamSettings
 from training.generate import generate
@@ -54,26 +52,6 @@ def tiered_settings(
     return stream_settings.model_copy(
         update={"model_path": tmp_path / "model" / "Pickled_model.pkl", "batch_max": 40}
     )
-
-
-def _expected(truth: Truth, scores: dict[tuple[str, str, int | None], dict]) -> set:
-    """The (session, tier, score_id) leads the tier rule gives, walking each session's
-    start score and then its hits in the order they were sent (one partition per session:
-    the order they were applied), up to its first target hit."""
-    want = set()
-    for sid in truth.sessions:
-        made = 0
-        steps = [scores[(sid, "session_start", None)]]
-        for h in truth.hits[sid]:
-            if h["event_action"] in TARGET_ACTIONS:
-                break
-            steps.append(scores[(sid, "hit", h["hit_number"])])
-        for e in steps:
-            code = TIER_NAMES.index(e["tier"])
-            if code > made:
-                made = code
-                want.add((sid, e["tier"], e["score_id"]))
-    return want
 
 
 def _late_hits(truth: Truth, sids: list[str]) -> list[tuple[str, bytes, bytes]]:
@@ -144,15 +122,9 @@ def test_leads_exactly_once_through_kill_9_and_none_after_close_or_conversion(
         p = e["probability"]
         assert r["log_odds"] == pytest.approx(np.log(p / (1 - p)), abs=2e-3)
 
-    # Exactly one lead per session and tier: a copy published again after a kill is the
-    # same lead, field for field, and the set is what the tier rule says.
-    copies: dict[tuple[str, str], set[bytes]] = defaultdict(set)
-    for x in leads_raw:
-        copies[(x["session_id"], x["tier"])].add(orjson.dumps(x, option=orjson.OPT_SORT_KEYS))
-    assert all(len(c) == 1 for c in copies.values()), [c for c in copies.values() if len(c) > 1]
-    leads = [LeadEvent.model_validate_json(next(iter(c))) for c in copies.values()]
+    # Exactly one lead per session and tier, as the tier rule says, copies identical.
+    leads = check_leads(truth, by_key, leads_raw, strict=True)
     got = {(x.session_id, x.tier, x.score_id) for x in leads}
-    assert got == _expected(truth, by_key)
     assert len(got) >= 20 and {x.tier for x in leads} == {"warm", "hot"}
     for x in leads:
         assert x.lead_id == lead_id(x.session_id, x.tier, x.model_version)

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import Truth, check_exactly_once, read_scores, supervise
+from helpers import Truth, check_exactly_once, check_leads, read_all, read_scores, supervise
 
 from bench.procs import WorkerProcess, free_port, metrics, total
-from contracts import keys
+from contracts import keys, topics
 from stream.replay import send_events
 from stream.settings import StreamSettings
 from training.generate import generate
@@ -148,6 +148,9 @@ def _wait_metric(settings: StreamSettings, name: str, timeout_s: float = 30) -> 
 
 def _check_rebuilt(truth: Truth, settings: StreamSettings, scores: list[dict]) -> None:
     check_exactly_once(truth, settings, scores, strict=False)
+    # The leads too: one per session and tier, though Redis forgot which it had made.
+    by_key = {(e["session_id"], e["trigger"], e["hit_number"]): e for e in scores}
+    assert check_leads(truth, by_key, read_all(settings, topics.LEADS, idle_s=2), strict=False)
     r = redis.Redis.from_url(settings.redis_url)
     # Every session counted once on the dashboard, though many were applied twice.
     layout = keys.Layout(settings.redis_key_prefix, settings.topic_partitions)
