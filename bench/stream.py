@@ -21,6 +21,9 @@
    worker started again; it reads the topics again, timed until Redis reflects them all.
 6. With --full DIR: a replay of a whole generated history, timed (--full-workers, 2).
 7. With --baseline REF: REF's worker and this one, alternately, on the one-worker input.
+8. Reasons: one worker with the reasons of Warm and Hot scores and one without
+   (``SCORER_REASONS=0``), alternately, on the one-worker input (--reasons-runs, 2 each);
+   with the share of scores that were Warm or Hot.
 
 Each phase uses its own topics and Redis keys, removed afterwards.
 """
@@ -244,12 +247,14 @@ def throughput(
     workers: int,
     work: Path,
     root: Path = ROOT,
+    reasons: bool = True,
 ) -> dict[str, Any]:
     """Pre-load the input, start the workers, time first consumed → last score.
 
-    ``root`` is the checkout whose worker runs (another version's, for ``--baseline``).
+    ``root`` is the checkout whose worker runs (another version's, for ``--baseline``);
+    ``reasons`` False runs it without explaining its scores.
     """
-    settings = _settings(base, model, work)
+    settings = _settings(base, model, work).model_copy(update={"reasons": reasons})
     expected = expected_scores(events)
     wanted = expected_identities(events)
     asyncio.run(send_events(settings, events, progress=False))
@@ -266,6 +271,12 @@ def throughput(
         first_ms, _ = _poll_first_consumed(procs, expected, timeout_s=3600)
         parked = sum(_counter(port, "scorer_worker_parked_hits_total{}") for port in ports)
         late = sum(_counter(port, "scorer_worker_late_hits_total{}") for port in ports)
+        tiers = {
+            t: sum(
+                _counter(port, f"scorer_worker_scores_by_tier_total{{tier={t}}}") for port in ports
+            )
+            for t in ("cold", "warm", "hot")
+        }
         worker_cpu = sum(p.cpu_seconds() for p in procs)
         redis_cpu, redis_bytes = np.subtract(_redis_use(store), redis_before)
         # The counters count copies published again too: the topic says whether every
@@ -294,6 +305,7 @@ def throughput(
         "sustained_events_per_s": round(0.8 * len(event_scores) / ((hi - lo) / 1000.0)),
         "parked_hits": int(parked),
         "late_hits": int(late),  # applied after their session was closed
+        "scores_by_tier": {t: int(n) for t, n in tiers.items()},
         # CPU seconds over the run (the workers' from their start), and what Redis holds
         # at its end beyond what it held before.
         "worker_cpu_s": round(worker_cpu, 1),
@@ -302,6 +314,31 @@ def throughput(
     }
     drop_run(settings)
     return result
+
+
+def reasons_cost(
+    base: StreamSettings, model: Path, events: list[Event], work: Path, runs: int
+) -> dict[str, Any]:
+    """One worker with reasons and one without, alternately: what explaining the Warm and
+    Hot scores costs in throughput (the medians' ratio)."""
+    on: list[int] = []
+    off: list[int] = []
+    by_tier: dict[str, int] = {}
+    for _ in range(runs):
+        for flag, into in ((True, on), (False, off)):
+            r = throughput(base, model, events, 1, work, reasons=flag)
+            into.append(r["events_per_s"])
+            by_tier = r["scores_by_tier"]
+            print("reasons" if flag else "no reasons", r, flush=True)
+    scored = sum(by_tier.values())
+    return {
+        "with_reasons_events_per_s": on,
+        "without_reasons_events_per_s": off,
+        "cost": round(1.0 - float(np.median(on)) / float(np.median(off)), 3),
+        "warm_or_hot_share": round((by_tier["warm"] + by_tier["hot"]) / scored, 4)
+        if scored
+        else None,
+    }
 
 
 def checkout(ref: str, work: Path) -> Path:
@@ -538,7 +575,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"data": str(args.data)}
     print(f"events: {len(events):,}", flush=True)
     phases = (
-        set(args.only.split(",")) if args.only else {"bare", "one", "two", "latency", "rebuild"}
+        set(args.only.split(","))
+        if args.only
+        else {"bare", "one", "two", "latency", "rebuild", "reasons"}
     )
     # The latency first: after a throughput phase the broker deletes its gigabyte of
     # topics in the background, and that run's latency would include the disk churn.
@@ -568,6 +607,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 r = throughput(base, model, events, 1, work, at)
                 results["baseline"][key].append(r["events_per_s"])
                 print(key, r, flush=True)
+    if "reasons" in phases:
+        results["reasons"] = reasons_cost(base, model, events, work, args.reasons_runs)
+        print(results["reasons"], flush=True)
     if "two" in phases:
         results["two_workers"] = throughput(base, model, events, 2, work)
         print(results["two_workers"], flush=True)
@@ -741,6 +783,15 @@ def render(results: dict[str, Any]) -> str:
             f"{', '.join(f'{x:,}' for x in b['this_version_runs'])} against "
             f"{', '.join(f'{x:,}' for x in b['runs'])} events/s | — |"
         )
+    if "reasons" in results:
+        r = results["reasons"]
+        lines.append(
+            f"| one worker with the reasons of its Warm and Hot scores "
+            f"({r['warm_or_hot_share']:.1%} of scores), and without, alternating runs | "
+            f"{', '.join(f'{x:,}' for x in r['with_reasons_events_per_s'])} against "
+            f"{', '.join(f'{x:,}' for x in r['without_reasons_events_per_s'])} events/s: "
+            f"{r['cost']:.1%} slower | ≤ 10 % |"
+        )
     if "rebuild" in results:
         r = results["rebuild"]
         lines.append(
@@ -777,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", type=Path, default=None, help="a full generated data set")
     parser.add_argument("--full-workers", type=int, default=2)
     parser.add_argument(
-        "--only", default="", help="comma-separated phases: bare,one,two,latency,rebuild"
+        "--only", default="", help="comma-separated phases: bare,one,two,latency,rebuild,reasons"
     )
     parser.add_argument("--limit", type=int, default=None, help="use only this many sessions")
     parser.add_argument(
@@ -786,6 +837,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a git ref: also time its worker on the same input, alternating with this one",
     )
     parser.add_argument("--baseline-runs", type=int, default=3)
+    parser.add_argument("--reasons-runs", type=int, default=2)
     args = parser.parse_args(argv)
     results = run(args)
     (args.data / "result.json").write_text(json.dumps(results, indent=2))

@@ -159,6 +159,7 @@ class Closer:
             self.ctx.reasons,
         )
         out.unexplained += tiers.failed
+        tiers.count(out.tiers)
         stamp_ms = now_ms()
         stamp = utc_iso(stamp_ms)
         online = (model.calibration_id, model.calibration_shift)

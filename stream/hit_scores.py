@@ -249,6 +249,7 @@ class HitScorer:
         out.leads += events.leads
         out.new_leads.update(events.new_leads)
         out.unexplained += tiers.failed
+        tiers.count(out.tiers)
         for trigger, n in events.triggers.items():
             out.triggers[trigger] = out.triggers.get(trigger, 0) + n
         out.event_ts_ms += events.event_ts_ms

@@ -36,6 +36,11 @@ class Explained:
         self.reasons = reasons
         self.failed = failed  # Warm and Hot scores left without reasons
 
+    def count(self, into: list[int]) -> None:
+        """Add the number of scores of each tier to ``into`` (by tier code)."""
+        for code, n in enumerate(np.bincount(self.codes, minlength=3)[:3]):
+            into[code] += int(n)
+
     def tier(self, k: int) -> int:
         """The tier code of the ``k``-th probability."""
         return int(self.codes[k])

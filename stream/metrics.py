@@ -55,6 +55,12 @@ class WorkerMetrics:
             "Warm and Hot scores published without reasons: explaining them failed",
             registry=r,
         )
+        self.tiers = Counter(
+            "scorer_worker_scores_by_tier_total",
+            "Scores made, by tier (cold, warm, hot); copies published again are not counted",
+            ["tier"],
+            registry=r,
+        )
         for tier in ("warm", "hot"):
             self.leads.labels(tier)
         self.dead_letters = Counter(

@@ -11,6 +11,7 @@ from typing import Any
 from aiokafka.partitioner import murmur2
 
 from contracts import limits, topics
+from contracts.scores import TIER_NAMES
 from stream.faust_seam import kafka_producer
 from stream.metrics import WorkerMetrics
 from stream.records import Output, Record, dead_letter
@@ -169,6 +170,9 @@ class Publisher:
             m.leads.labels(tier).inc(n)
         if out.unexplained:
             m.unexplained.inc(out.unexplained)
+        for code, n in enumerate(out.tiers):
+            if n:
+                m.tiers.labels(TIER_NAMES[code]).inc(n)
         for stage, _ in out.dead_letters:
             m.dead_letters.labels(stage).inc()
         for (stage, kind), n in out.refusals.items():

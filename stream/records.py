@@ -48,6 +48,7 @@ class Output:
     # leads made by this batch (not copies published again), by tier name
     new_leads: collections.Counter[str] = field(default_factory=collections.Counter)
     unexplained: int = 0  # Warm and Hot scores left without reasons (stream/leads.py)
+    tiers: list[int] = field(default_factory=lambda: [0, 0, 0])  # scores made, by tier code
     # sessions to release after publishing, each with its partition
     released: dict[str, int] = field(default_factory=dict)
     dead_letters: list[tuple[str, bytes]] = field(default_factory=list)  # (stage, JSON)

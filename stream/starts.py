@@ -202,6 +202,7 @@ class SessionStarts:
             )
             payload = orjson.dumps(event)
             channel = channel_values(row)
+            out.tiers[tier] += 1
             if tier:
                 batch.leads[sid] = lead_json(event, channel, 0)
             writes[sid] = SessionWrite(
@@ -314,5 +315,7 @@ class SessionStarts:
         out = batch.out
         out.leads += [(sid, lead) for sid, lead in batch.leads.items() if lead is not None]
         for w in batch.writes:
-            if w.lead_tier and w.session_id not in held:
+            if w.session_id in held:  # a copy: its score was counted when it was made
+                out.tiers[w.lead_tier] -= 1  # a start score's tier is its lead's
+            elif w.lead_tier:
                 out.new_leads[TIER_NAMES[w.lead_tier]] += 1
