@@ -107,6 +107,9 @@ class ConversionModel:
     # Hot / Warm / Cold thresholds (``artifact.tiers``); an artifact saved before tiers
     # existed has none, and every one of its scores is Cold.
     tiers: Tiers | None = None
+    # Per channel value, the features that most separate its converting test-week
+    # sessions from its others (``training.drivers``); None in artifacts saved before.
+    channel_drivers: dict[str, Any] | None = None
 
     def with_online_shift(self, shift: float, calibration_id: str) -> ConversionModel:
         """This model with an online shift of its log-odds, from its offline calibration.

@@ -33,6 +33,15 @@ RATE_TTL_S = 2 * 3600
 WORKER_TTL_S = 60
 
 
+def channel_value(value: object) -> str:
+    """The dashboard's name of one channel column's value: ``(none)`` when it is missing
+    (None, empty, or NaN as pandas reads an empty CSV cell), otherwise its text with
+    ``|`` made ``/`` (the bar separates fields in the dashboard's hashes)."""
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return NONE_VALUE
+    return str(value).replace("|", "/")
+
+
 def minute(wall_s: float | None = None) -> int:
     """Return the number of a wall-clock minute (the now's, by default)."""
     return math.floor((time.time() if wall_s is None else wall_s) / 60)

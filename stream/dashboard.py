@@ -37,7 +37,13 @@ import os
 import socket
 from typing import Any
 
-from contracts.dashboard import DIMENSIONS, HOT_ANCHOR, HOT_MAX, NONE_VALUE, RATE_TTL_S
+from contracts.dashboard import (
+    DIMENSIONS,
+    HOT_ANCHOR,
+    HOT_MAX,
+    RATE_TTL_S,
+    channel_value,
+)
 from contracts.limits import DASH_BUCKET_FIELDS_MAX, OTHER_VALUE
 
 # Lua, run at the start of APPLY_SCRIPT: the session commands S (start), H (hits) and C
@@ -302,11 +308,7 @@ def config(session_ttl_s: int, retention_s: int) -> list[Any]:
 
 def channel_values(row: dict[str, Any]) -> list[str]:
     """Return a session row's utm_medium, utm_source, utm_campaign, device and city."""
-    out = []
-    for column in (*DIMENSIONS, "device_category", "geo_city"):
-        value = row.get(column)
-        out.append(NONE_VALUE if value in (None, "") else str(value).replace("|", "/"))
-    return out
+    return [channel_value(row.get(c)) for c in (*DIMENSIONS, "device_category", "geo_city")]
 
 
 def worker_name() -> str:

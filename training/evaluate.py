@@ -97,6 +97,7 @@ def write_report(
     by_hits: list[dict[str, Any]],
     uncalibrated: np.ndarray | None = None,
     tiers: dict[str, Any] | None = None,
+    channel_drivers: dict[str, Any] | None = None,
 ) -> Path:
     """Write the charts, metrics.json and report.md into out_dir/report; return it.
 
@@ -104,7 +105,8 @@ def write_report(
     chosen model. ``uncalibrated`` is the chosen booster's raw probabilities on the same
     rows, drawn beside the calibrated ones in the reliability chart. ``tiers`` is the
     card's Hot / Warm / Cold block (``Tiers.as_dict``), written under ``tiers`` in
-    metrics.json and as a table in report.md.
+    metrics.json and as a table in report.md. ``channel_drivers`` is the card's block of
+    the same name (``training.drivers``), written likewise, with a table for utm_medium.
     """
     report = out_dir / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -190,11 +192,14 @@ def write_report(
         ax.legend(fontsize=8)
         figures["auc_by_hits_seen"] = _save(fig, report / "auc_by_hits_seen.png")
 
-    written = {**metrics, "tiers": tiers} if tiers else metrics
+    written = {**metrics, "tiers": tiers} if tiers else dict(metrics)
+    if channel_drivers:
+        written["channel_drivers"] = channel_drivers
     (report / "metrics.json").write_text(json.dumps(written, indent=2) + "\n")
     lines = ["# Training report", ""]
     lines += _summary_lines(metrics)
     lines += _tier_lines(tiers or {})
+    lines += _driver_lines(channel_drivers or {})
     lines += ["", "## Figures", ""]
     lines += [f"- [{name.replace('_', ' ')}]({file})" for name, file in figures.items()]
     lines += [
@@ -300,4 +305,32 @@ def _tier_lines(tiers: dict[str, Any]) -> list[str]:
         if truth:
             cells.append(_fmt(row.get("mean_true_probability")))
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _driver_cell(top: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{d['feature']} ({d['gap']:+.2f})" for d in top) or "—"
+
+
+def _driver_lines(drivers: dict[str, Any], dimension: str = "utm_medium") -> list[str]:
+    """The features that most separate converting sessions, overall and per value of
+    ``dimension`` (``training.drivers``)."""
+    if "all" not in drivers:
+        return []
+    values = drivers.get("by_dimension", {}).get(dimension, {})
+    lines = [
+        "",
+        "## What separates converting sessions, by channel",
+        "",
+        f"Measured on the {drivers['measured_on']}: per {dimension} value with at least "
+        f"{drivers['min_conversions']} converting sessions, the three features whose mean "
+        "contribution to the log-odds is highest over its converting sessions relative to "
+        "its others (the gap in brackets). The card's `channel_drivers` has utm_source and "
+        "utm_campaign too.",
+        "",
+        f"| {dimension} | top features (gap in log-odds) |",
+        "|---|---|",
+        f"| (all) | {_driver_cell(drivers['all'])} |",
+    ]
+    lines += [f"| {value} | {_driver_cell(top)} |" for value, top in values.items()]
     return lines

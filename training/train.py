@@ -25,6 +25,7 @@ from features.session import SessionEncoding, session_matrix
 from training.calibration import calibration_figures
 from training.config import TrainConfig
 from training.dataset import Dataset, load_dataset
+from training.drivers import channel_columns, channel_drivers, sample_rows
 from training.evaluate import binary_metrics, write_report
 from training.refit import margins, platt_calibration, recent_rows, refit_shipped
 from training.resources import stage
@@ -341,9 +342,12 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
     with stage("session_features", stages):
         x, _ = session_features(ds, np.concatenate([split.fit, split.stop]), split.test, cfg)
         x_all, encoding = session_features(ds, every, every[:0], cfg)
-        # From here on only the ids and days are needed: drop the raw columns (most of
+        # From here on only the ids and days are needed, and the channels of the
+        # test-week sessions whose drivers the card lists: drop the raw columns (most of
         # the memory).
         dates = pd.to_datetime(ds.sessions["visit_date"], errors="coerce")
+        driver_rows = sample_rows(split.test, seed=cfg.seed)
+        driver_channels = channel_columns(ds.sessions, driver_rows)
         ds.sessions = ds.sessions[["session_id"]].copy()
         gc.collect()
 
@@ -460,6 +464,16 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
         (cfg.hot_share, cfg.warm_share),
     )
     model.tiers = tiers
+    # Per channel value, the features that most separate its converting test-week
+    # sessions from the others, in the shipped session-start model's terms.
+    with stage("channel_drivers", stages):
+        model.channel_drivers = channel_drivers(
+            model,
+            x_all[driver_rows],
+            y[driver_rows],
+            driver_channels,
+            f"{split.window['test_from']}..{split.window['test_to']}",
+        )
     metrics: dict[str, Any] = {
         "comparison": comparison,
         "tuning": tuning,
@@ -504,6 +518,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
             "shipped": shipped,
         },
         "tiers": tiers.as_dict(),
+        "channel_drivers": model.channel_drivers,
         "metrics": metrics,
         "params": {"session": tuning["params"], "in_session": cfg.in_session_params},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -523,6 +538,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
             metrics["in_session"]["by_hits_seen"],
             uncalibrated=raw_test,
             tiers=tiers.as_dict(),
+            channel_drivers=model.channel_drivers,
         )
         # The test rows' scores, for comparisons that need the rows (the benchmark's
         # Bayes AUC on the same sessions, the online-quality check).
