@@ -53,7 +53,7 @@ def score_event(
     ``calibration`` is the online calibration that made it: its id and its shift in
     log-odds (``contracts.calibrations``; the offline one shifts nothing). ``tier`` is
     its Hot / Warm / Cold tier (``artifact.tiers``); ``reasons``, given for Warm and Hot
-    scores only, its top contributions (``artifact.explain.Explanation.top``).
+    scores only, its top contributions (``artifact.explain.explain_rows``).
     """
     event: dict[str, Any] = {
         "score_id": score_id(session_id, trigger, hit_number, model_version),

@@ -19,13 +19,13 @@ import numpy as np
 import orjson
 
 from artifact import ConversionModel
-from artifact.explain import EVENT_REASONS, Explanation
+from artifact.explain import Reasons
 from contracts.leads import lead_event
 from stream.records import bounded
 
 log = logging.getLogger(__name__)
 
-Explain = Callable[[np.ndarray], list[Explanation]]
+Explain = Callable[[np.ndarray], list[Reasons]]
 
 
 class Explained:
@@ -60,7 +60,7 @@ def explained(
     except Exception:  # noqa: BLE001 - the scores go out without their reasons
         log.exception("could not explain %d scores; published without reasons", len(warm))
         return Explained(codes, {}, len(warm))
-    reasons = {int(k): e.top(EVENT_REASONS) for k, e in zip(warm, found, strict=True)}
+    reasons = {int(k): r for k, r in zip(warm.tolist(), found, strict=True)}
     return Explained(codes, reasons, 0)
 
 

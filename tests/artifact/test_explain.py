@@ -40,38 +40,43 @@ def rows(data_dir: Path) -> list[dict[str, object]]:
     return base + quirky
 
 
+def _sum(r: dict) -> float:
+    return r["bias"] + sum(x["contribution"] for x in r["top"]) + r["rest"]
+
+
 def test_session_reasons_add_up_to_the_scores_log_odds(model_path: Path, rows: list) -> None:
     model = load_model(model_path)
     x = model.session_vectors(rows_to_columns(rows, SESSION_COLUMNS))
     z = _logit(model.score_session_vectors(x))
     for exact in (False, True):
-        found = explain_session(model, x) if not exact else _exact(model, x)
-        assert len(found) == len(rows)
-        for e, want in zip(found, z, strict=True):
-            assert {r.feature for r in e.reasons} == set(SESSION_FEATURES)
-            total = e.bias + sum(r.contribution for r in e.reasons)
-            assert total == pytest.approx(want, abs=1e-4)
-            assert e.log_odds == pytest.approx(want, abs=1e-4)
-            # The event's short form keeps the sum: bias + top + rest.
-            top = e.top(5)
-            assert len(top["top"]) == 5
-            short = top["bias"] + sum(r["contribution"] for r in top["top"]) + top["rest"]
-            assert short == pytest.approx(want, abs=1e-4)
-            sizes = [abs(r.contribution) for r in e.reasons]
+        every = explain_session(model, x, None, exact=exact)
+        top5 = explain_session(model, x, exact=exact)
+        assert len(every) == len(top5) == len(rows)
+        for full, short, want in zip(every, top5, z, strict=True):
+            assert [
+                r["feature"] for r in sorted(full["top"], key=lambda r: r["feature"])
+            ] == sorted(SESSION_FEATURES)
+            assert full["rest"] == 0.0 and _sum(full) == pytest.approx(want, abs=1e-4)
+            assert full["log_odds"] == pytest.approx(want, abs=1e-5)
+            # The event's short form keeps the sum: bias + top + rest, and its top five
+            # are the largest five of all.
+            assert len(short["top"]) == 5 and short["top"] == full["top"][:5]
+            assert _sum(short) == pytest.approx(want, abs=1e-4)
+            sizes = [abs(r["contribution"]) for r in full["top"]]
             assert sizes == sorted(sizes, reverse=True)
 
 
-def _exact(model, x):  # type: ignore[no-untyped-def]
-    from artifact.explain import explain_rows
-
-    return explain_rows(
-        model.session_booster,
-        model.session_calibration,
-        SESSION_FEATURES,
-        x,
-        model.encoding,
-        exact=True,
-    )
+def test_the_path_attribution_and_treeshap_agree_on_the_top_reasons(
+    model_path: Path, rows: list
+) -> None:
+    model = load_model(model_path)
+    x = model.session_vectors(rows_to_columns(rows, SESSION_COLUMNS))
+    fast, exact = explain_session(model, x, 3), explain_session(model, x, 3, exact=True)
+    pairs = list(zip(fast, exact, strict=True))
+    first = [f["top"][0]["feature"] == e["top"][0]["feature"] for f, e in pairs]
+    # Both split the same log-odds; the leading reason is mostly the same one.
+    assert all(f["log_odds"] == pytest.approx(e["log_odds"], abs=1e-5) for f, e in pairs)
+    assert sum(first) / len(first) > 0.6
 
 
 def test_an_online_shift_moves_the_bias_not_the_contributions(model_path: Path, rows) -> None:
@@ -81,9 +86,9 @@ def test_an_online_shift_moves_the_bias_not_the_contributions(model_path: Path, 
     before, after = explain_session(model, x), explain_session(shifted, x)
     z = _logit(shifted.score_session_vectors(x))
     for b, a, want in zip(before, after, z, strict=True):
-        assert a.bias == pytest.approx(b.bias - 0.7, abs=1e-9)
-        assert [r.contribution for r in a.reasons] == [r.contribution for r in b.reasons]
-        assert a.log_odds == pytest.approx(want, abs=1e-4)
+        assert a["bias"] == pytest.approx(b["bias"] - 0.7, abs=2e-6)
+        assert a["top"] == b["top"] and a["rest"] == b["rest"]
+        assert a["log_odds"] == pytest.approx(want, abs=1e-4)
 
 
 def test_in_session_reasons_add_up_on_hit_states(model_path: Path, rows) -> None:
@@ -96,14 +101,13 @@ def test_in_session_reasons_add_up_on_hit_states(model_path: Path, rows) -> None
         states[:, STATE_INDEX[name]] = rng.integers(0, 12, len(x))
     states[:, STATE_INDEX["max_hit_time_ms"]] = rng.choice([-1.0, 30_000.0, 900_000.0], len(x))
     z = _logit(model.score_in_session(x, states))
-    found = explain_in_session(model, x, states)
-    for e, want, state in zip(found, z, states, strict=True):
-        assert [
-            r.feature for r in sorted(e.reasons, key=lambda r: IN_SESSION_FEATURES.index(r.feature))
-        ] == list(IN_SESSION_FEATURES)
-        assert e.log_odds == pytest.approx(want, abs=1e-4)
-        hits_seen = next(r for r in e.reasons if r.feature == "hits_seen")
-        assert hits_seen.value == state[STATE_INDEX["hits"]]
+    found = explain_in_session(model, x, states, None)
+    for r, want, state in zip(found, z, states, strict=True):
+        assert sorted(x["feature"] for x in r["top"]) == sorted(IN_SESSION_FEATURES)
+        assert r["log_odds"] == pytest.approx(want, abs=1e-5)
+        assert _sum(r) == pytest.approx(want, abs=1e-4)
+        hits_seen = next(x for x in r["top"] if x["feature"] == "hits_seen")
+        assert hits_seen["value"] == state[STATE_INDEX["hits"]]
 
 
 def test_values_are_the_visitors_own(model_path: Path, rows) -> None:
@@ -114,12 +118,13 @@ def test_values_are_the_visitors_own(model_path: Path, rows) -> None:
         known,
         dict(known, utm_medium="never-seen-medium", visit_number=7),
         dict(known, utm_medium=None),
+        dict(known, device_screen_resolution=None),
     ]
     x = model.session_vectors(rows_to_columns(chosen, SESSION_COLUMNS))
-    found = explain_session(model, x)
+    found = explain_session(model, x, None)
 
-    def value(e, feature):  # type: ignore[no-untyped-def]
-        return next(r.value for r in e.reasons if r.feature == feature)
+    def value(r, feature):  # type: ignore[no-untyped-def]
+        return next(x["value"] for x in r["top"] if x["feature"] == feature)
 
     assert value(found[0], "te_utm_medium") == known["utm_medium"]
     assert value(found[0], "freq_utm_medium") == known["utm_medium"]
@@ -127,7 +132,4 @@ def test_values_are_the_visitors_own(model_path: Path, rows) -> None:
     assert value(found[1], "visit_number") == 7.0
     assert value(found[2], "te_utm_medium") in (EMPTY_VALUE, RARE_VALUE)
     # A feature the row does not have (no resolution) has no value, not NaN.
-    blank = model.session_vectors(
-        rows_to_columns([dict(known, device_screen_resolution=None)], SESSION_COLUMNS)
-    )
-    assert value(explain_session(model, blank)[0], "screen_width") is None
+    assert value(found[3], "screen_width") is None
