@@ -4,10 +4,12 @@ One-row scoring is the API's busiest call, and for it FastAPI's route matching,
 dependency solving and request objects cost about as much as the features and the
 model together. This ASGI middleware answers a ``POST /predict`` that carries the
 scoring key (unless the API runs as an open local demo) and whose body is a valid
-``SessionRow``: it validates with the same model, scores with the same ``score_rows``
-and writes the same JSON. Anything else (a missing or wrong key, a body that is not
-JSON, an invalid row) goes on to the FastAPI route with the body it read, so every
-error is the route's own, word for word.
+``SessionRow``: it validates with the same model, scores with the same model code
+and writes the same JSON (``api.reasons.prediction``). Anything else (a missing or
+wrong key, a body that is not JSON, an invalid row) goes on to the FastAPI route with
+the body it read, so every error is the route's own, word for word. A request with a
+query string (``explain=true``, ``reasons=``) goes to the route unread: the default
+answer stays lean, and the route checks the query.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from api.access import Access, Scope
+from api.reasons import prediction, tier_of
 from api.schemas import SessionRow
 
 PATH = "/predict"
@@ -43,7 +46,12 @@ class PredictFastPath:
         self.state = state  # the FastAPI app's state: settings, model, metrics
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+        if (
+            scope["type"] != "http"
+            or scope["path"] != PATH
+            or scope["method"] != "POST"
+            or scope.get("query_string")
+        ):
             await self.app(scope, receive, send)
             return
         chunks = []
@@ -93,16 +101,9 @@ class PredictFastPath:
         except (orjson.JSONDecodeError, ValidationError):
             return None
         model = state.model
-        p = model.score_rows([row.__dict__])[0]
+        p = float(model.score_rows([row.__dict__])[0])
         state.metrics.rows_scored.inc()
-        return orjson.dumps(
-            {
-                "session_id": row.session_id,
-                "probability": round(float(p), 6),
-                "model_version": model.version,
-                "calibration_id": model.calibration_id,
-            }
-        )
+        return orjson.dumps(prediction(row.session_id, p, model, tier_of(model, p)))
 
 
 @lru_cache(maxsize=64)

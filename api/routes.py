@@ -9,16 +9,18 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, Security
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, Security
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 
 from api import stored
 from api.access import Access, header_bytes
+from api.reasons import MAX_REASONS, explain_stored, prediction, score_columns
 from api.schemas import (
     BatchRequest,
     BatchResponse,
     HealthResponse,
+    LatestScoreResponse,
     PredictResponse,
     ReadyResponse,
     ScoreResponse,
@@ -27,11 +29,13 @@ from api.schemas import (
 )
 from api.settings import ApiSettings
 from artifact import ConversionModel
+from artifact.explain import EVENT_REASONS
 from contracts import keys
 from contracts.history import latest_from_hash, score_from_history
 from contracts.limits import ID_MAX_CHARS, ID_PATTERN
 from features.columns import SESSION_COLUMNS
 from features.hits import STATE_NAMES, empty_state
+from features.session import rows_to_columns
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,20 @@ async def _require_scoring_key(
 Settings = Annotated[ApiSettings, Depends(_settings)]
 Model = Annotated[ConversionModel, Depends(_model)]
 Redis = Annotated[Any, Depends(_redis)]
+# Asking for a score's reasons, and how many of them.
+Explain = Annotated[
+    bool,
+    Query(description="also answer with the score's reasons (its top contributions)"),
+]
+ReasonCount = Annotated[
+    int,
+    Query(
+        ge=1,
+        le=MAX_REASONS,
+        description=f"how many reasons to list with explain=true (1 to {MAX_REASONS}); "
+        "the others are summed in rest",
+    ),
+]
 
 
 class _OrjsonRequest(Request):
@@ -128,22 +146,27 @@ async def ready(request: Request, response: Response, redis: Redis) -> ReadyResp
 
 
 @protected.post("/predict", response_model=PredictResponse)
-async def predict(row: SessionRow, request: Request) -> Response:
-    """Score one ga_sessions row at session start."""
+async def predict(
+    row: SessionRow,
+    request: Request,
+    explain: Explain = False,
+    reasons: ReasonCount = EVENT_REASONS,
+) -> Response:
+    """Score one ga_sessions row at session start; with ``explain=true``, say why.
+
+    (A valid request without a query string is answered by ``api/fastpath.py``, which
+    writes the same bytes.)
+    """
     # The model straight from the app's state: a dependency costs every request its solving.
     model: ConversionModel = request.app.state.model
-    p = model.score_rows([row.__dict__])[0]
+    cols = rows_to_columns([row.__dict__], SESSION_COLUMNS)
+    probs, tiers, explained = score_columns(model, cols, reasons if explain else None)
     request.app.state.metrics.rows_scored.inc()
     # Serialised here: the response model documents the shape, orjson writes it.
-    content = orjson.dumps(
-        {
-            "session_id": row.session_id,
-            "probability": round(float(p), 6),
-            "model_version": model.version,
-            "calibration_id": model.calibration_id,
-        }
-    )
-    return Response(content, media_type="application/json")
+    answer = prediction(row.session_id, probs[0], model, tiers[0])
+    if explained is not None:
+        answer["reasons"] = explained[0]
+    return Response(orjson.dumps(answer), media_type="application/json")
 
 
 _ROW_FIELDS = tuple(SessionRow.model_fields)
@@ -166,8 +189,13 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, Sequence[Any]]:
 
 
 @protected.post("/predict/batch", response_model=BatchResponse)
-async def predict_batch(body: BatchRequest, request: Request) -> Response:
-    """Score many ga_sessions rows at once."""
+async def predict_batch(
+    body: BatchRequest,
+    request: Request,
+    explain: Explain = False,
+    reasons: ReasonCount = EVENT_REASONS,
+) -> Response:
+    """Score many ga_sessions rows at once; with ``explain=true``, each with its reasons."""
     model: ConversionModel = request.app.state.model
     settings: ApiSettings = request.app.state.settings
     if len(body.rows) > settings.max_batch_rows:
@@ -177,42 +205,72 @@ async def predict_batch(body: BatchRequest, request: Request) -> Response:
             f"rows per request, got {len(body.rows)}",
         )
     cols = _columns(body.rows)
-    probs = model.score_session_vectors(model.session_vectors(cols))
+    if explain:
+        # About 0.3 ms a row, mostly Python: a large batch is explained in a thread, so
+        # that the event loop goes on answering other requests meanwhile.
+        probs, tiers, explained = await asyncio.to_thread(score_columns, model, cols, reasons)
+    else:
+        probs, tiers, explained = score_columns(model, cols, None)
     request.app.state.metrics.rows_scored.inc(len(body.rows))
     version = model.version
     # Built as plain JSON: ten thousand response objects would cost more than scoring.
+    predictions = [
+        {"session_id": sid, "probability": round(p, 6), "model_version": version, "tier": t}
+        for sid, p, t in zip(cols["session_id"], probs, tiers, strict=True)
+    ]
+    if explained is not None:
+        for item, why in zip(predictions, explained, strict=True):
+            item["reasons"] = why
     content = orjson.dumps(
         {
             "model_version": version,
             "calibration_id": model.calibration_id,
-            "predictions": [
-                {"session_id": sid, "probability": round(p, 6), "model_version": version}
-                for sid, p in zip(cols["session_id"], probs.tolist(), strict=True)
-            ],
+            "predictions": predictions,
         }
     )
     return Response(content, media_type="application/json")
 
 
-@protected.get("/sessions/{session_id}/score", response_model=ScoreResponse)
-async def latest_score(session_id: SessionId, request: Request, redis: Redis) -> ScoreResponse:
-    """Return the latest score the stream published for a session."""
+@protected.get("/sessions/{session_id}/score", response_model=LatestScoreResponse)
+async def latest_score(
+    session_id: SessionId,
+    request: Request,
+    redis: Redis,
+    explain: Explain = False,
+    reasons: ReasonCount = EVENT_REASONS,
+) -> LatestScoreResponse:
+    """Return the latest score the stream published for a session.
+
+    With ``explain=true``, its reasons: those the stream published with it (warm and hot
+    scores), else made from the session's stored features by the served model, when it
+    is the version that made the score (else null, with ``reasons_unavailable``).
+    """
     layout = await request.app.state.layouts.get(redis)
     found = None if layout is None else await stored.find(redis, layout, session_id, "latest")
     payload = None
+    row = hit_state = None
     if found is not None and layout is not None:
         partition, latest = found
-        entry, row = (None, None)
+        key = layout.session(partition, session_id)
+        entry = None
+        # The hit state only to explain: read with the score, as one command.
+        more = (keys.HIT_STATE_FIELD,) if explain else ()
         if latest[:1] != b"{":  # it names the score's history field
-            key = layout.session(partition, session_id)
-            entry, row = await redis.hmget(key, latest, keys.ROW_FIELD)
+            entry, row, *rest = await redis.hmget(key, latest, keys.ROW_FIELD, *more)
+            hit_state = rest[0] if rest else None
+        elif explain:
+            row, hit_state = await redis.hmget(key, keys.ROW_FIELD, *more)
         payload = latest_from_hash(session_id, latest, entry, row)
     if payload is None:
         raise HTTPException(status_code=404, detail=f"no score for session {session_id}")
     event = orjson.loads(payload)
     scored = datetime.fromisoformat(event["scored_at"])
     event["age_s"] = round((datetime.now(UTC) - scored).total_seconds(), 3)
-    return ScoreResponse(**event)
+    if explain and event.get("reasons") is None:
+        model: ConversionModel = request.app.state.model
+        event["reasons"], why = explain_stored(model, event, row, hit_state, reasons)
+        event["reasons_unavailable"] = why
+    return LatestScoreResponse(**event)
 
 
 @protected.get(
@@ -274,11 +332,13 @@ async def session_state(
 @protected.get("/model")
 async def model_card(request: Request) -> dict[str, Any]:
     """Return the model card of the model being served, with the online calibration it
-    serves with now (``online_calibration``: its id and its shift of the log-odds)."""
+    serves with now (``online_calibration``: its id and its shift of the log-odds) and
+    its Hot / Warm / Cold thresholds (``tiers``; null for a model without them)."""
     card: dict[str, Any] = request.app.state.card
     model: ConversionModel = request.app.state.model
     return {
         **card,
+        "tiers": None if model.tiers is None else model.tiers.as_dict(),
         "online_calibration": {"id": model.calibration_id, "shift": model.calibration_shift},
     }
 

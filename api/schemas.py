@@ -8,11 +8,20 @@ from datetime import date, time
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, NotRequired, Required
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 from typing_extensions import TypedDict
 
 from contracts.calibrations import OFFLINE
 from contracts.limits import ID_MAX_CHARS, ID_PATTERN
+from contracts.scores import Reasons, Tier
 
 RESOLUTION = re.compile(r"^\d{1,5}x\d{1,5}$")
 
@@ -139,14 +148,31 @@ else:
     SessionRowFields = _as_typed_dict(SessionRow)
 
 
+TIER_TEXT = (
+    "Hot / Warm / Cold, for the sales team's call list: the probability against the "
+    "model's thresholds (Hot: the top 1 % of recent session starts, Warm: the next 4 %), "
+    "judged without the online shift; always cold for a model without thresholds"
+)
+REASONS_TEXT = (
+    "why the score is what it is: bias + the contributions of top + rest (the other "
+    "features' sum) = log_odds, the logit of the probability; each reason names a feature "
+    "(as docs/features.md does), the visitor's value and its signed share of the log-odds"
+)
+
+
 class PredictResponse(BaseModel):
-    """The session-start conversion probability of one row."""
+    """The session-start conversion probability of one row, with its tier; its reasons
+    only when asked for (``explain=true``)."""
 
     session_id: str
     probability: float
     model_version: str
     calibration_id: str = Field(
         default=OFFLINE, description="the online calibration that made it (offline: as shipped)"
+    )
+    tier: Tier = Field(default="cold", description=TIER_TEXT)
+    reasons: Reasons | None = Field(
+        default=None, description=f"only with explain=true: {REASONS_TEXT}"
     )
 
 
@@ -167,7 +193,7 @@ class BatchResponse(BaseModel):
 
 
 class ScoreResponse(BaseModel):
-    """A session's latest score from the stream."""
+    """A score the stream published for a session, as it published it, with its age."""
 
     score_id: str
     session_id: str
@@ -181,6 +207,35 @@ class ScoreResponse(BaseModel):
     calibration_id: str = OFFLINE
     calibration_shift: float = 0.0
     age_s: float
+    tier: Tier = Field(default="cold", description=TIER_TEXT)
+    reasons: Reasons | None = Field(
+        default=None,
+        description="present when the stream published them (warm and hot scores) or when "
+        f"asked for (explain=true; null then if they cannot be given): {REASONS_TEXT}",
+    )
+
+    # No return annotation: with one, pydantic would document the answer as that type
+    # instead of these fields.
+    @model_serializer(mode="wrap")
+    def _leave_out_absent_reasons(self, handler: SerializerFunctionWrapHandler):
+        """A score without reasons has no ``reasons`` key (as the stream's JSON), unless
+        they were asked for and could not be given: then null, with why."""
+        out = handler(self)
+        if out.get("reasons_unavailable", None) is None:
+            out.pop("reasons_unavailable", None)
+            if out.get("reasons", None) is None:
+                out.pop("reasons", None)
+        return out
+
+
+class LatestScoreResponse(ScoreResponse):
+    """A session's latest score from the stream; with ``explain=true``, its reasons."""
+
+    reasons_unavailable: str | None = Field(
+        default=None,
+        description="only with explain=true when reasons is null: why the score cannot "
+        "be explained (e.g. it was made by another model version than the API serves)",
+    )
 
 
 class HealthResponse(BaseModel):
