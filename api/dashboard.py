@@ -28,6 +28,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from fastapi.security import APIKeyCookie, APIKeyHeader
 
 from api.access import COOKIE, COOKIE_PATH, LOGIN_S, Access, header_bytes
+from api.hot import hot_sessions as read_hot
 from contracts import keys
 from contracts.dashboard import (
     DAY_MS,
@@ -35,11 +36,8 @@ from contracts.dashboard import (
     HOT_ANCHOR,
     HOUR_MS,
     M5_MS,
-    TRAJECTORY,
     workers_key,
 )
-from contracts.history import trajectory
-from features.hits import STATE_NAMES, empty_state
 
 PAGE = Path(__file__).with_name("static") / "dashboard.html"
 LOGIN_PAGE = PAGE.with_name("login.html")
@@ -223,7 +221,7 @@ async def read_dashboard(
         for dim, rows in by_dim.items()
     }
 
-    hot_sessions = [] if layout is None else await _hot(redis, layout, hot_entries[:hot])
+    hot_sessions = [] if layout is None else await read_hot(redis, layout, hot_entries[:hot])
 
     now_wall_ms = time.time() * 1000.0
     workers = []
@@ -260,73 +258,6 @@ async def read_dashboard(
         ],
         "chart_bucket_ms": chart_ms,
     }
-
-
-async def _hot(
-    redis: Any, layout: keys.Layout, entries: list[tuple[float, int, bytes]]
-) -> list[dict]:
-    if not entries:
-        return []
-    # A hot set holds the sessions of the partitions sharing its dashboard (all of them
-    # on a single Redis): each is looked for on the partition its id gives, then on the
-    # set's own, then on every other at once.
-    ids = [sid.decode() for _, _, sid in entries]
-    rounds: list[list[list[int]]] = []
-    for session_id, (_, shard, _) in zip(ids, entries, strict=True):
-        first = layout.partition_of(session_id)
-        second = [shard] if shard != first else []
-        rest = [p for p in range(layout.partitions) if p not in (first, shard)]
-        rounds.append([[first], second, rest])
-    replies: list[dict[bytes, bytes]] = [{} for _ in entries]
-    for step in range(3):
-        wanted = [
-            (k, partition)
-            for k, tries in enumerate(rounds)
-            if not replies[k]
-            for partition in tries[step]
-        ]
-        if not wanted:
-            continue
-        pipe = redis.pipeline(transaction=False)
-        for k, partition in wanted:
-            pipe.hgetall(layout.session(partition, ids[k]))
-        for (k, _), found in zip(wanted, await pipe.execute(), strict=True):
-            if found and not replies[k]:
-                replies[k] = found
-    out = []
-    for (p, _, sid), h in zip(entries, replies, strict=True):
-        raw = h.get(keys.ROW_FIELD.encode())
-        if raw is None:
-            continue  # its session expired; the hot set forgets it at its next update
-        row = keys.unpack_row(raw)
-        medium, source, campaign, device, city = row.channel
-        history = {name: entry for name, entry in h.items() if b":" in name}
-        out.append(
-            {
-                "session_id": sid.decode(),
-                "probability": p,
-                "utm_medium": medium,
-                "utm_source": source,
-                "utm_campaign": campaign,
-                "device_category": device,
-                "geo_city": city,
-                "hits": _hits_applied(h.get(keys.HIT_STATE_FIELD.encode())),
-                "started_ms": row.start_ms,
-                "trajectory": [round(x, 4) for x in trajectory(history, TRAJECTORY)],
-            }
-        )
-    return out
-
-
-_EMPTY_STATE = empty_state().tolist()
-_HITS = STATE_NAMES.index("hits")
-
-
-def _hits_applied(packed: bytes | None) -> int:
-    """The hits applied to a session, from its packed counters."""
-    if packed is None:
-        return 0
-    return int(keys.unpack_hit_state(packed, _EMPTY_STATE)[_HITS])
 
 
 def _prefix(request: Request) -> str:
@@ -415,7 +346,15 @@ async def data(request: Request, window: WindowQuery = Window.day, hot: HotQuery
     body = await read_dashboard(
         request.app.state.redis, await _layout(request), window, hot, _prefix(request)
     )
-    return Response(orjson.dumps(body), media_type="application/json")
+    return Response(orjson.dumps(_with_drivers(body, request)), media_type="application/json")
+
+
+def _with_drivers(body: dict[str, Any], request: Request) -> dict[str, Any]:
+    """The page's data with, per channel, the features that most separate its converting
+    sessions (the served model's card, ``training/drivers.py``; None before it had them)."""
+    card = getattr(request.app.state, "card", None) or {}
+    body["drivers"] = card.get("channel_drivers")
+    return body
 
 
 # Left out of the OpenAPI schema: an endless event stream is no request-response operation.
@@ -444,7 +383,7 @@ async def stream(
                 body = await read_dashboard(
                     redis, await _layout(request), window, hot, _prefix(request)
                 )
-                yield b"data: " + orjson.dumps(body) + b"\n\n"
+                yield b"data: " + orjson.dumps(_with_drivers(body, request)) + b"\n\n"
                 failing = False
             except Exception as exc:  # noqa: BLE001 - Redis away: say so, keep the stream
                 # What Redis said goes to the log (once per outage of this stream), not

@@ -41,18 +41,41 @@ function renderNow(d) {
     `stream time ${when} · ${n.workers.length} worker(s) · last full minute`;
 }
 
+// A reason as the page shows it: the feature's name (as docs/features.md names it), the
+// visitor's value, and its signed share of the score's log-odds.
+function reasonText(r) {
+  let v = r.value;
+  if (v === null || v === undefined) v = "unknown";
+  else if (typeof v === "number") v = Number.isInteger(v) ? String(v) : v.toFixed(2);
+  const up = r.contribution >= 0;
+  return `<span class="reason"><span class="${up ? "up" : "down"}">${up ? "+" : "−"}` +
+    `${Math.abs(r.contribution).toFixed(2)}</span> ${esc(r.feature)} = ${esc(v)}</span>`;
+}
+
 function renderHot(d) {
   const body = document.querySelector("#hot tbody");
   body.innerHTML = d.hot.map((s) => `<tr data-session="${esc(s.session_id)}"
     data-probability="${s.probability}" data-hits="${s.hits}">
     <td class="text" title="${esc(s.session_id)}">${esc(s.session_id)}</td>
     <td class="p">${pct(s.probability)}</td>
+    <td class="text"><span class="tier ${esc(s.tier)}">${esc(s.tier)}</span></td>
+    <td class="text why">${(s.reasons || []).map(reasonText).join("")}</td>
     <td class="text">${sparkline(s.trajectory)}</td>
     <td>${fmt(s.hits)}</td>
     <td class="text" title="${esc(s.utm_campaign)}">${esc(s.utm_medium)} / ${esc(s.utm_source)}</td>
     <td class="text">${esc(s.device_category)}</td>
     <td class="text">${esc(s.geo_city)}</td></tr>`).join("");
   document.getElementById("hot-empty").style.display = d.hot.length ? "none" : "block";
+}
+
+// The features that most separate a channel value's converting sessions from its others
+// (from the model's card: measured on its test weeks).
+function drivers(d, value) {
+  const by = d.drivers && d.drivers.by_dimension && d.drivers.by_dimension[dim];
+  const found = by && by[value];
+  if (!found) return "";
+  return found.map((f) => `<span class="reason"><span class="up">+${f.gap.toFixed(2)}</span> ` +
+    `${esc(f.feature)}</span>`).join("");
 }
 
 function renderChannels(d) {
@@ -68,7 +91,8 @@ function renderChannels(d) {
     <td class="text" title="${esc(r.value)}">${esc(r.value)}</td>
     <td>${fmt(r.sessions)}</td><td>${pct(r.mean_probability)}</td>
     <td>${fmt(r.expected, 1)}</td><td>${fmt(r.observed)}</td>
-    <td>${fmt(r.observed_to_expected, 2)}</td></tr>`).join("");
+    <td>${fmt(r.observed_to_expected, 2)}</td>
+    <td class="text why">${drivers(d, r.value)}</td></tr>`).join("");
   document.querySelectorAll("#channels th").forEach((th) => {
     th.classList.toggle("sorted", th.dataset.key === sortKey);
     th.classList.toggle("asc", th.dataset.key === sortKey && sortAsc);
@@ -144,7 +168,7 @@ document.querySelectorAll("#dims button").forEach((b) => b.onclick = () => {
   document.querySelectorAll("#dims button").forEach((o) => o.classList.toggle("on", o === b));
   if (latest) renderChannels(latest);
 });
-document.querySelectorAll("#channels th").forEach((th) => th.onclick = () => {
+document.querySelectorAll("#channels th[data-key]").forEach((th) => th.onclick = () => {
   if (sortKey === th.dataset.key) sortAsc = !sortAsc; else { sortKey = th.dataset.key; sortAsc = false; }
   if (latest) renderChannels(latest);
 });

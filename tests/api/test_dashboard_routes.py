@@ -37,6 +37,20 @@ def _session(fake_redis, layout: keys.Layout, partition: int, sid: str, **fields
     fake_redis.store_session(layout, sid, {"row": row(), "hs": _counters(1), **fields}, partition)
 
 
+# The reasons of the hot session's latest score, as the worker stored them.
+REASONS = {
+    "log_odds": -0.405465,
+    "bias": -3.2,
+    "top": [
+        {"feature": "card_views", "value": 4.0, "contribution": 1.1},
+        {"feature": "te_utm_source", "value": "src", "contribution": 0.9},
+        {"feature": "screen_width", "value": None, "contribution": -0.3},
+        {"feature": "hour", "value": 13.0, "contribution": 0.2},
+    ],
+    "rest": 0.894535,
+}
+
+
 def _fill(fake_redis) -> keys.Layout:
     """What the worker's Lua would have left: one hour bucket, a hot session, a worker.
 
@@ -63,10 +77,10 @@ def _fill(fake_redis) -> keys.Layout:
         "s1",
         row=row(channel=("cpc", "src", "(none)", "mobile", "Moscow"), start_ms=NOW),
         ready="1",
-        latest=b'{"probability":0.4}',
+        latest=b"hit:10",
         hs=_counters(3),
         **{
-            "hit:10": history_entry(0.4, "v1", None, 0),
+            "hit:10": history_entry(0.4, "v1", None, 0, ("v1#2", -0.1), 2, REASONS, 3),
             "session_start:": history_entry(0.1, "v1", True, 0),
             "hit:2": b'{"probability":0.2,"trigger":"hit"}',
         },
@@ -135,7 +149,20 @@ def test_data_shows_channels_hot_sessions_and_workers(client, fake_redis) -> Non
         "hits": 3,
         "started_ms": NOW,
         "trajectory": [0.1, 0.2, 0.4],
+        # The latest score's tier, and its top three reasons as the worker published them.
+        "tier": "hot",
+        "reasons": REASONS["top"][:3],
     }
+    # What separates each channel's converters: the served model's card says.
+    assert d["drivers"] == client.app.state.card["channel_drivers"]
+
+
+def test_data_shows_what_separates_each_channels_converters(client, fake_redis) -> None:
+    _fill(fake_redis)
+    drivers = {"by_dimension": {"utm_medium": {"cpc": [{"feature": "hour", "gap": 0.2}]}}}
+    client.app.state.card = dict(client.app.state.card or {}, channel_drivers=drivers)
+    d = client.get("/dashboard/data", params={"window": "all"}).json()
+    assert d["drivers"] == drivers
 
 
 def test_data_adds_up_the_partitions(client, fake_redis) -> None:
