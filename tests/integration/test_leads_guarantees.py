@@ -117,8 +117,8 @@ def test_leads_exactly_once_through_kill_9_and_none_after_close_or_conversion(
             assert "reasons" not in e
             continue
         r = e["reasons"]
-        total = r["bias"] + sum(x["contribution"] for x in r["top"]) + r["rest"]
-        assert total == pytest.approx(r["log_odds"], abs=1e-5)
+        summed = r["bias"] + sum(x["contribution"] for x in r["top"]) + r["rest"]
+        assert summed == pytest.approx(r["log_odds"], abs=1e-5)
         p = e["probability"]
         assert r["log_odds"] == pytest.approx(np.log(p / (1 - p)), abs=2e-3)
 
