@@ -190,7 +190,8 @@ def _stream(f: dict[str, Any]) -> tuple[str, str]:
         on = ", ".join(_n(x) for x in r["with_reasons_events_per_s"])
         off = ", ".join(_n(x) for x in r["without_reasons_events_per_s"])
         parts.append(
-            f"one worker with reasons {on} events/s, without {off} (cost {r['cost']:.1%}; "
+            f"one worker with reasons {on} events/s, without {off} (cost {r['cost']:.1%}, "
+            f"worker CPU {r.get('cpu_cost', 0):+.1%}; "
             f"{r['warm_or_hot_share']:.1%} of scores Warm or Hot)"
         )
     return "one broker and Redis", "; ".join(parts) or "(no figures)"

@@ -55,7 +55,8 @@ function reasonText(r) {
 function renderHot(d) {
   const body = document.querySelector("#hot tbody");
   body.innerHTML = d.hot.map((s) => `<tr data-session="${esc(s.session_id)}"
-    data-probability="${s.probability}" data-hits="${s.hits}">
+    data-probability="${s.probability}" data-hits="${s.hits}" data-tier="${esc(s.tier)}"
+    data-reasons="${(s.reasons || []).length}">
     <td class="text" title="${esc(s.session_id)}">${esc(s.session_id)}</td>
     <td class="p">${pct(s.probability)}</td>
     <td class="text"><span class="tier ${esc(s.tier)}">${esc(s.tier)}</span></td>

@@ -82,6 +82,7 @@ def test_the_dashboard_shows_what_operators_watch(dashboard: dict) -> None:
         "scorer_quality_predicted",
         "scorer_quality_observed",
         "scorer_calibration_shift",  # online recalibration
+        "scorer_worker_leads_total",  # leads per minute by tier
     ):
         assert needed in series, needed
 

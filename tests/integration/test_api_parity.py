@@ -1,4 +1,5 @@
-"""The API's /predict equals the stream's session-start score for the same row."""
+"""The API's /predict equals the stream's session-start score for the same row: the
+probability, the tier and the reasons."""
 
 from __future__ import annotations
 
@@ -68,5 +69,26 @@ def test_predict_equals_the_streams_session_start_score(
             assert single.json()["probability"] == pytest.approx(api_p[row["session_id"]], abs=1e-9)
         versions = {e["model_version"] for e in scores}
         assert versions == {client.get("/health").json()["model_version"]}
+        # The reasons: the same for the same row, from the stream's event (Warm and Hot
+        # scores) and from the API; and for a Cold score, made by the API from what the
+        # worker stored, the same as for its row.
+        explained = client.post("/predict/batch?explain=true", json={"rows": rows})
+        assert explained.status_code == 200, explained.text
+        api = {p["session_id"]: p for p in explained.json()["predictions"]}
+        cold = [e["session_id"] for e in scores if e["tier"] == "cold"][:5]
+        stored = {
+            sid: client.get(f"/sessions/{sid}/score", params={"explain": "true"}).json()
+            for sid in cold
+        }
     for sid, p in stream_p.items():
         assert api_p[sid] == pytest.approx(p, abs=1e-9), sid
+    warm = 0
+    for e in scores:
+        mine = api[e["session_id"]]
+        assert mine["tier"] == e["tier"], e["session_id"]
+        if e["tier"] != "cold":
+            warm += 1
+            assert mine["reasons"] == e["reasons"], e["session_id"]
+    assert warm >= 3 and len(stored) == 5
+    for sid, answer in stored.items():
+        assert answer["reasons"] == api[sid]["reasons"], sid

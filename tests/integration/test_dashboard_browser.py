@@ -95,12 +95,14 @@ def _expected(truth: Truth, scores: list[dict], outcomes: list[dict]) -> dict:
     sessions: dict[str, int] = defaultdict(int)
     expected: dict[str, float] = defaultdict(float)
     latest: dict[str, float] = {}
+    tiers: dict[str, str] = {}  # each session's latest score's tier
     for e in scores:  # topic order: a session's scores are in one partition, in order
         if e["trigger"] == "session_start":
             sessions[medium[e["session_id"]]] += 1
             expected[medium[e["session_id"]]] += e["probability"]
         if e["trigger"] in ("session_start", "hit"):
             latest[e["session_id"]] = e["probability"]
+            tiers[e["session_id"]] = e["tier"]
     converted = {o["session_id"] for o in outcomes if o["outcome"] == "converted"}
     observed: dict[str, int] = defaultdict(int)
     for sid in converted:
@@ -116,6 +118,7 @@ def _expected(truth: Truth, scores: list[dict], outcomes: list[dict]) -> dict:
         "hot": hot,
         "converted": converted,
         "models": {e["model_version"] for e in scores},
+        "tiers": tiers,
     }
 
 
@@ -145,6 +148,7 @@ def _snapshot(b: webdriver.Chrome) -> dict[str, Any]:
         }
         for r in page["channels"]
     }
+    page["why"] = {r["session"]: (r["tier"], int(r["reasons"])) for r in page["hot"]}
     page["hot"] = [(r["session"], float(r["probability"]), int(r["hits"])) for r in page["hot"]]
     return page
 
@@ -169,6 +173,11 @@ def _compare(page: dict[str, Any], want: dict, truth: Truth) -> None:
         assert p >= cutoff - 1e-6  # no unconverted session shown is beaten by one left out
         assert hits == len(truth.hits[sid]), sid
     assert [p for _, p, _ in hot] == sorted((p for _, p, _ in hot), reverse=True)
+    # Each one's tier, and the top three reasons of a Warm or Hot latest score.
+    for sid, (tier, reasons) in page["why"].items():
+        assert tier == want["tiers"][sid], sid
+        assert reasons == (0 if tier == "cold" else 3), sid
+    assert any(tier != "cold" for tier, _ in page["why"].values())
     assert page["sparklines"] == SHOWN_HOT
     assert page["chart_lines"] == 2
 
