@@ -35,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("action", choices=["show", "pause", "resume", "rollback"])
     cal.add_argument("--model-version", default=None, help="default: the deployed artifact's")
     cal.add_argument("--to", default=None, help="rollback: a record's seq, or offline")
-    tail = sub.add_parser("tail", help="print score events and wait until all have arrived")
+    tail = sub.add_parser(
+        "tail", help="print score events (or leads) and wait until all have arrived"
+    )
     tail.add_argument("--topic", default="conversion.scores")
     tail.add_argument(
         "--expect-from-data",

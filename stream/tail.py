@@ -95,6 +95,8 @@ def tail(
             counts=is_event_score if expected is not None else None,
         )
     )
+    if topic == topics.LEADS:
+        return _leads(name, events, show)
     # A sample that reads as a story: one session's scores, from its start on.
     first = next((e["session_id"] for e in events if e.get("trigger") == "session_start"), None)
     story = sorted(
@@ -111,4 +113,22 @@ def tail(
     if expected is not None:
         print(f"expected {expected} session-start and hit scores from {data}")
         return 0 if len(distinct) >= expected else 1
+    return 0
+
+
+def _leads(name: str, events: list[dict], show: int) -> int:
+    """Print the latest leads, one line each, and how many there are by tier."""
+    for e in events[-show:] if show > 0 else []:
+        reasons = (e.get("reasons") or {}).get("top") or []
+        why = ", ".join(
+            f"{r['feature']} = {r['value']} ({r['contribution']:+.2f})" for r in reasons[:3]
+        )
+        print(
+            f"{e.get('tier', '?'):4} p={e.get('probability')} session {e.get('session_id')} "
+            f"after {e.get('hits')} hits, {e.get('utm_medium')} / {e.get('utm_source')}, "
+            f"{e.get('device_category')}, {e.get('geo_city')}: {why}"
+        )
+    distinct = {e.get("lead_id") for e in events}
+    by_tier = Counter(e.get("tier") for e in events)
+    print(f"{len(events)} leads on {name} ({len(distinct)} distinct), by tier: {dict(by_tier)}")
     return 0
