@@ -32,6 +32,7 @@ import numpy as np
 import xgboost as xgb
 
 from artifact.calibration import Calibration
+from artifact.model import contributions_dense
 from features import HIT_FEATURES, SESSION_FEATURES
 from features.hits import hit_feature_matrix
 from features.session import (
@@ -124,15 +125,9 @@ def feature_values(names: Sequence[str], row: np.ndarray, encoding: SessionEncod
 
 def contributions(booster: xgb.Booster, x: np.ndarray, *, exact: bool = False) -> np.ndarray:
     """Each row's contributions to the booster's margin, (n, features + 1) with the bias
-    last: the path attribution, or TreeSHAP with ``exact``."""
-    # One thread: the worker explains a few rows per batch, where starting threads costs
-    # more than it saves.
-    matrix = xgb.DMatrix(np.asarray(x, dtype=np.float32), missing=np.nan, nthread=1)
-    # The names were checked against the code's when the artifact was loaded.
-    phi = booster.predict(
-        matrix, pred_contribs=True, approx_contribs=not exact, validate_features=False
-    )
-    return np.asarray(phi, dtype=np.float64)
+    last: the path attribution, or TreeSHAP with ``exact`` (``contributions_dense``: the
+    names were checked against the code's when the artifact was loaded)."""
+    return contributions_dense(booster, x, exact=exact)
 
 
 def explain_rows(

@@ -103,3 +103,27 @@ def test_an_artifact_pickled_before_calibrations_scores_with_the_identity(
         predict_dense(model.session_booster, x),
         rtol=1e-6,
     )
+
+
+@pytest.mark.parametrize("rows", [1, 4, 90])
+def test_contributions_dense_equal_xgboosts_own(model_path: Path, rows: int) -> None:
+    """The direct C calls give what ``Booster.predict(DMatrix, pred_contribs=True)`` gives
+    (a new xgboost release that changes them fails here)."""
+    from artifact.model import contributions_dense
+
+    model = load_model(model_path)
+    rng = np.random.default_rng(rows)
+    for booster in (model.session_booster, model.in_session_booster):
+        assert booster is not None
+        x = rng.normal(size=(rows, booster.num_features())).astype(np.float32)
+        x[rng.random(x.shape) < 0.2] = np.nan
+        for exact in (False, True):
+            want = booster.predict(
+                xgb.DMatrix(x, missing=np.nan),
+                pred_contribs=True,
+                approx_contribs=not exact,
+                validate_features=False,
+            )
+            got = contributions_dense(booster, x, exact=exact)
+            assert got.dtype == np.float64 and got.shape == (rows, booster.num_features() + 1)
+            np.testing.assert_array_equal(got, want.astype(np.float64))
