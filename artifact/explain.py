@@ -34,7 +34,6 @@ import xgboost as xgb
 from artifact.calibration import Calibration
 from artifact.model import contributions_dense
 from features import HIT_FEATURES, SESSION_FEATURES
-from features.hits import hit_feature_matrix
 from features.session import (
     CATEGORICAL_COLUMNS,
     NULL_CATEGORY,
@@ -112,7 +111,7 @@ def _value(name: str, j: int, row: np.ndarray, categories: dict[str, Any]) -> Va
     if encoded is None:
         return _number(float(row[j]))
     col, te, freq = encoded
-    pair = (float(np.float32(row[te])), float(np.float32(row[freq])))
+    pair = (float(row[te]), float(row[freq]))  # the row is float32, as the pairs are
     return cast(Value, categories[col].get(pair, RARE_VALUE))
 
 
@@ -120,6 +119,7 @@ def feature_values(names: Sequence[str], row: np.ndarray, encoding: SessionEncod
     """The value shown for each feature of one feature vector (session features first,
     then any hit features)."""
     categories = category_names(encoding)
+    row = np.asarray(row, dtype=np.float32)
     return [_value(name, j, row, categories) for j, name in enumerate(names)]
 
 
@@ -149,6 +149,7 @@ def explain_rows(
     """
     if len(x) == 0:
         return []
+    x = np.asarray(x, dtype=np.float32)
     phi = contributions(booster, x, exact=exact)
     scaled = phi[:, :-1] * calibration.slope
     bias = phi[:, -1] * calibration.slope + calibration.intercept
@@ -157,24 +158,26 @@ def explain_rows(
     order = np.argsort(-np.abs(scaled), axis=1, kind="stable")[:, :width]
     top = np.take_along_axis(scaled, order, axis=1)
     rest = total - top.sum(axis=1)
-    log_odds = bias + total
+    # Rounded for the rows at once (NumPy rounds half to even, as ``round`` does).
+    heads = np.round(np.column_stack([bias + total, bias, rest]), DECIMALS).tolist()
+    tops = np.round(top, DECIMALS).tolist()
     categories = category_names(encoding)
     out = []
-    for i in range(len(x)):
+    for i, (log_odds, b, r) in enumerate(heads):
         row = x[i]
         out.append(
             {
-                "log_odds": round(float(log_odds[i]), DECIMALS),
-                "bias": round(float(bias[i]), DECIMALS),
+                "log_odds": log_odds,
+                "bias": b,
                 "top": [
                     {
                         "feature": names[j],
                         "value": _value(names[j], j, row, categories),
-                        "contribution": round(c, DECIMALS),
+                        "contribution": c,
                     }
-                    for j, c in zip(order[i].tolist(), top[i].tolist(), strict=True)
+                    for j, c in zip(order[i].tolist(), tops[i], strict=True)
                 ],
-                "rest": round(float(rest[i]), DECIMALS),
+                "rest": r,
             }
         )
     return out
@@ -203,14 +206,16 @@ def explain_in_session(
     k: int | None = EVENT_REASONS,
     *,
     exact: bool = False,
+    matrix: np.ndarray | None = None,
 ) -> list[Reasons]:
-    """The reasons of in-session scores of ``model`` from session vectors and hit states
-    (the session-start model's where the artifact has no in-session model)."""
+    """The reasons of in-session scores of ``model`` from session vectors and hit states,
+    or their ``in_session_matrix`` made already (the session-start model's where the
+    artifact has no in-session model)."""
     if model.in_session_booster is None:
         return explain_session(model, session_x, k, exact=exact)
     if len(session_x) == 0:
         return []
-    x = np.hstack([session_x, hit_feature_matrix(states)]).astype(np.float32)
+    x = model.in_session_matrix(session_x, states) if matrix is None else matrix
     return explain_rows(
         model.in_session_booster,
         model.in_session_calibration,

@@ -245,13 +245,20 @@ class ConversionModel:
             self.session_vectors(rows_to_columns(rows, SESSION_COLUMNS))
         )
 
-    def score_in_session(self, session_x: np.ndarray, states: np.ndarray) -> np.ndarray:
-        """Score sessions after some hits, from session vectors and hit states."""
+    def in_session_matrix(self, session_x: np.ndarray, states: np.ndarray) -> np.ndarray:
+        """The in-session model's input: session vectors beside their hit features."""
+        return np.hstack([session_x, hit_feature_matrix(states)]).astype(np.float32)
+
+    def score_in_session(
+        self, session_x: np.ndarray, states: np.ndarray, matrix: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Score sessions after some hits, from session vectors and hit states (or their
+        ``in_session_matrix``, made already)."""
         if self.in_session_booster is None:
             return self.score_session_vectors(session_x)
         if len(session_x) == 0:
             return np.empty(0, dtype=np.float64)
-        x = np.hstack([session_x, hit_feature_matrix(states)]).astype(np.float32)
+        x = self.in_session_matrix(session_x, states) if matrix is None else matrix
         return self.in_session_calibration.apply(
             predict_dense(self.in_session_booster, x, margin=True)
         )

@@ -7,6 +7,7 @@ score and outcome events and each session's write.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -102,12 +103,16 @@ class HitScorer:
 
     @staticmethod
     def _probabilities(
-        model: ConversionModel, vecs: np.ndarray, hit_states: np.ndarray, walk: HitsWalk
+        model: ConversionModel,
+        vecs: np.ndarray,
+        hit_states: np.ndarray,
+        walk: HitsWalk,
+        matrix: np.ndarray | None,
     ) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
         """Score a walk's hits: all at once, else one by one; return what failed too."""
         to_score = walk.to_score
         try:
-            probs = model.score_in_session(vecs, hit_states)
+            probs = model.score_in_session(vecs, hit_states, matrix)
             if np.isfinite(probs).all():
                 return probs, []
         except Exception:  # noqa: BLE001 - found below, hit by hit
@@ -142,13 +147,23 @@ class HitScorer:
         model = self.ctx.model
         vecs = np.vstack([cast(np.ndarray, states[sid].vector) for _, sid, _, _ in to_score])
         hit_states = np.array([s for _, _, s, _ in to_score], dtype=np.float64)
-        probs, failed = self._probabilities(model, vecs, hit_states, walk)
+        # The in-session model's input, made once for the scores and their reasons.
+        matrix = None
+        if model.in_session_booster is not None:
+            with contextlib.suppress(Exception):  # scored hit by hit below, if at all
+                matrix = model.in_session_matrix(vecs, hit_states)
+        probs, failed = self._probabilities(model, vecs, hit_states, walk, matrix)
         if failed:
             return [], failed
         tiers = explain_tiers(
             model,
             probs,
-            lambda rows: explain_in_session(model, vecs[rows], hit_states[rows]),
+            lambda rows: explain_in_session(
+                model,
+                vecs[rows],
+                hit_states[rows],
+                matrix=None if matrix is None else matrix[rows],
+            ),
             self.ctx.reasons,
         )
         made: dict[str, int] = {}  # each session's highest lead tier, as the batch goes
