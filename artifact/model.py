@@ -40,6 +40,28 @@ _VALUE_ARGS = _predict_args(0)
 _MARGIN_ARGS = _predict_args(1)
 
 
+def _interface(x: np.ndarray) -> tuple[np.ndarray, bytes]:
+    """A dense float32 copy of ``x`` (or ``x`` itself) and its array interface, which
+    XGBoost reads in place: keep the array alive until the call returns."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, m = x.shape
+    interface = b'{"data": [%d, true], "strides": null, "typestr": "<f4", ' % x.ctypes.data
+    interface += b'"shape": [%d, %d], "version": 3}' % (n, m)
+    return x, interface
+
+
+def _copied(shape: Any, dims: Any, preds: Any, expected: tuple[int, ...], what: str) -> np.ndarray:
+    """A prediction call's output as float64 with shape ``expected``, after checking its
+    size. The buffer belongs to the booster until its next call: it is copied out now."""
+    size = 1
+    for k in range(dims.value):
+        size *= int(shape[k])
+    want = int(np.prod(expected))
+    if size != want:
+        raise ValueError(f"expected {want} {what}, the model returned {size}")
+    return np.ctypeslib.as_array(preds, shape=expected).astype(np.float64)
+
+
 def predict_dense(booster: xgb.Booster, x: np.ndarray, *, margin: bool = False) -> np.ndarray:
     """P(convert) of each row of a dense float matrix (its log-odds with ``margin``), float64.
 
@@ -47,10 +69,7 @@ def predict_dense(booster: xgb.Booster, x: np.ndarray, *, margin: bool = False) 
     Python preamble (type dispatch, imports, argument encoding), which costs more than
     the trees themselves for one row.
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    n, m = x.shape
-    interface = b'{"data": [%d, true], "strides": null, "typestr": "<f4", ' % x.ctypes.data
-    interface += b'"shape": [%d, %d], "version": 3}' % (n, m)
+    x, interface = _interface(x)
     shape = ctypes.POINTER(xgb_core.c_bst_ulong)()
     dims = xgb_core.c_bst_ulong()
     preds = ctypes.POINTER(ctypes.c_float)()
@@ -65,13 +84,7 @@ def predict_dense(booster: xgb.Booster, x: np.ndarray, *, margin: bool = False) 
             ctypes.byref(preds),
         )
     )
-    size = 1
-    for k in range(dims.value):
-        size *= int(shape[k])
-    if size != n:
-        raise ValueError(f"expected {n} predictions, the model returned {size}")
-    # The buffer belongs to the booster until its next call: copy it out now.
-    return np.ctypeslib.as_array(preds, shape=(n,)).astype(np.float64)
+    return _copied(shape, dims, preds, (len(x),), "predictions")
 
 
 # The settings of a dense matrix built for one call (NaN as missing, one thread), and of
@@ -92,10 +105,8 @@ def contributions_dense(booster: xgb.Booster, x: np.ndarray, *, exact: bool = Fa
     Python around them (matrix dispatch, feature names, argument encoding), which costs
     more than the attribution itself for the few rows a worker's batch explains.
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x, interface = _interface(x)
     n, m = x.shape
-    interface = b'{"data": [%d, true], "strides": null, "typestr": "<f4", ' % x.ctypes.data
-    interface += b'"shape": [%d, %d], "version": 3}' % (n, m)
     matrix = ctypes.c_void_p()
     xgb_core._check_call(
         xgb_core._LIB.XGDMatrixCreateFromDense(interface, _MATRIX_ARGS, ctypes.byref(matrix))
@@ -114,13 +125,7 @@ def contributions_dense(booster: xgb.Booster, x: np.ndarray, *, exact: bool = Fa
                 ctypes.byref(preds),
             )
         )
-        size = 1
-        for k in range(dims.value):
-            size *= int(shape[k])
-        if size != n * (m + 1):
-            raise ValueError(f"expected {n * (m + 1)} contributions, the model returned {size}")
-        # The buffer belongs to the booster until its next call: copy it out now.
-        return np.ctypeslib.as_array(preds, shape=(n, m + 1)).astype(np.float64)
+        return _copied(shape, dims, preds, (n, m + 1), "contributions")
     finally:
         xgb_core._check_call(xgb_core._LIB.XGDMatrixFree(matrix))
 
