@@ -43,15 +43,9 @@ def tier_names(model: ConversionModel, probabilities: np.ndarray) -> list[str]:
 
 
 def tier_of(model: ConversionModel, probability: float) -> str:
-    """The tier name of one probability ``model`` made: ``tier_names`` in plain floats,
-    a few microseconds where NumPy takes ten (one-row ``/predict`` is the busy call)."""
+    """The tier name of one probability ``model`` made (Cold without tiers)."""
     tiers = model.tiers
-    if tiers is None:
-        return TIER_NAMES[0]
-    if not 0.0 < probability < 1.0:  # a logit without a float value
-        return tier_names(model, np.array([probability]))[0]
-    z = math.log(probability) - math.log1p(-probability) - model.calibration_shift
-    return TIER_NAMES[(z >= tiers.warm_log_odds) + (z >= tiers.hot_log_odds)]
+    return TIER_NAMES[0] if tiers is None else tiers.of(probability, model.calibration_shift)
 
 
 def prediction(

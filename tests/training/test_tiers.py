@@ -237,3 +237,15 @@ def test_one_and_five_percent_of_the_test_weeks_land_hot_and_warm_or_hot(
     p_shifted = shifted.predict_proba(ds.sessions[last])[:, 1]
     assert p_shifted.mean() < 0.6 * model.predict_proba(ds.sessions[last])[:, 1].mean()
     np.testing.assert_array_equal(shifted.tier_codes(p_shifted), live)
+
+
+def test_one_probability_gets_the_tier_its_array_gets() -> None:
+    # ``Tiers.of`` (plain floats, for one row) and ``Tiers.codes`` (NumPy, for a batch)
+    # write the same rule twice: they agree on every value, the edges included.
+    tiers = Tiers(warm=0.05, hot=0.1)
+    rng = np.random.default_rng(5)
+    edges = [0.0, 1.0, np.nan, 1e-300, 1 - 1e-16, 0.05, 0.1, np.nextafter(0.05, 0), 0.0999999]
+    p = np.concatenate([rng.uniform(0, 0.2, 2000), edges])
+    for shift in (0.0, -0.7, 1.3):
+        by_array = [("cold", "warm", "hot")[c] for c in tiers.codes(p, shift)]
+        assert [tiers.of(float(x), shift) for x in p] == by_array
