@@ -18,11 +18,10 @@ from typing import cast
 import numpy as np
 import orjson
 
-from artifact.explain import explain_in_session
 from contracts.history import history_entry, history_field
 from contracts.scores import TIER_NAMES, score_event
 from contracts.times import iso_from_ms, now_ms, utc_iso
-from stream.leads import explained
+from stream.leads import explained_in_session
 from stream.logic import outcome_event
 from stream.parking import Parking
 from stream.records import Context, Output
@@ -152,12 +151,7 @@ class Closer:
         vecs = np.vstack([cast(np.ndarray, states[sid].vector) for sid, _ in fresh])
         hit_states = np.vstack([states[sid].state for sid, _ in fresh])
         probs = model.score_in_session(vecs, hit_states)
-        tiers = explained(
-            model,
-            probs,
-            lambda rows: explain_in_session(model, vecs[rows], hit_states[rows]),
-            self.ctx.reasons,
-        )
+        tiers = explained_in_session(model, probs, vecs, hit_states, self.ctx.reasons)
         out.unexplained += tiers.failed
         tiers.count(out.tiers)
         stamp_ms = now_ms()

@@ -16,13 +16,11 @@ import numpy as np
 import orjson
 
 from artifact import ConversionModel
-from artifact.explain import explain_in_session
 from contracts.history import history_entry, history_field
 from contracts.scores import TIER_NAMES, score_event
 from contracts.times import iso_from_ms, now_ms, utc_iso
 from features.hits import STATE_INDEX, combine_values, empty_state
-from stream.leads import explained as explain_tiers
-from stream.leads import lead_json
+from stream.leads import explained_in_session, lead_json
 from stream.logic import epoch_ms, hit_event_ms, outcome_event
 from stream.records import Context, Output, Record, bounded, converted, failure
 from stream.state import HitWrite, SessionState
@@ -155,17 +153,7 @@ class HitScorer:
         probs, failed = self._probabilities(model, vecs, hit_states, walk, matrix)
         if failed:
             return [], failed
-        tiers = explain_tiers(
-            model,
-            probs,
-            lambda rows: explain_in_session(
-                model,
-                vecs[rows],
-                hit_states[rows],
-                matrix=None if matrix is None else matrix[rows],
-            ),
-            self.ctx.reasons,
-        )
+        tiers = explained_in_session(model, probs, vecs, hit_states, self.ctx.reasons, matrix)
         made: dict[str, int] = {}  # each session's highest lead tier, as the batch goes
         version = model.version
         online = (model.calibration_id, model.calibration_shift)

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from artifact import ConversionModel
-from artifact.explain import Reasons
+from artifact.explain import Reasons, explain_in_session
 from contracts.leads import lead_event
 from stream.records import bounded
 
@@ -62,6 +62,29 @@ def explained(
         return Explained(codes, {}, len(warm))
     reasons = {int(k): r for k, r in zip(warm.tolist(), found, strict=True)}
     return Explained(codes, reasons, 0)
+
+
+def explained_in_session(
+    model: ConversionModel,
+    probabilities: np.ndarray,
+    session_x: np.ndarray,
+    states: np.ndarray,
+    with_reasons: bool,
+    matrix: np.ndarray | None = None,
+) -> Explained:
+    """``explained`` for in-session scores, from the session vectors and hit states they
+    were made of, or the in-session model's input made already (``matrix``)."""
+    return explained(
+        model,
+        probabilities,
+        lambda rows: explain_in_session(
+            model,
+            session_x[rows],
+            states[rows],
+            matrix=None if matrix is None else matrix[rows],
+        ),
+        with_reasons,
+    )
 
 
 def lead_json(score: dict[str, Any], channel: list[str] | tuple[str, ...], hits: int) -> bytes:
