@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import signal
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -17,7 +20,7 @@ from contracts.leads import LeadEvent
 from contracts.scores import TIER_NAMES
 from features.hits import combine, empty_state, hit_increments
 from features.target import TARGET_ACTIONS
-from stream.replay import build_events
+from stream.replay import build_events, send_events
 from stream.settings import StreamSettings
 from stream.tail import is_event_score, read_topic
 
@@ -225,3 +228,35 @@ def supervise(worker: Any, sender: Any, timeout_s: float = 300) -> int:
         worker.start()
         worker.wait_ready()
     return restarts
+
+
+def kill_9_while_sending(
+    worker: Any,
+    settings: StreamSettings,
+    events: list[Event],
+    seed: int,
+    least: int = 3,
+    most: int = 6,
+) -> int:
+    """Send ``events`` at 600 a second while the running worker is killed with SIGKILL
+    at random moments 0.5 to 2.5 s apart and started again each time: at least ``least``
+    times, even after the last event went out, and at most ``most``. Return the kills
+    once every event was sent."""
+    sender = threading.Thread(
+        target=lambda: asyncio.run(send_events(settings, events, rate=600, progress=False))
+    )
+    sender.start()
+    rng = random.Random(seed)
+    kills = 0
+    try:
+        while (sender.is_alive() or kills < least) and kills < most:
+            time.sleep(rng.uniform(0.5, 2.5))
+            assert worker.proc is not None
+            worker.proc.send_signal(signal.SIGKILL)
+            worker.proc.wait()
+            kills += 1
+            worker.start()
+            worker.wait_ready()
+    finally:
+        sender.join()
+    return kills

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import random
-import signal
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
-from helpers import Truth, check_leads, read_all, read_scores
+from helpers import Truth, check_leads, kill_9_while_sending, read_all, read_scores
 
 from artifact import load_model, read_card, save_model
 from artifact.tiers import Tiers
@@ -78,22 +74,8 @@ def test_leads_exactly_once_through_kill_9_and_none_after_close_or_conversion(
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     worker.start()
     worker.wait_ready()
-    sender = threading.Thread(
-        target=lambda: asyncio.run(send_events(settings, truth.events, rate=600, progress=False))
-    )
-    sender.start()
-    rng = random.Random(17)
-    kills = 0
     try:
-        while (sender.is_alive() or kills < 3) and kills < 6:
-            time.sleep(rng.uniform(0.5, 2.5))
-            assert worker.proc is not None
-            worker.proc.send_signal(signal.SIGKILL)
-            worker.proc.wait()
-            kills += 1
-            worker.start()
-            worker.wait_ready()
-        sender.join()
+        kills = kill_9_while_sending(worker, settings, truth.events, seed=17)
         read_scores(settings, truth.expected_scores, timeout_s=240)
         # Late hits for sessions closed by then, which the worker scores but which
         # may make no lead.

@@ -6,15 +6,20 @@ import asyncio
 import base64
 import random
 import shutil
-import signal
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
-from helpers import Truth, check_exactly_once, read_all, read_scores, topic_size
+from helpers import (
+    Truth,
+    check_exactly_once,
+    kill_9_while_sending,
+    read_all,
+    read_scores,
+    topic_size,
+)
 
 from artifact import load_model, read_card, save_model
 from bench.procs import WorkerProcess, free_port, metrics, total
@@ -42,24 +47,8 @@ def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     worker.start()
     worker.wait_ready()
-    sender = threading.Thread(
-        target=lambda: asyncio.run(send_events(settings, truth.events, rate=600, progress=False))
-    )
-    sender.start()
-    rng = random.Random(5)
-    kills = 0
     try:
-        while sender.is_alive() or kills < 3:
-            time.sleep(rng.uniform(0.5, 2.5))
-            assert worker.proc is not None
-            worker.proc.send_signal(signal.SIGKILL)
-            worker.proc.wait()
-            kills += 1
-            worker.start()
-            worker.wait_ready()
-            if kills >= 6:
-                break
-        sender.join()
+        kills = kill_9_while_sending(worker, settings, truth.events, seed=5)
         scores = read_scores(settings, truth.expected_scores, timeout_s=240)
     finally:
         worker.stop()
