@@ -1,6 +1,7 @@
 """The worker's processing cost in instructions, counted by valgrind's callgrind.
 
     python -m bench.cost [--sessions N] [--sample window|file] [--from DAY] [--masters M]
+                         [--reasons on|off|compare]
 
 Throughput on this shared 2-core machine moves by a fifth or more from one run to the
 next (the same run's CPU seconds too), so a change of a few per cent cannot be seen in
@@ -19,8 +20,13 @@ buckets), as this benchmark did before.
 
 Only the processing is counted: the worker's start (imports, the model, reading the
 data) is not, and Redis's counters start at zero when the run begins; Redis's clock-
-driven housekeeping runs once a second (``--hz 1``). Kafka is left out: consuming and
-publishing cost the same for any change to the processing. With ``--masters 3``, Redis
+driven housekeeping runs once a second (``--hz 1``). The worker's side sets the garbage
+collector up as the worker does (``stream.worker.settle_gc``): left at Python's default,
+a full collection over the model and the libraries lands in the count now and then, and
+more often the more objects a change allocates. Kafka is left out: consuming and
+publishing cost the same for any change to the processing (the bigger events a change
+publishes excepted). ``--reasons compare`` runs twice, with the reasons of the Warm and
+Hot scores and without, and reports what they cost. With ``--masters 3``, Redis
 is a Redis Cluster of three masters (each under callgrind; no replicas) and the store
 runs in cluster mode: the figures add each master's instructions per event and its
 share of them.
@@ -107,10 +113,14 @@ def _records(data: Path, sessions: int) -> list[Any]:
 
 
 async def _process(
-    records: list[Any], model_path: Path, redis_url: str, cluster: bool = False
-) -> dict[str, int]:
-    """Run the records through a processor, fetch by fetch; return what it produced."""
-    from artifact import load_model
+    records: list[Any],
+    model: Any,
+    redis_url: str,
+    cluster: bool = False,
+    reasons: bool = True,
+) -> dict[str, Any]:
+    """Run the records through a processor, fetch by fetch; return what it produced
+    (with its scores by tier: Cold, Warm, Hot). ``reasons`` False explains no score."""
     from stream.nodes import connect
     from stream.processor import Processor
     from stream.state import RedisStore
@@ -119,8 +129,14 @@ async def _process(
     store = RedisStore(
         client, prefix=f"cost-{uuid.uuid4().hex[:8]}", ttl_s=3600, retries=2, lanes=lanes
     )
-    proc = Processor(load_model(model_path), store, "cost.hits")
-    counts = {"events": len(records), "scores": 0, "closed": 0}
+    proc = Processor(model, store, "cost.hits", reasons=reasons)
+    counts: dict[str, Any] = {"events": len(records), "scores": 0, "closed": 0}
+    tiers = [0, 0, 0]
+
+    def add(out: Any) -> None:
+        counts["scores"] += len(out.scores)
+        tiers[:] = [a + b for a, b in zip(tiers, out.tiers, strict=True)]
+
     for start in range(0, len(records), FETCH):
         fetch = records[start : start + FETCH]
         rows = [r for r in fetch if r.topic == "cost.sessions"]
@@ -128,13 +144,13 @@ async def _process(
         released: dict[str, int] = {}
         for i in range(0, len(rows), BATCH):
             out = await proc.sessions(rows[i : i + BATCH])
-            counts["scores"] += len(out.scores)
+            add(out)
             released.update(out.released)
         parked = await proc.release(released)
         for batch in [parked[i : i + BATCH] for i in range(0, len(parked), BATCH)] + [
             hits[i : i + BATCH] for i in range(0, len(hits), BATCH)
         ]:
-            counts["scores"] += len((await proc.hits(batch)).scores)
+            add(await proc.hits(batch))
         # The fetch's input offsets, as the worker stores them with its last write; from
         # then on every write carries the fence (stream/recovery.py).
         await store.write([], [], offsets={("hits", 0): start + len(fetch)})
@@ -145,21 +161,31 @@ async def _process(
             out = await proc.close_due(horizon, BATCH)
             if not out.closed:
                 break
-            counts["scores"] += len(out.scores)
+            add(out)
             counts["closed"] += sum(len(s) for s in out.closed.values())
             await proc.finish_close(out.closed)
     if lanes is not None:
         await lanes.aclose()
     await client.aclose()
+    counts["scores_by_tier"] = tiers
     return counts
 
 
 def child(args: argparse.Namespace) -> int:
-    """The worker's side: prepare, say "ready", process on "go", report, exit on "exit"."""
+    """The worker's side: prepare as the worker starts (the model loaded, the garbage
+    collector set up as the worker sets it), say "ready", process on "go", report, exit
+    on "exit"."""
+    from artifact import load_model
+    from stream.worker import settle_gc
+
     records = _records(args.data, args.sessions)
+    model = load_model(args.model)
+    settle_gc()
     print("ready", flush=True)
     sys.stdin.readline()
-    counts = asyncio.run(_process(records, args.model, args.redis_url, args.cluster))
+    counts = asyncio.run(
+        _process(records, model, args.redis_url, args.cluster, not args.no_reasons)
+    )
     print(json.dumps(counts), flush=True)
     sys.stdin.readline()
     return 0
@@ -274,11 +300,14 @@ def _make_cluster(ports: list[int]) -> None:
     raise RuntimeError("the cluster under callgrind did not become ready")
 
 
-def measure(data: Path, model: Path, sessions: int, work: Path, masters: int = 1) -> dict[str, Any]:
+def measure(
+    data: Path, model: Path, sessions: int, work: Path, masters: int = 1, reasons: bool = True
+) -> dict[str, Any]:
     """Count the instructions of one run; return the figures.
 
     With ``masters`` > 1, Redis is a Redis Cluster of that many masters, each under
-    callgrind, and the worker's side runs in cluster mode.
+    callgrind, and the worker's side runs in cluster mode. ``reasons`` False runs the
+    worker's side without explaining its Warm and Hot scores.
     """
     cluster = masters > 1
     ports = [_cluster_port() if cluster else free_port() for _ in range(masters)]
@@ -310,6 +339,7 @@ def measure(data: Path, model: Path, sessions: int, work: Path, masters: int = 1
                 "--redis-url",
                 f"redis://127.0.0.1:{ports[0]}/0",
                 *(["--cluster"] if cluster else []),
+                *([] if reasons else ["--no-reasons"]),
             ],
             cwd=ROOT,
             stdin=subprocess.PIPE,
@@ -359,6 +389,19 @@ def measure(data: Path, model: Path, sessions: int, work: Path, masters: int = 1
     }
 
 
+def reasons_cost(on: dict[str, Any], off: dict[str, Any]) -> dict[str, Any]:
+    """What the reasons cost: the same run with them (``on``) and without (``off``)."""
+    by_tier = on["scores_by_tier"]
+    return {
+        "worker_per_event_without": off["worker_per_event"],
+        "redis_per_event_without": off["redis_per_event"],
+        "total_per_event_without": off["total_per_event"],
+        "worker": round(on["worker_per_event"] / off["worker_per_event"] - 1.0, 4),
+        "total": round(on["total_per_event"] / off["total_per_event"] - 1.0, 4),
+        "warm_or_hot_share": round((by_tier[1] + by_tier[2]) / max(1, sum(by_tier)), 4),
+    }
+
+
 def _wait_for_redis(port: int) -> None:
     import redis
 
@@ -405,7 +448,15 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="Redis: one server (1), or a Redis Cluster of this many masters",
     )
+    parser.add_argument(
+        "--reasons",
+        choices=("on", "off", "compare"),
+        default="on",
+        help="explain the Warm and Hot scores (on, as the worker does by default), not "
+        "(off), or run both and report what the reasons cost (compare)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-reasons", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cluster", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -431,14 +482,28 @@ def main(argv: list[str] | None = None) -> int:
             generate(full, FULL_SESSIONS, seed=11, progress=False)
         data = window(full, args.first_day, args.sessions)
     args.data = data
-    if args.keep is not None:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        result = measure(
-            args.data.resolve(), model, args.sessions, args.keep.resolve(), args.masters
-        )
-    else:
-        with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
-            result = measure(args.data.resolve(), model, args.sessions, Path(tmp), args.masters)
+    runs = [True, False] if args.reasons == "compare" else [args.reasons == "on"]
+    figures = []
+    for flag in runs:
+        if args.keep is not None:
+            keep = args.keep / ("reasons" if flag else "no-reasons")
+            keep.mkdir(parents=True, exist_ok=True)
+            figures.append(
+                measure(
+                    args.data.resolve(), model, args.sessions, keep.resolve(), args.masters, flag
+                )
+            )
+        else:
+            with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
+                figures.append(
+                    measure(
+                        args.data.resolve(), model, args.sessions, Path(tmp), args.masters, flag
+                    )
+                )
+    result = figures[0]
+    result["reasons"] = runs[0]
+    if len(figures) == 2:
+        result["reasons_cost"] = reasons_cost(figures[0], figures[1])
     result["sample"] = args.sample
     result["first_day"] = args.first_day if args.sample == "window" else None
     print(json.dumps(result))
@@ -449,6 +514,13 @@ def main(argv: list[str] | None = None) -> int:
         f"an event, Redis {result['redis_per_event']:,}, together "
         f"{result['total_per_event']:,}"
     )
+    if "reasons_cost" in result:
+        c = result["reasons_cost"]
+        print(
+            f"reasons of the Warm and Hot scores ({c['warm_or_hot_share']:.1%} of scores): "
+            f"worker {c['worker_per_event_without']:,} → {result['worker_per_event']:,} "
+            f"instructions an event ({c['worker']:+.1%}), with Redis {c['total']:+.1%}"
+        )
     if args.masters > 1:
         shares = ", ".join(
             f"{n:,} ({share:.1%})"
