@@ -24,6 +24,7 @@ the features it keeps in Redis.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, cast
@@ -115,6 +116,21 @@ def _value(name: str, j: int, row: np.ndarray, categories: dict[str, Any]) -> Va
     return cast(Value, categories[col].get(pair, RARE_VALUE))
 
 
+@functools.lru_cache(maxsize=8)
+def _kinds(names: tuple[str, ...]) -> tuple[list[str | None], np.ndarray, np.ndarray]:
+    """For each feature, the categorical column it encodes (None for a feature whose
+    value is its own), and the positions of that column's encoded pair (0 for others)."""
+    kinds: list[str | None] = []
+    te = np.zeros(len(names), dtype=np.intp)
+    freq = np.zeros(len(names), dtype=np.intp)
+    for j, name in enumerate(names):
+        encoded = _ENCODED.get(name)
+        kinds.append(None if encoded is None else encoded[0])
+        if encoded is not None:
+            te[j], freq[j] = encoded[1], encoded[2]
+    return kinds, te, freq
+
+
 def feature_values(names: Sequence[str], row: np.ndarray, encoding: SessionEncoding) -> list[Value]:
     """The value shown for each feature of one feature vector (session features first,
     then any hit features)."""
@@ -155,32 +171,56 @@ def explain_rows(
     bias = phi[:, -1] * calibration.slope + calibration.intercept
     total = scaled.sum(axis=1)
     width = scaled.shape[1] if k is None else max(0, min(k, scaled.shape[1]))
-    order = np.argsort(-np.abs(scaled), axis=1, kind="stable")[:, :width]
+    order = _largest(np.abs(scaled), width)
     top = np.take_along_axis(scaled, order, axis=1)
     rest = total - top.sum(axis=1)
     # Rounded for the rows at once (NumPy rounds half to even, as ``round`` does).
     heads = np.round(np.column_stack([bias + total, bias, rest]), DECIMALS).tolist()
     tops = np.round(top, DECIMALS).tolist()
+    # The values shown, gathered for the rows at once: each listed feature's own value,
+    # rounded (None where not finite), and for an encoded categorical feature the pair
+    # its category is looked up by.
+    kinds, te, freq = _kinds(tuple(names))
+    values = np.take_along_axis(x, order, axis=1).astype(np.float64)
+    finite = np.isfinite(values)
+    shown = np.round(np.where(finite, values, 0.0), DECIMALS).tolist()
+    shown_ok = finite.tolist()
+    te_values = np.take_along_axis(x, te[order], axis=1).tolist()
+    freq_values = np.take_along_axis(x, freq[order], axis=1).tolist()
     categories = category_names(encoding)
     out = []
     for i, (log_odds, b, r) in enumerate(heads):
-        row = x[i]
-        out.append(
-            {
-                "log_odds": log_odds,
-                "bias": b,
-                "top": [
-                    {
-                        "feature": names[j],
-                        "value": _value(names[j], j, row, categories),
-                        "contribution": c,
-                    }
-                    for j, c in zip(order[i].tolist(), tops[i], strict=True)
-                ],
-                "rest": r,
-            }
-        )
+        entries = []
+        for j, c, v, ok, pair in zip(
+            order[i].tolist(),
+            tops[i],
+            shown[i],
+            shown_ok[i],
+            zip(te_values[i], freq_values[i], strict=True),
+            strict=True,
+        ):
+            col = kinds[j]
+            value: Value = (
+                (v if ok else None) if col is None else categories[col].get(pair, RARE_VALUE)
+            )
+            entries.append({"feature": names[j], "value": value, "contribution": c})
+        out.append({"log_odds": log_odds, "bias": b, "top": entries, "rest": r})
     return out
+
+
+def _largest(magnitude: np.ndarray, k: int) -> np.ndarray:
+    """The column indexes of each row's ``k`` largest values, largest first, ties to the
+    lower index: a stable sort's order, found by ``k`` passes of argmax when ``k`` is
+    small (the values are not negative)."""
+    if k > 8:
+        return np.argsort(-magnitude, axis=1, kind="stable")[:, :k]
+    left = magnitude.copy()
+    rows = np.arange(len(left))
+    order = np.empty((len(left), k), dtype=np.intp)
+    for t in range(k):
+        order[:, t] = j = left.argmax(axis=1)  # the first of equal values
+        left[rows, j] = -1.0
+    return order
 
 
 def explain_session(
