@@ -22,7 +22,7 @@
 6. With --full DIR: a replay of a whole generated history, timed (--full-workers, 2).
 7. With --baseline REF: REF's worker and this one, alternately, on the one-worker input.
 8. Reasons: one worker with the reasons of Warm and Hot scores and one without
-   (``SCORER_REASONS=0``), alternately, on the one-worker input (--reasons-runs, 2 each);
+   (``SCORER_REASONS=0``), in ABBA order, on the one-worker input (--reasons-runs, 2 each);
    with the share of scores that were Warm or Hot.
 
 Each phase uses its own topics and Redis keys, removed afterwards.
@@ -326,14 +326,18 @@ def reasons_cost(
     Hot scores costs in throughput (the medians' ratio) and in the worker's CPU time.
 
     Each run waits for the broker to settle first: it deletes the last run's topics in
-    the background, and a run during that goes about a third slower.
+    the background, and a run during that goes about a third slower. The pairs run in
+    ABBA order.
     """
     on: list[int] = []
     off: list[int] = []
     cpu: dict[bool, list[float]] = {True: [], False: []}
     by_tier: dict[str, int] = {}
-    for _ in range(runs):
-        for flag, into in ((True, on), (False, off)):
+    for run in range(runs):
+        # ABBA: each setting runs first in every other pair, so that a drift of the
+        # machine over the phase weighs on both alike.
+        pair = ((True, on), (False, off))
+        for flag, into in pair if run % 2 == 0 else pair[::-1]:
             time.sleep(SETTLE_S)
             r = throughput(base, model, events, 1, work, reasons=flag)
             into.append(r["events_per_s"])
