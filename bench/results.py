@@ -160,6 +160,13 @@ def _cost(f: dict[str, Any]) -> tuple[str, str]:
         f"instructions an event: worker {_n(f['worker_per_event'])}, Redis {redis} "
         f"({_n(f['events'])} events, {_n(f['scores'])} scores)"
     )
+    if "reasons_cost" in f:
+        c = f["reasons_cost"]
+        what += (
+            f"; without the reasons of Warm and Hot scores "
+            f"({c['warm_or_hot_share']:.1%} of scores) the worker's "
+            f"{_n(c['worker_per_event_without'])}: reasons {c['worker']:+.1%}"
+        )
     return where, what
 
 

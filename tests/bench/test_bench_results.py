@@ -113,3 +113,20 @@ def test_a_training_run_shows_its_time_memory_and_roc_auc_against_the_ceiling() 
     assert "(with generating and checking the data 836 s)" in row
     assert "0.7278 at session start against the Bayes AUC 0.7343" in row
     assert "0.7363 after 1 hit(s), 0.8328 after 21+" in row
+
+
+def test_a_cost_run_that_compared_the_reasons_says_what_they_cost() -> None:
+    compared = {
+        **COST,
+        "worker_per_event": 284253,
+        "reasons_cost": {
+            "worker_per_event_without": 253801,
+            "worker": 0.12,
+            "warm_or_hot_share": 0.1741,
+        },
+    }
+    (row,) = results.table([_record("20261203T130000Z", "cost", compared)]).splitlines()[2:]
+    assert "worker 284,253" in row
+    assert "(17.4% of scores) the worker's 253,801: reasons +12.0%" in row
+    (plain,) = results.table([_record("20261203T130000Z", "cost", COST)]).splitlines()[2:]
+    assert "reasons" not in plain
