@@ -50,9 +50,14 @@ def _interface(x: np.ndarray) -> tuple[np.ndarray, bytes]:
     return x, interface
 
 
-def _copied(shape: Any, dims: Any, preds: Any, expected: tuple[int, ...], what: str) -> np.ndarray:
-    """A prediction call's output as float64 with shape ``expected``, after checking its
-    size. The buffer belongs to the booster until its next call: it is copied out now."""
+def _output(call: Any, args: tuple[Any, ...], expected: tuple[int, ...], what: str) -> np.ndarray:
+    """Make an XGBoost prediction call (``call(*args, shape, dims, out)``) and return its
+    output as float64 with shape ``expected``, after checking its size. The buffer belongs
+    to the booster until its next call: it is copied out now."""
+    shape = ctypes.POINTER(xgb_core.c_bst_ulong)()
+    dims = xgb_core.c_bst_ulong()
+    preds = ctypes.POINTER(ctypes.c_float)()
+    xgb_core._check_call(call(*args, ctypes.byref(shape), ctypes.byref(dims), ctypes.byref(preds)))
     size = 1
     for k in range(dims.value):
         size *= int(shape[k])
@@ -70,21 +75,12 @@ def predict_dense(booster: xgb.Booster, x: np.ndarray, *, margin: bool = False) 
     the trees themselves for one row.
     """
     x, interface = _interface(x)
-    shape = ctypes.POINTER(xgb_core.c_bst_ulong)()
-    dims = xgb_core.c_bst_ulong()
-    preds = ctypes.POINTER(ctypes.c_float)()
-    xgb_core._check_call(
-        xgb_core._LIB.XGBoosterPredictFromDense(
-            booster.handle,
-            interface,
-            _MARGIN_ARGS if margin else _VALUE_ARGS,
-            ctypes.c_void_p(),
-            ctypes.byref(shape),
-            ctypes.byref(dims),
-            ctypes.byref(preds),
-        )
+    return _output(
+        xgb_core._LIB.XGBoosterPredictFromDense,
+        (booster.handle, interface, _MARGIN_ARGS if margin else _VALUE_ARGS, ctypes.c_void_p()),
+        (len(x),),
+        "predictions",
     )
-    return _copied(shape, dims, preds, (len(x),), "predictions")
 
 
 # The settings of a dense matrix built for one call (NaN as missing, one thread), and of
@@ -112,20 +108,12 @@ def contributions_dense(booster: xgb.Booster, x: np.ndarray, *, exact: bool = Fa
         xgb_core._LIB.XGDMatrixCreateFromDense(interface, _MATRIX_ARGS, ctypes.byref(matrix))
     )
     try:
-        shape = ctypes.POINTER(xgb_core.c_bst_ulong)()
-        dims = xgb_core.c_bst_ulong()
-        preds = ctypes.POINTER(ctypes.c_float)()
-        xgb_core._check_call(
-            xgb_core._LIB.XGBoosterPredictFromDMatrix(
-                booster.handle,
-                matrix,
-                _CONTRIB_ARGS[exact],
-                ctypes.byref(shape),
-                ctypes.byref(dims),
-                ctypes.byref(preds),
-            )
+        return _output(
+            xgb_core._LIB.XGBoosterPredictFromDMatrix,
+            (booster.handle, matrix, _CONTRIB_ARGS[exact]),
+            (n, m + 1),
+            "contributions",
         )
-        return _copied(shape, dims, preds, (n, m + 1), "contributions")
     finally:
         xgb_core._check_call(xgb_core._LIB.XGDMatrixFree(matrix))
 
