@@ -25,9 +25,8 @@ the features it keeps in Redis.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import xgboost as xgb
@@ -102,20 +101,6 @@ for _col in CATEGORICAL_COLUMNS:
         _ENCODED[f"{_prefix}{_col}"] = (_col, _INDEX[f"te_{_col}"], _INDEX[f"freq_{_col}"])
 
 
-def _number(x: float) -> float | None:
-    return None if not math.isfinite(x) else round(float(x), DECIMALS)
-
-
-def _value(name: str, j: int, row: np.ndarray, categories: dict[str, Any]) -> Value:
-    """The value shown for feature ``name``, at position ``j`` of a feature vector."""
-    encoded = _ENCODED.get(name)
-    if encoded is None:
-        return _number(float(row[j]))
-    col, te, freq = encoded
-    pair = (float(row[te]), float(row[freq]))  # the row is float32, as the pairs are
-    return cast(Value, categories[col].get(pair, RARE_VALUE))
-
-
 @functools.lru_cache(maxsize=8)
 def _kinds(names: tuple[str, ...]) -> tuple[list[str | None], np.ndarray, np.ndarray]:
     """For each feature, the categorical column it encodes (None for a feature whose
@@ -129,14 +114,6 @@ def _kinds(names: tuple[str, ...]) -> tuple[list[str | None], np.ndarray, np.nda
         if encoded is not None:
             te[j], freq[j] = encoded[1], encoded[2]
     return kinds, te, freq
-
-
-def feature_values(names: Sequence[str], row: np.ndarray, encoding: SessionEncoding) -> list[Value]:
-    """The value shown for each feature of one feature vector (session features first,
-    then any hit features)."""
-    categories = category_names(encoding)
-    row = np.asarray(row, dtype=np.float32)
-    return [_value(name, j, row, categories) for j, name in enumerate(names)]
 
 
 def contributions(booster: xgb.Booster, x: np.ndarray, *, exact: bool = False) -> np.ndarray:
