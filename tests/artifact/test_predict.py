@@ -10,6 +10,22 @@ from artifact import load_model
 from artifact.model import predict_dense
 from features.hits import STATE_FIELDS
 
+# The XGBoost release whose private ctypes hooks artifact/model.py was checked against.
+HOOKED_XGBOOST = "3.2.0"
+
+
+def test_xgboost_is_the_release_the_direct_calls_were_checked_on() -> None:
+    import tomllib
+
+    assert xgb.__version__ == HOOKED_XGBOOST, (
+        f"xgboost {xgb.__version__} is installed: artifact/model.py calls "
+        f"xgboost.core._LIB, _check_call and make_jcargs, checked on {HOOKED_XGBOOST}. Run "
+        "the equality tests in this file on the new release, then update the pin in "
+        "pyproject.toml and HOOKED_XGBOOST."
+    )
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert f"xgboost=={HOOKED_XGBOOST}" in project["project"]["dependencies"]
+
 
 @pytest.mark.parametrize("rows", [1, 3, 700])
 def test_predict_dense_equals_inplace_predict_on_both_boosters(model_path: Path, rows: int) -> None:
