@@ -485,21 +485,23 @@ def main(argv: list[str] | None = None) -> int:
     runs = [True, False] if args.reasons == "compare" else [args.reasons == "on"]
     figures = []
     for flag in runs:
-        if args.keep is not None:
-            keep = args.keep / ("reasons" if flag else "no-reasons")
-            keep.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as temporary:
+            if args.keep is None:
+                work = Path(
+                    temporary.enter_context(tempfile.TemporaryDirectory(prefix="bench-cost-"))
+                )
+            else:  # a compared run's two counts in two folders
+                work = (
+                    args.keep / ("reasons" if flag else "no-reasons")
+                    if len(runs) > 1
+                    else args.keep
+                )
+                work.mkdir(parents=True, exist_ok=True)
             figures.append(
                 measure(
-                    args.data.resolve(), model, args.sessions, keep.resolve(), args.masters, flag
+                    args.data.resolve(), model, args.sessions, work.resolve(), args.masters, flag
                 )
             )
-        else:
-            with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
-                figures.append(
-                    measure(
-                        args.data.resolve(), model, args.sessions, Path(tmp), args.masters, flag
-                    )
-                )
     result = figures[0]
     result["reasons"] = runs[0]
     if len(figures) == 2:
