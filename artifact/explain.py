@@ -24,11 +24,11 @@ the features it keeps in Redis.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 import xgboost as xgb
 
 from artifact.calibration import Calibration
@@ -57,16 +57,29 @@ Value = float | str | None
 Reasons = dict[str, Any]
 
 
-def _category_names(encoding: SessionEncoding) -> dict[str, dict[tuple[float, float], str]]:
-    """For each categorical column, its categories by their encoded pair as float32 (as
-    the feature vector holds them). Categories with the same pair share it: ``a / b``."""
-    names: dict[str, dict[tuple[float, float], str]] = {}
+def _pair_key(te: np.ndarray, freq: np.ndarray) -> np.ndarray:
+    """One integer for each encoded pair (float32 arrays of the same shape): the bits of
+    its two values, a zero of either sign taken as +0 (as the pair's equality has it)."""
+    te_bits = (np.asarray(te, dtype=np.float32) + np.float32(0.0)).view(np.uint32)
+    freq_bits = (np.asarray(freq, dtype=np.float32) + np.float32(0.0)).view(np.uint32)
+    return (te_bits.astype(np.uint64) << np.uint64(32)) | freq_bits.astype(np.uint64)
+
+
+def _category_names(encoding: SessionEncoding) -> dict[str, dict[int, str]]:
+    """For each categorical column, its categories by the key of their encoded pair as
+    the feature vector holds it (float32; ``_pair_key``). Categories with the same pair
+    share it: ``a / b``."""
+    names: dict[str, dict[int, str]] = {}
     for col in CATEGORICAL_COLUMNS:
         codes = encoding.columns.get(col)
-        by_pair: dict[tuple[float, float], list[str]] = {}
+        by_pair: dict[int, list[str]] = {}
         if codes is not None:
-            for key, lo in codes.log_odds.items():
-                pair = (float(np.float32(lo)), float(np.float32(codes.log_share[key])))
+            keys = list(codes.log_odds)
+            pairs = _pair_key(
+                np.array([codes.log_odds[key] for key in keys], dtype=np.float32),
+                np.array([codes.log_share[key] for key in keys], dtype=np.float32),
+            ).tolist()
+            for key, pair in zip(keys, pairs, strict=True):
                 if key == OTHER_CATEGORY:
                     shown = RARE_VALUE
                 elif key == NULL_CATEGORY:
@@ -78,19 +91,36 @@ def _category_names(encoding: SessionEncoding) -> dict[str, dict[tuple[float, fl
     return names
 
 
-# The category names of the encodings explained so far, by the encoding's identity (the
-# encoding is kept with them, so its id is not reused while the entry lives).
-_NAMES: dict[int, tuple[SessionEncoding, dict[str, dict[tuple[float, float], str]]]] = {}
+class _Categories:
+    """An encoding's category names (``_category_names``), and the same as JSON."""
+
+    def __init__(self, encoding: SessionEncoding) -> None:
+        self.encoding = encoding  # kept, so that its id is not reused while this lives
+        self.names = _category_names(encoding)
+        self.json = {
+            col: {pair: orjson.dumps(name) for pair, name in by_pair.items()}
+            for col, by_pair in self.names.items()
+        }
 
 
-def category_names(encoding: SessionEncoding) -> dict[str, dict[tuple[float, float], str]]:
-    """``_category_names`` of an encoding, made once per encoding."""
-    held = _NAMES.get(id(encoding))
-    if held is None or held[0] is not encoding:
-        if len(_NAMES) >= 8:  # a long-lived process that loaded many models
-            _NAMES.clear()
-        held = _NAMES[id(encoding)] = (encoding, _category_names(encoding))
-    return held[1]
+# The categories of the encodings explained so far, by the encoding's identity.
+_CATEGORIES: dict[int, _Categories] = {}
+
+
+def _categories(encoding: SessionEncoding) -> _Categories:
+    """The ``_Categories`` of an encoding, made once per encoding."""
+    held = _CATEGORIES.get(id(encoding))
+    if held is None or held.encoding is not encoding:
+        if len(_CATEGORIES) >= 8:  # a long-lived process that loaded many models
+            _CATEGORIES.clear()
+        held = _CATEGORIES[id(encoding)] = _Categories(encoding)
+    return held
+
+
+def category_names(encoding: SessionEncoding) -> dict[str, dict[int, str]]:
+    """For each categorical column of ``encoding``, its categories' names by the key of
+    their encoded pair (``_pair_key``)."""
+    return _categories(encoding).names
 
 
 _INDEX = {name: j for j, name in enumerate(SESSION_FEATURES)}
@@ -101,19 +131,44 @@ for _col in CATEGORICAL_COLUMNS:
         _ENCODED[f"{_prefix}{_col}"] = (_col, _INDEX[f"te_{_col}"], _INDEX[f"freq_{_col}"])
 
 
-@functools.lru_cache(maxsize=8)
-def _kinds(names: tuple[str, ...]) -> tuple[list[str | None], np.ndarray, np.ndarray]:
-    """For each feature, the categorical column it encodes (None for a feature whose
-    value is its own), and the positions of that column's encoded pair (0 for others)."""
-    kinds: list[str | None] = []
-    te = np.zeros(len(names), dtype=np.intp)
-    freq = np.zeros(len(names), dtype=np.intp)
-    for j, name in enumerate(names):
-        encoded = _ENCODED.get(name)
-        kinds.append(None if encoded is None else encoded[0])
-        if encoded is not None:
-            te[j], freq[j] = encoded[1], encoded[2]
-    return kinds, te, freq
+class _Layout:
+    """What explaining needs to know of a feature list: the names, and for each feature
+    the categorical column it encodes (None for a feature whose value is its own) and
+    the positions of that column's encoded pair (0 for others)."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.columns: list[str | None] = []
+        self.te = np.zeros(len(names), dtype=np.intp)
+        self.freq = np.zeros(len(names), dtype=np.intp)
+        for j, name in enumerate(names):
+            encoded = _ENCODED.get(name)
+            self.columns.append(None if encoded is None else encoded[0])
+            if encoded is not None:
+                self.te[j], self.freq[j] = encoded[1], encoded[2]
+        self.encoded = np.array([c is not None for c in self.columns], dtype=bool)
+        # Each entry's JSON up to its value: {"feature":"...","value":
+        self.heads = np.array(
+            [b'{"feature":' + orjson.dumps(name) + b',"value":' for name in names], dtype=object
+        )
+
+    def lookups(self, by_column: dict[str, Any]) -> list[Any]:
+        """For each feature, its column's entry of ``by_column`` (None: not encoded)."""
+        return [None if col is None else by_column[col] for col in self.columns]
+
+
+_LAYOUTS: dict[tuple[str, ...], _Layout] = {}
+
+
+def _layout(names: Sequence[str]) -> _Layout:
+    """The ``_Layout`` of a feature list, made once per list."""
+    key = names if isinstance(names, tuple) else tuple(names)
+    found = _LAYOUTS.get(key)
+    if found is None:
+        if len(_LAYOUTS) >= 8:
+            _LAYOUTS.clear()
+        found = _LAYOUTS[key] = _Layout(key)
+    return found
 
 
 def contributions(booster: xgb.Booster, x: np.ndarray, *, exact: bool = False) -> np.ndarray:
@@ -121,6 +176,54 @@ def contributions(booster: xgb.Booster, x: np.ndarray, *, exact: bool = False) -
     last: the path attribution, or TreeSHAP with ``exact`` (``contributions_dense``: the
     names were checked against the code's when the artifact was loaded)."""
     return contributions_dense(booster, x, exact=exact)
+
+
+class _Top:
+    """The figures of each row's reasons, for the rows at once.
+
+    ``numbers`` holds, rounded, the log-odds, the bias and the rest, then the ``width``
+    largest contributions in absolute value, then the values of those features (NaN
+    where not finite); ``order`` the features' positions; ``encoded`` where they are
+    encoded categorical features, and ``keys`` (only there) the keys of their pairs.
+    """
+
+    def __init__(
+        self,
+        booster: xgb.Booster,
+        calibration: Calibration,
+        x: np.ndarray,
+        layout: _Layout,
+        k: int | None,
+        exact: bool,
+    ) -> None:
+        x = np.asarray(x, dtype=np.float32)
+        phi = contributions(booster, x, exact=exact)
+        n, m = len(x), phi.shape[1] - 1
+        scaled = phi[:, :m] * calibration.slope
+        self.width = width = m if k is None else max(0, min(k, m))
+        self.order = order = _largest(np.abs(scaled), width)
+        flat = order + (np.arange(n) * m)[:, None]  # positions in the rows laid end to end
+        top = scaled.ravel()[flat]
+        total = scaled.sum(axis=1)
+        bias = phi[:, m] * calibration.slope + calibration.intercept
+        numbers = np.empty((n, 3 + 2 * width))
+        numbers[:, 0] = bias + total
+        numbers[:, 1] = bias
+        numbers[:, 2] = total - top.sum(axis=1)
+        numbers[:, 3 : 3 + width] = top
+        numbers[:, 3 + width :] = x.ravel()[flat]
+        numbers[~np.isfinite(numbers)] = np.nan
+        # Rounded for the rows at once (NumPy rounds half to even, as ``round`` does).
+        self.numbers = np.round(numbers, DECIMALS, out=numbers)
+        self.encoded = layout.encoded[order]
+        self.rows, self.places = np.nonzero(self.encoded)
+        self.keys: list[int] = []
+        if len(self.rows):
+            at = self.rows * m  # where each of these rows starts in x laid end to end
+            features = order[self.rows, self.places]
+            self.keys = _pair_key(
+                x.ravel()[at + layout.te[features]], x.ravel()[at + layout.freq[features]]
+            ).tolist()
 
 
 def explain_rows(
@@ -142,47 +245,86 @@ def explain_rows(
     """
     if len(x) == 0:
         return []
-    x = np.asarray(x, dtype=np.float32)
-    phi = contributions(booster, x, exact=exact)
-    scaled = phi[:, :-1] * calibration.slope
-    bias = phi[:, -1] * calibration.slope + calibration.intercept
-    total = scaled.sum(axis=1)
-    width = scaled.shape[1] if k is None else max(0, min(k, scaled.shape[1]))
-    order = _largest(np.abs(scaled), width)
-    top = np.take_along_axis(scaled, order, axis=1)
-    rest = total - top.sum(axis=1)
-    # Rounded for the rows at once (NumPy rounds half to even, as ``round`` does).
-    heads = np.round(np.column_stack([bias + total, bias, rest]), DECIMALS).tolist()
-    tops = np.round(top, DECIMALS).tolist()
-    # The values shown, gathered for the rows at once: each listed feature's own value,
-    # rounded (None where not finite), and for an encoded categorical feature the pair
-    # its category is looked up by.
-    kinds, te, freq = _kinds(tuple(names))
-    values = np.take_along_axis(x, order, axis=1).astype(np.float64)
-    finite = np.isfinite(values)
-    shown = np.round(np.where(finite, values, 0.0), DECIMALS).tolist()
-    shown_ok = finite.tolist()
-    te_values = np.take_along_axis(x, te[order], axis=1).tolist()
-    freq_values = np.take_along_axis(x, freq[order], axis=1).tolist()
-    categories = category_names(encoding)
-    out = []
-    for i, (log_odds, b, r) in enumerate(heads):
-        entries = []
-        for j, c, v, ok, pair in zip(
-            order[i].tolist(),
-            tops[i],
-            shown[i],
-            shown_ok[i],
-            zip(te_values[i], freq_values[i], strict=True),
-            strict=True,
-        ):
-            col = kinds[j]
-            value: Value = (
-                (v if ok else None) if col is None else categories[col].get(pair, RARE_VALUE)
-            )
-            entries.append({"feature": names[j], "value": value, "contribution": c})
-        out.append({"log_odds": log_odds, "bias": b, "top": entries, "rest": r})
-    return out
+    layout = _layout(names)
+    top = _Top(booster, calibration, x, layout, k, exact)
+    width = top.width
+    numbers = top.numbers.tolist()
+    values: list[list[Value]] = [row[3 + width :] for row in numbers]
+    for i, t in zip(*np.nonzero(np.isnan(top.numbers[:, 3 + width :])), strict=True):
+        values[i][t] = None
+    if top.keys:
+        lookups = layout.lookups(category_names(encoding))
+        order = top.order
+        for i, t, key in zip(top.rows.tolist(), top.places.tolist(), top.keys, strict=True):
+            values[i][t] = lookups[order[i, t]].get(key, RARE_VALUE)
+    listed = layout.names
+    return [
+        {
+            "log_odds": row[0],
+            "bias": row[1],
+            "top": [
+                {"feature": listed[j], "value": v, "contribution": c}
+                for j, c, v in zip(row_order, row[3 : 3 + width], row_values, strict=True)
+            ],
+            "rest": row[2],
+        }
+        for row, row_order, row_values in zip(numbers, top.order.tolist(), values, strict=True)
+    ]
+
+
+# The pieces of a reasons' JSON around its numbers and entries.
+_LOG_ODDS, _BIAS, _TOP = b'{"log_odds":', b',"bias":', b',"top":['
+_CONTRIBUTION, _NEXT, _LAST, _REST, _END = b',"contribution":', b"},", b"}]", b',"rest":', b"}"
+_RARE_JSON = orjson.dumps(RARE_VALUE)
+
+
+def explain_rows_json(
+    booster: xgb.Booster,
+    calibration: Calibration,
+    names: Sequence[str],
+    x: np.ndarray,
+    encoding: SessionEncoding,
+    *,
+    k: int | None = EVENT_REASONS,
+) -> list[bytes]:
+    """``explain_rows`` as JSON: each row's reasons as ``orjson.dumps`` makes them of its
+    ``explain_rows`` reasons, byte for byte (the path attribution only).
+
+    The worker publishes its reasons as JSON and keeps them so: made here from the
+    figures of the rows at once and a few pieces of JSON made once (the names, the
+    categories), without the dicts, which cost several times more.
+    """
+    n = len(x)
+    if n == 0:
+        return []
+    layout = _layout(names)
+    top = _Top(booster, calibration, x, layout, k, False)
+    w = top.width
+    # Each number as orjson writes it (NaN as null), in the rows' order.
+    written = np.empty(n * (3 + 2 * w), dtype=object)
+    written[:] = orjson.dumps(top.numbers.ravel(), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(
+        b","
+    )
+    numbers = written.reshape(n, 3 + 2 * w)
+    # Every row's JSON in pieces, a row to a line, joined at the end.
+    pieces = np.empty((n, 6 + 5 * w), dtype=object)
+    pieces[:, 0], pieces[:, 1] = _LOG_ODDS, numbers[:, 0]
+    pieces[:, 2], pieces[:, 3] = _BIAS, numbers[:, 1]
+    pieces[:, 4] = _TOP
+    pieces[:, 5 : 5 * w + 5 : 5] = layout.heads[top.order]
+    pieces[:, 6 : 5 * w + 6 : 5] = numbers[:, 3 + w :]
+    pieces[:, 7 : 5 * w + 7 : 5] = _CONTRIBUTION
+    pieces[:, 8 : 5 * w + 8 : 5] = numbers[:, 3 : 3 + w]
+    pieces[:, 9 : 5 * w + 9 : 5] = _NEXT
+    pieces[:, 5 * w + 4] = _LAST if w else b',"top":[]'
+    pieces[:, 5 * w + 5] = _REST + numbers[:, 2] + _END
+    if top.keys:
+        lookups = layout.lookups(_categories(encoding).json)
+        features = top.order[top.rows, top.places].tolist()
+        pieces[top.rows, 6 + 5 * top.places] = [
+            lookups[j].get(key, _RARE_JSON) for j, key in zip(features, top.keys, strict=True)
+        ]
+    return [b"".join(row) for row in pieces.tolist()]
 
 
 def _largest(magnitude: np.ndarray, k: int) -> np.ndarray:
@@ -198,6 +340,22 @@ def _largest(magnitude: np.ndarray, k: int) -> np.ndarray:
         order[:, t] = j = left.argmax(axis=1)  # the first of equal values
         left[rows, j] = -1.0
     return order
+
+
+def _in_session(
+    model: Any, session_x: np.ndarray, states: np.ndarray, matrix: np.ndarray | None
+) -> tuple[xgb.Booster, Calibration, tuple[str, ...], np.ndarray]:
+    """What explains in-session scores of ``model``: the booster, its calibration, its
+    features and its input (``matrix`` if made already); the session-start model's where
+    the artifact has no in-session model."""
+    if model.in_session_booster is None:
+        return model.session_booster, model.session_calibration, SESSION_FEATURES, session_x
+    if matrix is None:
+        matrix = model.in_session_matrix(session_x, states)
+    return model.in_session_booster, model.in_session_calibration, _IN_SESSION, matrix
+
+
+_IN_SESSION = (*SESSION_FEATURES, *HIT_FEATURES)
 
 
 def explain_session(
@@ -226,19 +384,25 @@ def explain_in_session(
     matrix: np.ndarray | None = None,
 ) -> list[Reasons]:
     """The reasons of in-session scores of ``model`` from session vectors and hit states,
-    or their ``in_session_matrix`` made already (the session-start model's where the
-    artifact has no in-session model)."""
-    if model.in_session_booster is None:
-        return explain_session(model, session_x, k, exact=exact)
+    or their ``in_session_matrix`` made already."""
     if len(session_x) == 0:
         return []
-    x = model.in_session_matrix(session_x, states) if matrix is None else matrix
-    return explain_rows(
-        model.in_session_booster,
-        model.in_session_calibration,
-        (*SESSION_FEATURES, *HIT_FEATURES),
-        x,
-        model.encoding,
-        k=k,
-        exact=exact,
+    booster, calibration, names, x = _in_session(model, session_x, states, matrix)
+    return explain_rows(booster, calibration, names, x, model.encoding, k=k, exact=exact)
+
+
+def session_reasons_json(model: Any, x: np.ndarray) -> list[bytes]:
+    """``explain_session`` as the worker publishes it: each score's reasons as JSON."""
+    return explain_rows_json(
+        model.session_booster, model.session_calibration, SESSION_FEATURES, x, model.encoding
     )
+
+
+def in_session_reasons_json(
+    model: Any, session_x: np.ndarray, states: np.ndarray, matrix: np.ndarray | None = None
+) -> list[bytes]:
+    """``explain_in_session`` as the worker publishes it: each score's reasons as JSON."""
+    if len(session_x) == 0:
+        return []
+    booster, calibration, names, x = _in_session(model, session_x, states, matrix)
+    return explain_rows_json(booster, calibration, names, x, model.encoding)

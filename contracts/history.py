@@ -24,17 +24,14 @@ from contracts.times import iso_from_ms, utc_iso
 # time is its epoch ms (a hit's or a close's, formatted by ``iso_from_ms``), None (no
 # event time), or true: the session's start, as stored in its state hash. The JSON is
 # made again from it, byte for byte, with what the state hash holds. A Warm or Hot
-# score keeps five more items: its calibration (id, shift), its tier, its reasons
-# (``compact_reasons``) and, if it made a lead, the session's hits when it did (else None).
-
-
-def compact_reasons(reasons: Mapping[str, Any]) -> list[Any]:
-    """A score's reasons as a history entry keeps them."""
-    top = [[r["feature"], r["value"], r["contribution"]] for r in reasons["top"]]
-    return [reasons["log_odds"], reasons["bias"], reasons["rest"], top]
+# score keeps five more items: its calibration (id, shift), its tier, its reasons as the
+# JSON its event carries (the very bytes) and, if it made a lead, the session's hits when
+# it did (else None). Entries written before kept the reasons as a list (``_reasons``).
 
 
 def _reasons(compact: list[Any]) -> dict[str, Any]:
+    """Reasons as entries kept them before: [log_odds, bias, rest, [[feature, value,
+    contribution], ...]]."""
     log_odds, bias, rest, top = compact
     return {
         "log_odds": log_odds,
@@ -51,20 +48,23 @@ def history_entry(
     scored_ms: int,
     calibration: tuple[str, float] = (OFFLINE, 0.0),
     tier: int = 0,
-    reasons: Mapping[str, Any] | None = None,
+    reasons: Mapping[str, Any] | bytes | None = None,
     lead_hits: int | None = None,
 ) -> bytes:
     """Return a score's compact form for the session's history hash.
 
     A score made with an online calibration keeps its id and shift as two more items;
     one made with the offline calibration keeps the four. A Warm or Hot one keeps its
-    tier, reasons and lead too (``lead_hits``: the hits so far, if the score made a lead).
+    tier, reasons (their JSON, or the reasons, kept as their JSON) and lead too
+    (``lead_hits``: the hits so far, if the score made a lead).
     """
     item: list[object] = [float(probability), model_version, event, scored_ms]
     if calibration[0] != OFFLINE or tier:
         item += [calibration[0], float(calibration[1])]
     if tier:
-        item += [tier, None if reasons is None else compact_reasons(reasons), lead_hits]
+        if reasons is not None and not isinstance(reasons, bytes):
+            reasons = orjson.dumps(reasons)
+        item += [tier, reasons, lead_hits]
     return msgpack.packb(item)
 
 
@@ -93,7 +93,7 @@ def _score(
         scored_at=utc_iso(scored_ms),
         calibration=calibration,
         tier=TIER_NAMES[tier],
-        reasons=None if reasons is None else _reasons(reasons),
+        reasons=_reasons(reasons) if isinstance(reasons, list) else reasons,
     )
     return score, lead_hits
 

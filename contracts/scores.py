@@ -6,6 +6,7 @@ import hashlib
 import uuid
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, Field
 
 from contracts.calibrations import OFFLINE
@@ -45,7 +46,7 @@ def score_event(
     scored_at: str | None = None,
     calibration: tuple[str, float] = (OFFLINE, 0.0),
     tier: str = "cold",
-    reasons: dict[str, Any] | None = None,
+    reasons: dict[str, Any] | bytes | None = None,
 ) -> dict[str, Any]:
     """Build the score event published on conversion.scores.
 
@@ -53,7 +54,8 @@ def score_event(
     ``calibration`` is the online calibration that made it: its id and its shift in
     log-odds (``contracts.calibrations``; the offline one shifts nothing). ``tier`` is
     its Hot / Warm / Cold tier (``artifact.tiers``); ``reasons``, given for Warm and Hot
-    scores only, its top contributions (``artifact.explain.explain_rows``).
+    scores only, its top contributions (``artifact.explain.explain_rows``), or their JSON
+    (``explain_rows_json``), which goes into the event's JSON as it is.
     """
     event: dict[str, Any] = {
         "score_id": score_id(session_id, trigger, hit_number, model_version),
@@ -70,7 +72,7 @@ def score_event(
         "tier": tier,
     }
     if reasons is not None:
-        event["reasons"] = reasons
+        event["reasons"] = orjson.Fragment(reasons) if isinstance(reasons, bytes) else reasons
     return event
 
 

@@ -1,7 +1,8 @@
 """A batch's tiers, the reasons of its Warm and Hot scores, and the leads they make.
 
 Every score gets its tier (``artifact.tiers``). Only Warm and Hot scores are explained
-(``artifact.explain``): a few percent of the traffic, computed for the batch at once.
+(``artifact.explain``): a few percent of the traffic, computed for the batch at once, each
+score's reasons as the JSON its events carry and its history entry keeps.
 An explanation that fails costs the score its reasons, never the score: the score is
 published without them, and the failure is logged and counted.
 
@@ -19,19 +20,19 @@ import numpy as np
 import orjson
 
 from artifact import ConversionModel
-from artifact.explain import Reasons, explain_in_session
+from artifact.explain import in_session_reasons_json
 from contracts.leads import lead_event
 from stream.records import bounded
 
 log = logging.getLogger(__name__)
 
-Explain = Callable[[np.ndarray], list[Reasons]]
+Explain = Callable[[np.ndarray], list[bytes]]
 
 
 class Explained:
-    """Tiers of a batch's probabilities, and the reasons of those at Warm or above."""
+    """Tiers of a batch's probabilities, and the reasons (JSON) of those at Warm or above."""
 
-    def __init__(self, codes: np.ndarray, reasons: dict[int, dict[str, Any]], failed: int) -> None:
+    def __init__(self, codes: np.ndarray, reasons: dict[int, bytes], failed: int) -> None:
         self.codes = codes
         self.reasons = reasons
         self.failed = failed  # Warm and Hot scores left without reasons
@@ -77,11 +78,8 @@ def explained_in_session(
     return explained(
         model,
         probabilities,
-        lambda rows: explain_in_session(
-            model,
-            session_x[rows],
-            states[rows],
-            matrix=None if matrix is None else matrix[rows],
+        lambda rows: in_session_reasons_json(
+            model, session_x[rows], states[rows], None if matrix is None else matrix[rows]
         ),
         with_reasons,
     )

@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 
 from artifact import ConversionModel
-from artifact.explain import explain_session
+from artifact.explain import session_reasons_json
 from contracts.history import history_entry, history_field
 from contracts.scores import TIER_NAMES, score_event
 from contracts.times import now_ms, utc_iso
@@ -128,7 +128,10 @@ class SessionStarts:
         model, vectors, probs = batch.model, batch.vectors, batch.probs
         if model is not None and vectors is not None and probs is not None and len(probs):
             batch.tiers = explained(
-                model, probs, lambda rows: explain_session(model, vectors[rows]), self.ctx.reasons
+                model,
+                probs,
+                lambda rows: session_reasons_json(model, vectors[rows]),
+                self.ctx.reasons,
             )
             batch.out.unexplained += batch.tiers.failed
         return batch

@@ -5,11 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 
 from artifact import load_model
-from artifact.explain import EMPTY_VALUE, RARE_VALUE, explain_in_session, explain_session
+from artifact.explain import (
+    EMPTY_VALUE,
+    RARE_VALUE,
+    explain_in_session,
+    explain_rows,
+    explain_rows_json,
+    explain_session,
+    in_session_reasons_json,
+    session_reasons_json,
+)
 from features import IN_SESSION_FEATURES, SESSION_FEATURES
 from features.columns import SESSION_COLUMNS
 from features.hits import STATE_INDEX, empty_state
@@ -133,6 +143,38 @@ def test_values_are_the_visitors_own(model_path: Path, rows) -> None:
     assert value(found[2], "te_utm_medium") in (EMPTY_VALUE, RARE_VALUE)
     # A feature the row does not have (no resolution) has no value, not NaN.
     assert value(found[3], "screen_width") is None
+
+
+def test_the_workers_json_reasons_are_the_very_bytes_of_the_reasons(model_path: Path, rows) -> None:
+    # The worker builds its reasons' JSON from pieces; it must be what orjson makes of
+    # the reasons the API gives, byte for byte: quirky rows, rows without some values
+    # (NaN), hit states, any number of reasons.
+    model = load_model(model_path)
+    x = model.session_vectors(rows_to_columns(rows, SESSION_COLUMNS))
+    holes = x.copy()
+    holes[::3, 0] = np.nan
+    holes[1::4, -1] = np.nan
+    rng = np.random.default_rng(5)
+    states = np.tile(empty_state(), (len(x), 1))
+    for name in ("hits", "max_hit_number", "card_views", "search"):
+        states[:, STATE_INDEX[name]] = rng.integers(0, 15, len(x))
+    assert session_reasons_json(model, x) == [orjson.dumps(r) for r in explain_session(model, x)]
+    assert in_session_reasons_json(model, x, states) == [
+        orjson.dumps(r) for r in explain_in_session(model, x, states)
+    ]
+    matrix = model.in_session_matrix(holes, states)
+    booster, calibration = model.in_session_booster, model.in_session_calibration
+    assert booster is not None
+    names = IN_SESSION_FEATURES
+    for k in (0, 1, 3, 5, 12, None):
+        want = explain_rows(booster, calibration, names, matrix, model.encoding, k=k)
+        got = explain_rows_json(booster, calibration, names, matrix, model.encoding, k=k)
+        assert got == [orjson.dumps(r) for r in want]
+        assert [orjson.loads(g) for g in got] == want
+    # The rows with a hole show no value for it, in both forms.
+    first = explain_rows(booster, calibration, names, matrix[:1], model.encoding, k=None)[0]
+    assert next(r for r in first["top"] if r["feature"] == names[0])["value"] is None
+    assert explain_rows_json(booster, calibration, names, matrix[:0], model.encoding) == []
 
 
 def test_the_largest_contributions_come_in_a_stable_sorts_order() -> None:

@@ -1,5 +1,8 @@
 """A session's score history: each entry gives back its published JSON."""
 
+from typing import Any
+
+import msgpack
 import orjson
 import pytest
 
@@ -103,3 +106,52 @@ def test_a_score_made_with_an_online_calibration_comes_back_with_it() -> None:
     assert orjson.loads(score_from_history("s", None, None, "hit:1", plain))["calibration_id"] == (
         "offline"
     )
+
+
+REASONS: dict[str, Any] = {
+    "log_odds": -1.5,
+    "bias": -3.25,
+    "top": [
+        {"feature": "te_utm_medium", "value": "banner", "contribution": 0.75},
+        {"feature": "card_views", "value": 4.0, "contribution": 0.5},
+        {"feature": "screen_width", "value": None, "contribution": -0.125},
+    ],
+    "rest": 0.625,
+}
+
+
+def _warm(reasons: object) -> dict:
+    return score_event(
+        session_id=SESSION["session_id"],
+        client_id=SESSION["client_id"],
+        probability=0.2,
+        model_version="v1",
+        trigger="hit",
+        hit_number=4,
+        event_time=None,
+        scored_at=utc_iso(0),
+        calibration=("v1#2", 0.1),
+        tier="warm",
+        reasons=reasons,  # type: ignore[arg-type]
+    )
+
+
+def test_reasons_kept_as_their_json_give_back_the_published_json() -> None:
+    # The worker keeps a Warm score's reasons as the JSON its event carries; the event
+    # made again from the entry is the very same bytes, as is one made from the reasons.
+    published = orjson.dumps(_warm(orjson.dumps(REASONS)))
+    assert published == orjson.dumps(_warm(REASONS))
+    for reasons in (orjson.dumps(REASONS), REASONS):
+        entry = history_entry(0.2, "v1", None, 0, ("v1#2", 0.1), 1, reasons)
+        again = score_from_history(
+            SESSION["session_id"], SESSION["client_id"], None, "hit:4", entry
+        )
+        assert again == published
+        assert orjson.loads(again)["reasons"] == REASONS
+
+
+def test_an_entry_with_reasons_in_the_earlier_list_form_still_reads() -> None:
+    top = [[r["feature"], r["value"], r["contribution"]] for r in REASONS["top"]]
+    old = msgpack.packb([0.2, "v1", None, 0, "v1#2", 0.1, 1, [-1.5, -3.25, 0.625, top], None])
+    again = score_from_history(SESSION["session_id"], SESSION["client_id"], None, "hit:4", old)
+    assert again == orjson.dumps(_warm(REASONS))
