@@ -20,6 +20,10 @@ encoded pair (a value too rare to have its own code shows as ``(rare value)``, a
 one as ``(empty)``). Read back from the features, not from the raw row, the value is the
 same wherever the score is explained: the API from a request's row, the worker from
 the features it keeps in Redis.
+
+The API answers with the reasons as dicts (``explain_rows``). The worker publishes them
+as JSON and keeps them so in a score's history entry (``explain_rows_json``): the same
+figures, written without the dicts, byte for byte what ``orjson`` makes of them.
 """
 
 from __future__ import annotations

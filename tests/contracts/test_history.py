@@ -6,7 +6,14 @@ import msgpack
 import orjson
 import pytest
 
-from contracts.history import history_entry, history_field, score_from_history, trajectory
+from contracts.history import (
+    history_entry,
+    history_field,
+    pack_reasons,
+    score_from_history,
+    trajectory,
+    unpack_reasons,
+)
 from contracts.scores import score_event
 from contracts.times import iso_from_ms, utc_iso
 
@@ -155,3 +162,32 @@ def test_an_entry_with_reasons_in_the_earlier_list_form_still_reads() -> None:
     old = msgpack.packb([0.2, "v1", None, 0, "v1#2", 0.1, 1, [-1.5, -3.25, 0.625, top], None])
     again = score_from_history(SESSION["session_id"], SESSION["client_id"], None, "hit:4", old)
     assert again == orjson.dumps(_warm(REASONS))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "banner",
+        'a,"value":b',
+        '{"feature":"x","value":1}',
+        "\x01\x04\x07 control bytes",
+        'back\\slash\\", "rest":',
+        'ünïcødé ,"contribution":',
+        None,
+        -0.0,
+        1e-6,
+    ],
+)
+def test_packed_reasons_give_back_their_json_byte_for_byte(value: object) -> None:
+    # An entry keeps the reasons' JSON with its fixed pieces as one byte each: whatever
+    # the visitor's value (the site's own text), the JSON comes back the same.
+    reasons = dict(REASONS, top=[dict(r, value=value) for r in REASONS["top"]])
+    text = orjson.dumps(reasons)
+    packed = pack_reasons(text)
+    assert unpack_reasons(packed) == text
+    assert orjson.loads(unpack_reasons(packed)) == reasons
+
+
+def test_packed_reasons_take_about_half_their_json() -> None:
+    text = orjson.dumps(REASONS)
+    assert len(pack_reasons(text)) < 0.6 * len(text)
