@@ -37,6 +37,7 @@ import xgboost as xgb
 
 from artifact.calibration import Calibration
 from artifact.model import contributions_dense
+from contracts.history import BIAS, CONTRIBUTION, FEATURE, LOG_ODDS, PACKED, REST, TOP, VALUE
 from features import HIT_FEATURES, SESSION_FEATURES
 from features.session import (
     CATEGORICAL_COLUMNS,
@@ -151,10 +152,7 @@ class _Layout:
             if encoded is not None:
                 self.te[j], self.freq[j] = encoded[1], encoded[2]
         self.encoded = np.array([c is not None for c in self.columns], dtype=bool)
-        # Each entry's JSON up to its value: {"feature":"...","value":
-        self.heads = np.array(
-            [b'{"feature":' + orjson.dumps(name) + b',"value":' for name in names], dtype=object
-        )
+        self.names_json = np.array([orjson.dumps(name) for name in names], dtype=object)
 
     def lookups(self, by_column: dict[str, Any]) -> list[Any]:
         """For each feature, its column's entry of ``by_column`` (None: not encoded)."""
@@ -276,10 +274,10 @@ def explain_rows(
     ]
 
 
-# The pieces of a reasons' JSON around its numbers and entries.
-_LOG_ODDS, _BIAS, _TOP = b'{"log_odds":', b',"bias":', b',"top":['
-_CONTRIBUTION, _NEXT, _LAST, _REST, _END = b',"contribution":', b"},", b"}]", b',"rest":', b"}"
 _RARE_JSON = orjson.dumps(RARE_VALUE)
+# A row's reasons in pieces: log-odds, bias, then each entry (its feature, value and
+# contribution), then the rest. The fixed pieces are in these columns.
+_FIXED = (LOG_ODDS, BIAS, TOP, FEATURE, VALUE, CONTRIBUTION, REST)
 
 
 def explain_rows_json(
@@ -292,15 +290,29 @@ def explain_rows_json(
     k: int | None = EVENT_REASONS,
 ) -> list[bytes]:
     """``explain_rows`` as JSON: each row's reasons as ``orjson.dumps`` makes them of its
-    ``explain_rows`` reasons, byte for byte (the path attribution only).
+    ``explain_rows`` reasons, byte for byte (the path attribution only)."""
+    return _written(booster, calibration, names, x, encoding, k, packed=False)[0]
 
-    The worker publishes its reasons as JSON and keeps them so: made here from the
-    figures of the rows at once and a few pieces of JSON made once (the names, the
+
+def _written(
+    booster: xgb.Booster,
+    calibration: Calibration,
+    names: Sequence[str],
+    x: np.ndarray,
+    encoding: SessionEncoding,
+    k: int | None,
+    packed: bool,
+) -> tuple[list[bytes], list[bytes]]:
+    """Each row's reasons as JSON and, with ``packed``, as a history entry keeps them
+    (``contracts.history.pack_reasons``; else no rows).
+
+    The worker publishes its reasons as JSON and keeps them packed: both written here
+    from the figures of the rows at once and a few pieces made once (the names, the
     categories), without the dicts, which cost several times more.
     """
     n = len(x)
     if n == 0:
-        return []
+        return [], []
     layout = _layout(names)
     top = _Top(booster, calibration, x, layout, k, False)
     w = top.width
@@ -310,25 +322,43 @@ def explain_rows_json(
         b","
     )
     numbers = written.reshape(n, 3 + 2 * w)
-    # Every row's JSON in pieces, a row to a line, joined at the end.
-    pieces = np.empty((n, 6 + 5 * w), dtype=object)
-    pieces[:, 0], pieces[:, 1] = _LOG_ODDS, numbers[:, 0]
-    pieces[:, 2], pieces[:, 3] = _BIAS, numbers[:, 1]
-    pieces[:, 4] = _TOP
-    pieces[:, 5 : 5 * w + 5 : 5] = layout.heads[top.order]
-    pieces[:, 6 : 5 * w + 6 : 5] = numbers[:, 3 + w :]
-    pieces[:, 7 : 5 * w + 7 : 5] = _CONTRIBUTION
-    pieces[:, 8 : 5 * w + 8 : 5] = numbers[:, 3 : 3 + w]
-    pieces[:, 9 : 5 * w + 9 : 5] = _NEXT
-    pieces[:, 5 * w + 4] = _LAST if w else b',"top":[]'
-    pieces[:, 5 * w + 5] = _REST + numbers[:, 2] + _END
+    # Every row in pieces, a row to a line: log-odds, bias, top, seven pieces an entry
+    # (feature, name, value, the value, contribution, its number, the entry's end), the
+    # list's end, rest, its number and the end.
+    pieces = np.empty((n, 9 + 7 * w), dtype=object)
+    pieces[:, 1], pieces[:, 3] = numbers[:, 0], numbers[:, 1]
+    pieces[:, 6 : 7 * w + 6 : 7] = layout.names_json[top.order]
+    pieces[:, 8 : 7 * w + 8 : 7] = numbers[:, 3 + w :]
+    pieces[:, 10 : 7 * w + 10 : 7] = numbers[:, 3 : 3 + w]
+    pieces[:, 11 : 7 * w + 11 : 7] = b"},"
+    if w:
+        pieces[:, 7 * w + 4] = b"}"
+    pieces[:, 7 * w + 5], pieces[:, 7 * w + 7], pieces[:, 7 * w + 8] = b"]", numbers[:, 2], b"}"
     if top.keys:
         lookups = layout.lookups(_categories(encoding).json)
         features = top.order[top.rows, top.places].tolist()
-        pieces[top.rows, 6 + 5 * top.places] = [
+        pieces[top.rows, 8 + 7 * top.places] = [
             lookups[j].get(key, _RARE_JSON) for j, key in zip(features, top.keys, strict=True)
         ]
-    return [b"".join(row) for row in pieces.tolist()]
+    forms = []
+    for form in (False, True) if packed else (False,):
+        for column, piece in zip(_columns(w), _FIXED, strict=True):
+            pieces[:, column] = PACKED[piece] if form else piece
+        forms.append([b"".join(row) for row in pieces.tolist()])
+    return forms[0], forms[1] if packed else []
+
+
+def _columns(w: int) -> tuple[Any, ...]:
+    """The columns of ``_FIXED``'s pieces in a row of ``w`` entries."""
+    return (
+        0,
+        2,
+        4,
+        slice(5, 7 * w + 5, 7),
+        slice(7, 7 * w + 7, 7),
+        slice(9, 7 * w + 9, 7),
+        7 * w + 6,
+    )
 
 
 def _largest(magnitude: np.ndarray, k: int) -> np.ndarray:
@@ -395,18 +425,30 @@ def explain_in_session(
     return explain_rows(booster, calibration, names, x, model.encoding, k=k, exact=exact)
 
 
-def session_reasons_json(model: Any, x: np.ndarray) -> list[bytes]:
-    """``explain_session`` as the worker publishes it: each score's reasons as JSON."""
-    return explain_rows_json(
-        model.session_booster, model.session_calibration, SESSION_FEATURES, x, model.encoding
+# A score's reasons as the worker publishes them (JSON) and keeps them (packed).
+Written = tuple[bytes, bytes]
+
+
+def session_reasons_written(model: Any, x: np.ndarray) -> list[Written]:
+    """``explain_session`` as the worker publishes and keeps it."""
+    forms = _written(
+        model.session_booster,
+        model.session_calibration,
+        SESSION_FEATURES,
+        x,
+        model.encoding,
+        EVENT_REASONS,
+        packed=True,
     )
+    return list(zip(*forms, strict=True))
 
 
-def in_session_reasons_json(
+def in_session_reasons_written(
     model: Any, session_x: np.ndarray, states: np.ndarray, matrix: np.ndarray | None = None
-) -> list[bytes]:
-    """``explain_in_session`` as the worker publishes it: each score's reasons as JSON."""
+) -> list[Written]:
+    """``explain_in_session`` as the worker publishes and keeps it."""
     if len(session_x) == 0:
         return []
     booster, calibration, names, x = _in_session(model, session_x, states, matrix)
-    return explain_rows_json(booster, calibration, names, x, model.encoding)
+    forms = _written(booster, calibration, names, x, model.encoding, EVENT_REASONS, packed=True)
+    return list(zip(*forms, strict=True))

@@ -29,31 +29,30 @@ from contracts.times import iso_from_ms, utc_iso
 # hits when it did (else None). Entries written before kept the reasons as a list
 # (``_reasons``).
 
-# The fixed pieces of a reasons' JSON, each kept in a history entry as one control byte:
-# orjson writes none of these bytes (it escapes them in strings), and none of the pieces
-# can occur inside a string (a quote there is escaped). The JSON of five reasons, about
-# 430 bytes, is kept in about 215.
-_PIECES = (
-    (b'{"log_odds":', b"\x01"),
-    (b',"bias":', b"\x02"),
-    (b',"top":[', b"\x03"),
-    (b'{"feature":', b"\x04"),
-    (b',"value":', b"\x05"),
-    (b',"contribution":', b"\x06"),
-    (b',"rest":', b"\x07"),
-)
+# The fixed pieces of a reasons' JSON (``contracts.scores.Reasons``, as orjson writes it).
+LOG_ODDS, BIAS, TOP = b'{"log_odds":', b',"bias":', b',"top":['
+FEATURE, VALUE, CONTRIBUTION, REST = b'{"feature":', b',"value":', b',"contribution":', b',"rest":'
+# Each is kept in a history entry as one control byte: orjson writes none of these bytes
+# (it escapes them in strings), and none of the pieces can occur inside a string (a quote
+# there is escaped). The JSON of five reasons, about 430 bytes, is kept in about 215.
+PACKED = {
+    piece: bytes([code])
+    for code, piece in enumerate((LOG_ODDS, BIAS, TOP, FEATURE, VALUE, CONTRIBUTION, REST), 1)
+}
 
 
 def pack_reasons(reasons_json: bytes) -> bytes:
-    """A reasons' JSON as a history entry keeps it: each fixed piece as its byte."""
-    for piece, byte in _PIECES:
+    """A reasons' JSON as a history entry keeps it: each fixed piece as its byte. (The
+    worker writes this form along with the JSON: ``artifact.explain``.)"""
+    for piece, byte in PACKED.items():
         reasons_json = reasons_json.replace(piece, byte)
     return reasons_json
 
 
 def unpack_reasons(packed: bytes) -> bytes:
-    """The reasons' JSON, byte for byte, from what ``pack_reasons`` made of it."""
-    for piece, byte in _PIECES:
+    """The reasons' JSON, byte for byte, from what ``pack_reasons`` made of it (a JSON
+    not packed comes back as it is)."""
+    for piece, byte in PACKED.items():
         packed = packed.replace(byte, piece)
     return packed
 
@@ -84,15 +83,16 @@ def history_entry(
 
     A score made with an online calibration keeps its id and shift as two more items;
     one made with the offline calibration keeps the four. A Warm or Hot one keeps its
-    tier, reasons (their JSON, or the reasons; kept as their JSON, packed) and lead too
-    (``lead_hits``: the hits so far, if the score made a lead).
+    tier, reasons and lead too (``lead_hits``: the hits so far, if the score made a lead).
+    The reasons are kept as their JSON, packed (``pack_reasons``): given as the reasons,
+    or as that JSON, packed already or not.
     """
     item: list[object] = [float(probability), model_version, event, scored_ms]
     if calibration[0] != OFFLINE or tier:
         item += [calibration[0], float(calibration[1])]
     if tier:
-        if reasons is not None:
-            reasons = pack_reasons(reasons if isinstance(reasons, bytes) else orjson.dumps(reasons))
+        if reasons is not None and not isinstance(reasons, bytes):
+            reasons = pack_reasons(orjson.dumps(reasons))
         item += [tier, reasons, lead_hits]
     return msgpack.packb(item)
 

@@ -161,7 +161,7 @@ class Closer:
         for k, ((sid, last_ms), p) in enumerate(zip(fresh, probs, strict=True)):
             st = states[sid]
             event_time = iso_from_ms(last_ms)
-            tier, reasons = tiers.tier(k), tiers.reasons.get(k)
+            tier, reasons, packed = tiers.why(k)
             payload = orjson.dumps(
                 score_event(
                     session_id=sid,
@@ -190,7 +190,7 @@ class Closer:
                     )
                 )
                 out.outcomes.append((sid, outcome))
-            entry = history_entry(p, model.version, last_ms, stamp_ms, online, tier, reasons)
+            entry = history_entry(p, model.version, last_ms, stamp_ms, online, tier, packed)
             closes.append(CloseWrite(sid, payload, END_FIELD, outcome, entry, where[sid]))
             out.score(sid, payload, "session_end")
         await self.ctx.store.prepare_close(closes)

@@ -188,7 +188,7 @@ class HitScorer:
                         )
                     )
                 probability = float(p)
-                tier, reasons = tiers.tier(k), tiers.reasons.get(k)
+                tier, reasons, packed = tiers.why(k)
                 event = score_event(
                     session_id=sid,
                     client_id=st.client_id,
@@ -236,7 +236,7 @@ class HitScorer:
                     stamp_ms,
                     online,
                     tier,
-                    reasons,
+                    packed,
                     None if lead is None else int(state[HITS]),
                 )
             )

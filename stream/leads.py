@@ -2,7 +2,7 @@
 
 Every score gets its tier (``artifact.tiers``). Only Warm and Hot scores are explained
 (``artifact.explain``): a few percent of the traffic, computed for the batch at once, each
-score's reasons as the JSON its events carry and its history entry keeps.
+score's reasons written as the JSON its events carry and as its history entry keeps them.
 An explanation that fails costs the score its reasons, never the score: the score is
 published without them, and the failure is logged and counted.
 
@@ -20,19 +20,19 @@ import numpy as np
 import orjson
 
 from artifact import ConversionModel
-from artifact.explain import in_session_reasons_json
+from artifact.explain import Written, in_session_reasons_written
 from contracts.leads import lead_event
 from stream.records import bounded
 
 log = logging.getLogger(__name__)
 
-Explain = Callable[[np.ndarray], list[bytes]]
+Explain = Callable[[np.ndarray], list[Written]]
 
 
 class Explained:
-    """Tiers of a batch's probabilities, and the reasons (JSON) of those at Warm or above."""
+    """Tiers of a batch's probabilities, and the reasons of those at Warm or above."""
 
-    def __init__(self, codes: np.ndarray, reasons: dict[int, bytes], failed: int) -> None:
+    def __init__(self, codes: np.ndarray, reasons: dict[int, Written], failed: int) -> None:
         self.codes = codes
         self.reasons = reasons
         self.failed = failed  # Warm and Hot scores left without reasons
@@ -45,6 +45,14 @@ class Explained:
     def tier(self, k: int) -> int:
         """The tier code of the ``k``-th probability."""
         return int(self.codes[k])
+
+    def why(self, k: int) -> tuple[int, bytes | None, bytes | None]:
+        """The tier code of the ``k``-th probability, and its reasons as the score event
+        carries them and as its history entry keeps them (None, None: none)."""
+        reasons = self.reasons.get(k)
+        if reasons is None:
+            return int(self.codes[k]), None, None
+        return int(self.codes[k]), reasons[0], reasons[1]
 
 
 def explained(
@@ -78,7 +86,7 @@ def explained_in_session(
     return explained(
         model,
         probabilities,
-        lambda rows: in_session_reasons_json(
+        lambda rows: in_session_reasons_written(
             model, session_x[rows], states[rows], None if matrix is None else matrix[rows]
         ),
         with_reasons,

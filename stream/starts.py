@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 
 from artifact import ConversionModel
-from artifact.explain import session_reasons_json
+from artifact.explain import session_reasons_written
 from contracts.history import history_entry, history_field
 from contracts.scores import TIER_NAMES, score_event
 from contracts.times import now_ms, utc_iso
@@ -130,7 +130,7 @@ class SessionStarts:
             batch.tiers = explained(
                 model,
                 probs,
-                lambda rows: session_reasons_json(model, vectors[rows]),
+                lambda rows: session_reasons_written(model, vectors[rows]),
                 self.ctx.reasons,
             )
             batch.out.unexplained += batch.tiers.failed
@@ -189,7 +189,7 @@ class SessionStarts:
                 out.duplicates += 1
                 continue
             start = start_time(row).isoformat()
-            tier, reasons = tiers.tier(i), tiers.reasons.get(i)
+            tier, reasons, packed = tiers.why(i)
             event = score_event(
                 session_id=sid,
                 client_id=row.get("client_id"),
@@ -222,7 +222,7 @@ class SessionStarts:
                     stamp_ms,
                     online,
                     tier,
-                    reasons,
+                    packed,
                     0 if tier else None,
                 ),
                 partition=rec.partition,

@@ -17,9 +17,10 @@ from artifact.explain import (
     explain_rows,
     explain_rows_json,
     explain_session,
-    in_session_reasons_json,
-    session_reasons_json,
+    in_session_reasons_written,
+    session_reasons_written,
 )
+from contracts.history import pack_reasons
 from features import IN_SESSION_FEATURES, SESSION_FEATURES
 from features.columns import SESSION_COLUMNS
 from features.hits import STATE_INDEX, empty_state
@@ -158,10 +159,13 @@ def test_the_workers_json_reasons_are_the_very_bytes_of_the_reasons(model_path: 
     states = np.tile(empty_state(), (len(x), 1))
     for name in ("hits", "max_hit_number", "card_views", "search"):
         states[:, STATE_INDEX[name]] = rng.integers(0, 15, len(x))
-    assert session_reasons_json(model, x) == [orjson.dumps(r) for r in explain_session(model, x)]
-    assert in_session_reasons_json(model, x, states) == [
-        orjson.dumps(r) for r in explain_in_session(model, x, states)
-    ]
+    # The worker writes them with their packed form, as a history entry keeps them.
+    for written, want in (
+        (session_reasons_written(model, x), explain_session(model, x)),
+        (in_session_reasons_written(model, x, states), explain_in_session(model, x, states)),
+    ):
+        assert [j for j, _ in written] == [orjson.dumps(r) for r in want]
+        assert [p for _, p in written] == [pack_reasons(orjson.dumps(r)) for r in want]
     matrix = model.in_session_matrix(holes, states)
     booster, calibration = model.in_session_booster, model.in_session_calibration
     assert booster is not None

@@ -148,7 +148,7 @@ def test_reasons_kept_as_their_json_give_back_the_published_json() -> None:
     # made again from the entry is the very same bytes, as is one made from the reasons.
     published = orjson.dumps(_warm(orjson.dumps(REASONS)))
     assert published == orjson.dumps(_warm(REASONS))
-    for reasons in (orjson.dumps(REASONS), REASONS):
+    for reasons in (orjson.dumps(REASONS), pack_reasons(orjson.dumps(REASONS)), REASONS):
         entry = history_entry(0.2, "v1", None, 0, ("v1#2", 0.1), 1, reasons)
         again = score_from_history(
             SESSION["session_id"], SESSION["client_id"], None, "hit:4", entry
