@@ -152,7 +152,9 @@ class _Layout:
             if encoded is not None:
                 self.te[j], self.freq[j] = encoded[1], encoded[2]
         self.encoded = np.array([c is not None for c in self.columns], dtype=bool)
-        self.names_json = np.array([orjson.dumps(name) for name in names], dtype=object)
+        # Each entry's reasons JSON up to its value, in each form (JSON, packed): the
+        # first entry's after the list's start, the others' after the entry before.
+        self.heads = {form: _heads(names, form) for form in (False, True)}
 
     def lookups(self, by_column: dict[str, Any]) -> list[Any]:
         """For each feature, its column's entry of ``by_column`` (None: not encoded)."""
@@ -275,9 +277,23 @@ def explain_rows(
 
 
 _RARE_JSON = orjson.dumps(RARE_VALUE)
-# A row's reasons in pieces: log-odds, bias, then each entry (its feature, value and
-# contribution), then the rest. The fixed pieces are in these columns.
-_FIXED = (LOG_ODDS, BIAS, TOP, FEATURE, VALUE, CONTRIBUTION, REST)
+
+
+def _piece(piece: bytes, packed: bool) -> bytes:
+    """A fixed piece of a reasons' JSON as written in JSON, or packed."""
+    return PACKED[piece] if packed else piece
+
+
+def _heads(names: tuple[str, ...], packed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """For each feature, its entry's start as the first of the list and as a later one."""
+    first, later = _piece(TOP, packed), b"},"
+    starts = [
+        _piece(FEATURE, packed) + orjson.dumps(name) + _piece(VALUE, packed) for name in names
+    ]
+    return (
+        np.array([first + start for start in starts], dtype=object),
+        np.array([later + start for start in starts], dtype=object),
+    )
 
 
 def explain_rows_json(
@@ -322,43 +338,32 @@ def _written(
         b","
     )
     numbers = written.reshape(n, 3 + 2 * w)
-    # Every row in pieces, a row to a line: log-odds, bias, top, seven pieces an entry
-    # (feature, name, value, the value, contribution, its number, the entry's end), the
-    # list's end, rest, its number and the end.
-    pieces = np.empty((n, 9 + 7 * w), dtype=object)
+    # Every row in pieces, a row to a line: log-odds and bias, each with its piece; four
+    # an entry (its start up to the value, the value, contribution, its number); the
+    # list's end with the rest's piece, the rest and the end.
+    pieces = np.empty((n, 7 + 4 * w), dtype=object)
     pieces[:, 1], pieces[:, 3] = numbers[:, 0], numbers[:, 1]
-    pieces[:, 6 : 7 * w + 6 : 7] = layout.names_json[top.order]
-    pieces[:, 8 : 7 * w + 8 : 7] = numbers[:, 3 + w :]
-    pieces[:, 10 : 7 * w + 10 : 7] = numbers[:, 3 : 3 + w]
-    pieces[:, 11 : 7 * w + 11 : 7] = b"},"
-    if w:
-        pieces[:, 7 * w + 4] = b"}"
-    pieces[:, 7 * w + 5], pieces[:, 7 * w + 7], pieces[:, 7 * w + 8] = b"]", numbers[:, 2], b"}"
+    pieces[:, 5 : 4 * w + 4 : 4] = numbers[:, 3 + w :]
+    pieces[:, 7 : 4 * w + 4 : 4] = numbers[:, 3 : 3 + w]
+    pieces[:, 4 * w + 5], pieces[:, 4 * w + 6] = numbers[:, 2], b"}"
     if top.keys:
         lookups = layout.lookups(_categories(encoding).json)
         features = top.order[top.rows, top.places].tolist()
-        pieces[top.rows, 8 + 7 * top.places] = [
+        pieces[top.rows, 5 + 4 * top.places] = [
             lookups[j].get(key, _RARE_JSON) for j, key in zip(features, top.keys, strict=True)
         ]
     forms = []
     for form in (False, True) if packed else (False,):
-        for column, piece in zip(_columns(w), _FIXED, strict=True):
-            pieces[:, column] = PACKED[piece] if form else piece
+        first, later = layout.heads[form]
+        pieces[:, 0], pieces[:, 2] = _piece(LOG_ODDS, form), _piece(BIAS, form)
+        if w:
+            pieces[:, 4] = first[top.order[:, 0]]
+            pieces[:, 8 : 4 * w + 4 : 4] = later[top.order[:, 1:]]
+            pieces[:, 6 : 4 * w + 4 : 4] = _piece(CONTRIBUTION, form)
+        end = b"}]" if w else _piece(TOP, form) + b"]"
+        pieces[:, 4 * w + 4] = end + _piece(REST, form)
         forms.append([b"".join(row) for row in pieces.tolist()])
     return forms[0], forms[1] if packed else []
-
-
-def _columns(w: int) -> tuple[Any, ...]:
-    """The columns of ``_FIXED``'s pieces in a row of ``w`` entries."""
-    return (
-        0,
-        2,
-        4,
-        slice(5, 7 * w + 5, 7),
-        slice(7, 7 * w + 7, 7),
-        slice(9, 7 * w + 9, 7),
-        7 * w + 6,
-    )
 
 
 def _largest(magnitude: np.ndarray, k: int) -> np.ndarray:

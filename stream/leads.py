@@ -27,6 +27,7 @@ from stream.records import bounded
 log = logging.getLogger(__name__)
 
 Explain = Callable[[np.ndarray], list[Written]]
+_NO_REASONS: tuple[None, None] = (None, None)
 
 
 class Explained:
@@ -36,6 +37,7 @@ class Explained:
         self.codes = codes
         self.reasons = reasons
         self.failed = failed  # Warm and Hot scores left without reasons
+        self._codes: list[int] | None = None
 
     def count(self, into: list[int]) -> None:
         """Add the number of scores of each tier to ``into`` (by tier code)."""
@@ -49,10 +51,10 @@ class Explained:
     def why(self, k: int) -> tuple[int, bytes | None, bytes | None]:
         """The tier code of the ``k``-th probability, and its reasons as the score event
         carries them and as its history entry keeps them (None, None: none)."""
-        reasons = self.reasons.get(k)
-        if reasons is None:
-            return int(self.codes[k]), None, None
-        return int(self.codes[k]), reasons[0], reasons[1]
+        if self._codes is None:
+            self._codes = self.codes.tolist()
+        reasons, packed = self.reasons.get(k, _NO_REASONS)
+        return self._codes[k], reasons, packed
 
 
 def explained(
