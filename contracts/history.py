@@ -98,6 +98,7 @@ def history_entry(
 
 
 def _json_reasons(packed: bytes | None) -> bytes | None:
+    """The reasons' JSON of an entry's packed reasons (None: it has none)."""
     return None if packed is None else unpack_reasons(packed)
 
 

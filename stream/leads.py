@@ -44,10 +44,6 @@ class Explained:
         for code, n in enumerate(np.bincount(self.codes, minlength=3)[:3]):
             into[code] += int(n)
 
-    def tier(self, k: int) -> int:
-        """The tier code of the ``k``-th probability."""
-        return int(self.codes[k])
-
     def why(self, k: int) -> tuple[int, bytes | None, bytes | None]:
         """The tier code of the ``k``-th probability, and its reasons as the score event
         carries them and as its history entry keeps them (None, None: none)."""
