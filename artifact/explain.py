@@ -122,12 +122,6 @@ def _categories(encoding: SessionEncoding) -> _Categories:
     return held
 
 
-def category_names(encoding: SessionEncoding) -> dict[str, dict[int, str]]:
-    """For each categorical column of ``encoding``, its categories' names by the key of
-    their encoded pair (``_pair_key``)."""
-    return _categories(encoding).names
-
-
 _INDEX = {name: j for j, name in enumerate(SESSION_FEATURES)}
 # For each encoded feature, its column and the positions of its te_ and freq_ pair.
 _ENCODED: dict[str, tuple[str, int, int]] = {}
@@ -257,7 +251,7 @@ def explain_rows(
     for i, t in zip(*np.nonzero(np.isnan(top.numbers[:, 3 + width :])), strict=True):
         values[i][t] = None
     if top.keys:
-        lookups = layout.lookups(category_names(encoding))
+        lookups = layout.lookups(_categories(encoding).names)
         order = top.order
         for i, t, key in zip(top.rows.tolist(), top.places.tolist(), top.keys, strict=True):
             values[i][t] = lookups[order[i, t]].get(key, RARE_VALUE)
