@@ -36,6 +36,13 @@ SOCIAL_SOURCES: frozenset[str] = frozenset(
     }
 )
 
+# A category seen in fewer training sessions than MIN_COUNT joins the "other" bucket; a
+# kept one's rate is smoothed towards the overall rate by SMOOTHING sessions of it. Chosen
+# on 300,000 generated sessions (held-out ROC-AUC, three seeds), where the long tails of
+# campaigns, ad contents and keywords carry most of what is left to learn.
+MIN_COUNT = 10
+SMOOTHING = 100.0
+
 CATEGORICAL_COLUMNS: tuple[str, ...] = (
     "utm_source",
     "utm_medium",
@@ -104,7 +111,13 @@ BASE_FEATURES: tuple[tuple[str, str, str], ...] = (
 def _encoded_features() -> tuple[tuple[str, str, str], ...]:
     rows = []
     for col in CATEGORICAL_COLUMNS:
-        rows.append((f"te_{col}", f"smoothed log-odds of conversion of the {col} value", col))
+        rows.append(
+            (
+                f"te_{col}",
+                f"smoothed log-odds of conversion of the {col} value, against its weeks' rate",
+                col,
+            )
+        )
         rows.append((f"freq_{col}", f"log share of sessions with the {col} value", col))
     return tuple(rows)
 
@@ -288,34 +301,58 @@ class SessionEncoding:
         cols: Mapping[str, Sequence[object]],
         y: Sequence[int] | np.ndarray,
         *,
-        min_count: int = 30,
-        smoothing: float = 50.0,
+        min_count: int = MIN_COUNT,
+        smoothing: float = SMOOTHING,
+        baseline: Sequence[float] | np.ndarray | None = None,
     ) -> SessionEncoding:
-        """Learn the encodings from training rows and their outcomes."""
+        """Learn the encodings from training rows and their outcomes.
+
+        A value's log-odds are its conversions against the conversions expected of its
+        rows, smoothed towards the overall rate. ``baseline`` gives each row's expected
+        probability (e.g. the conversion rate of its week, when the level drifts over
+        time): a value seen mostly in weeks that converted less is then not taken for a
+        worse one. Without it every row expects the overall rate.
+        """
         target = np.asarray(y, dtype=np.float64)
         n = len(target)
         prior = (target.sum() + 1.0) / (n + 2.0)
         prior_logit = math.log(prior / (1 - prior))
+        expect = np.full(n, prior) if baseline is None else np.asarray(baseline, np.float64)
+        if expect.shape != target.shape:
+            raise ValueError(f"{len(expect)} baseline rates for {n} rows")
         columns: dict[str, CategoryCodes] = {}
         for col in CATEGORICAL_COLUMNS:
             keys = [CategoryCodes.key(v) for v in cols[col]]
             counts: dict[str, int] = {}
             positives: dict[str, float] = {}
-            for k, t in zip(keys, target, strict=True):
+            expected: dict[str, float] = {}
+            for k, t, e in zip(keys, target, expect, strict=True):
                 counts[k] = counts.get(k, 0) + 1
                 positives[k] = positives.get(k, 0.0) + t
+                expected[k] = expected.get(k, 0.0) + e
             # Rare values share one bucket, so each kept value has enough rows to estimate.
-            other_n = sum(c for k, c in counts.items() if c < min_count)
-            other_pos = sum(positives[k] for k, c in counts.items() if c < min_count)
-            kept = {k: (c, positives[k]) for k, c in counts.items() if c >= min_count}
-            kept[OTHER_CATEGORY] = (other_n, other_pos)
+            rare = [k for k, c in counts.items() if c < min_count]
+            kept = {k: (c, positives[k], expected[k]) for k, c in counts.items() if c >= min_count}
+            kept[OTHER_CATEGORY] = (
+                sum(counts[k] for k in rare),
+                sum(positives[k] for k in rare),
+                sum(expected[k] for k in rare),
+            )
 
-            def smoothed_logit(count: float, pos: float) -> float:
+            def smoothed_logit(pos: float, exp: float) -> float:
+                p = prior * (pos + smoothing * prior) / (exp + smoothing * prior)
+                p = min(max(p, 1e-6), 1 - 1e-6)
+                return math.log(p / (1 - p))
+
+            def plain_logit(count: float, pos: float) -> float:
                 p = (pos + smoothing * prior) / (count + smoothing)
                 return math.log(p / (1 - p))
 
-            log_odds = {k: smoothed_logit(c, p) for k, (c, p) in kept.items()}
-            log_share = {k: math.log((c + 1.0) / (n + 1.0)) for k, (c, _) in kept.items()}
+            log_odds = {
+                k: plain_logit(c, p) if baseline is None else smoothed_logit(p, e)
+                for k, (c, p, e) in kept.items()
+            }
+            log_share = {k: math.log((c + 1.0) / (n + 1.0)) for k, (c, _, _) in kept.items()}
             columns[col] = CategoryCodes(
                 log_odds=log_odds,
                 log_share=log_share,

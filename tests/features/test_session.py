@@ -157,3 +157,37 @@ def test_the_feature_document_is_generated_from_the_code() -> None:
     assert doc.read_text() == render(), "run: python -m features > docs/features.md"
     for name in IN_SESSION_FEATURES:
         assert f"| `{name}` |" in doc.read_text()
+
+
+def test_a_value_is_judged_against_the_weeks_it_was_seen_in() -> None:
+    # Two campaigns that each convert at their weeks' rate: "early" in weeks at 10 %,
+    # "late" in weeks at 5 %. Against the overall rate "late" looks worse; against the
+    # rate of its own weeks (``baseline``) it is as good as "early".
+    rows = [dict(ROW, utm_campaign="early")] * 400 + [dict(ROW, utm_campaign="late")] * 400
+    y = [1 if k % 10 == 0 else 0 for k in range(400)] + [
+        1 if k % 20 == 0 else 0 for k in range(400)
+    ]
+    cols = rows_to_columns(rows, SESSION_COLUMNS)
+    plain = SessionEncoding.fit(cols, y).columns["utm_campaign"].log_odds
+    assert plain["early"] - plain["late"] > 0.4
+    weekly = SessionEncoding.fit(cols, y, baseline=[0.10] * 400 + [0.05] * 400)
+    adjusted = weekly.columns["utm_campaign"].log_odds
+    assert adjusted["early"] == pytest.approx(adjusted["late"], abs=1e-9)
+    # Rows that convert as their weeks do: the smoothing towards the overall rate
+    # leaves both at it.
+    assert adjusted["early"] == pytest.approx(math.log(3 / 40 / (1 - 3 / 40)), abs=0.02)
+
+
+def test_without_a_baseline_every_row_expects_the_overall_rate() -> None:
+    rows = [dict(ROW, utm_medium=m) for m in ("banner", "cpc", "organic")] * 50
+    y = [1 if r["utm_medium"] == "organic" else 0 for r in rows]
+    cols = rows_to_columns(rows, SESSION_COLUMNS)
+    prior = (sum(y) + 1.0) / (len(y) + 2.0)
+    flat = SessionEncoding.fit(cols, y, baseline=[prior] * len(y))
+    plain = SessionEncoding.fit(cols, y)
+    for medium in ("banner", "cpc", "organic", OTHER_CATEGORY):
+        assert flat.columns["utm_medium"].log_odds[medium] == pytest.approx(
+            plain.columns["utm_medium"].log_odds[medium], rel=1e-12
+        )
+    with pytest.raises(ValueError, match="baseline"):
+        SessionEncoding.fit(cols, y, baseline=[prior])
