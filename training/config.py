@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,3 +51,16 @@ class TrainConfig:
             "lambda": 5.0,
         }
     )
+
+
+# Features that say which export a record comes from (older records: no device_os, times
+# rounded to the hour); conversion moved with the export, so these carry its level.
+ERA_FEATURES = ("time_is_rounded", "os_missing", "te_device_os", "freq_device_os")
+
+
+def era_constraints(names: Sequence[str]) -> dict[str, str]:
+    """XGBoost interaction constraints that keep the era features out of every other
+    feature's trees: the era moves the level, it does not make the rest a new model."""
+    era = [i for i, n in enumerate(names) if n in ERA_FEATURES]
+    rest = [i for i, n in enumerate(names) if n not in ERA_FEATURES]
+    return {"interaction_constraints": json.dumps([era, rest])} if era and rest else {}

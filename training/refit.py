@@ -26,7 +26,7 @@ import xgboost as xgb
 from artifact.calibration import IDENTITY, Calibration
 from features import IN_SESSION_FEATURES, SESSION_FEATURES
 from training.calibration import MIN_OUTCOMES, fit_level, fit_platt
-from training.config import TrainConfig
+from training.config import TrainConfig, era_constraints
 from training.dataset import Dataset
 from training.snapshots import snapshots
 
@@ -58,6 +58,7 @@ def fit_rounds(
         "nthread": threads,
         "seed": seed,
         **params,
+        **era_constraints(names),
     }
     d_fit = xgb.QuantileDMatrix(x, label=y, feature_names=list(names))
     return xgb.train(full, d_fit, num_boost_round=rounds, verbose_eval=False)

@@ -23,7 +23,7 @@ from features.hits import (
 )
 from features.session import SessionEncoding, session_matrix
 from training.calibration import calibration_figures
-from training.config import TrainConfig
+from training.config import TrainConfig, era_constraints
 from training.dataset import Dataset, load_dataset
 from training.drivers import channel_columns, channel_drivers, sample_rows
 from training.evaluate import binary_metrics, write_report
@@ -52,7 +52,7 @@ def _summary(m: dict[str, Any]) -> dict[str, Any]:
 
 
 SEARCH_SPACE: dict[str, list[Any]] = {
-    "max_depth": [3, 4, 5, 6, 7],
+    "max_depth": [2, 3, 4, 5, 6],
     "eta": [0.03, 0.05, 0.08, 0.12],
     "min_child_weight": [5, 20, 50, 100],
     "subsample": [0.7, 0.8, 0.9, 1.0],
@@ -224,6 +224,19 @@ def _columns(sessions: pd.DataFrame, rows: np.ndarray) -> dict[str, list[Any]]:
     return {c: part[c].tolist() for c in SESSION_COLUMNS}
 
 
+def weekly_rates(visit_date: pd.Series, y: np.ndarray, prior_weight: float = 20.0) -> np.ndarray:
+    """Each row's expected conversion: the rate of its calendar week among these rows,
+    shrunk towards the overall rate by ``prior_weight`` conversions' worth of it (weeks
+    of a small data set hold a few conversions)."""
+    week = pd.to_datetime(visit_date, errors="coerce").dt.to_period("W").astype(str).to_numpy()
+    overall = (float(np.sum(y)) + 1.0) / (len(y) + 2.0)
+    weeks, of_row = np.unique(week, return_inverse=True)
+    n = np.bincount(of_row, minlength=len(weeks)).astype(np.float64)
+    pos = np.bincount(of_row, weights=np.asarray(y, np.float64), minlength=len(weeks))
+    k = prior_weight / overall
+    return np.asarray(((pos + k * overall) / (n + k))[of_row], dtype=np.float64)
+
+
 def session_features(
     ds: Dataset, train_rows: np.ndarray, apply_rows: np.ndarray, cfg: TrainConfig
 ) -> tuple[np.ndarray, SessionEncoding]:
@@ -236,11 +249,15 @@ def session_features(
     x = np.full((len(ds.sessions), len(SESSION_FEATURES)), np.nan, dtype=np.float32)
     rng = np.random.default_rng(cfg.seed)
     fold_of = rng.integers(0, cfg.folds, size=len(train_rows))
+
+    def fit(rows: np.ndarray) -> SessionEncoding:
+        baseline = weekly_rates(ds.sessions["visit_date"].iloc[rows], y[rows])
+        return SessionEncoding.fit(_columns(ds.sessions, rows), y[rows], baseline=baseline)
+
     for k in range(cfg.folds):
         held, rest = train_rows[fold_of == k], train_rows[fold_of != k]
-        enc = SessionEncoding.fit(_columns(ds.sessions, rest), y[rest])
-        x[held] = session_matrix(_columns(ds.sessions, held), enc)
-    encoding = SessionEncoding.fit(_columns(ds.sessions, train_rows), y[train_rows])
+        x[held] = session_matrix(_columns(ds.sessions, held), fit(rest))
+    encoding = fit(train_rows)
     if len(apply_rows):
         x[apply_rows] = session_matrix(_columns(ds.sessions, apply_rows), encoding)
     return x, encoding
@@ -262,6 +279,7 @@ def _fit_booster(
         "nthread": cfg.threads,
         "seed": cfg.seed,
         **params,
+        **era_constraints(names),
     }
     # Quantised matrices: the hist method needs no float copy of millions of rows.
     d_fit = xgb.QuantileDMatrix(x_fit, label=y_fit, feature_names=list(names))
