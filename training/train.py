@@ -21,9 +21,9 @@ from features.columns import SESSION_COLUMNS
 from features.hits import (
     hit_feature_matrix,
 )
-from features.session import SessionEncoding, session_matrix
+from features.session import MIN_COUNT, SMOOTHING, SessionEncoding, session_matrix
 from training.calibration import calibration_figures
-from training.config import TrainConfig, era_constraints
+from training.config import ERA_FEATURES, TrainConfig, era_constraints
 from training.dataset import Dataset, load_dataset
 from training.drivers import channel_columns, channel_drivers, sample_rows
 from training.evaluate import binary_metrics, write_report
@@ -538,7 +538,17 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig | None = None) -> dict
         "tiers": tiers.as_dict(),
         "channel_drivers": model.channel_drivers,
         "metrics": metrics,
-        "params": {"session": tuning["params"], "in_session": cfg.in_session_params},
+        "params": {
+            "session": tuning["params"],
+            "in_session": cfg.in_session_params,
+            # Both models: these features grow trees of their own (``era_constraints``).
+            "era_features": list(ERA_FEATURES),
+            "encoding": {
+                "min_count": MIN_COUNT,
+                "smoothing": SMOOTHING,
+                "baseline": "each training row's weekly conversion rate (weekly_rates)",
+            },
+        },
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     with stage("artifact_and_report", stages):

@@ -4,12 +4,15 @@ rate of their weeks, and era features kept out of every other feature's trees.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from artifact import load_model
 from features import SESSION_FEATURES
+from features.session import MIN_COUNT
 from training.config import ERA_FEATURES, era_constraints
 from training.refit import fit_rounds
 from training.train import weekly_rates
@@ -45,12 +48,9 @@ def test_era_features_grow_trees_of_their_own() -> None:
     logit = -2.0 + 2.0 * x[:, os_missing] * x[:, hour]
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int8)
     booster = fit_rounds({"max_depth": 4}, x, y, 20, SESSION_FEATURES, 1, 0)
-    trees = booster.trees_to_dataframe()
-    splits = trees[trees["Feature"] != "Leaf"]
-    for _, used in splits.groupby("Tree")["Feature"]:
-        in_era = {f in ERA_FEATURES for f in used}
-        assert len(in_era) == 1, sorted(set(used))
-    assert set(splits["Feature"]) >= {"os_missing", "hour"}
+    assert _trees_mixing_eras(booster) == []
+    used = set(booster.trees_to_dataframe()["Feature"])
+    assert used >= {"os_missing", "hour"}
     # Unconstrained, the same data makes trees that mix them: the check above can fail.
     free = xgb.train(
         {"max_depth": 4, "objective": "binary:logistic", "nthread": 1},
@@ -60,3 +60,24 @@ def test_era_features_grow_trees_of_their_own() -> None:
     mixed = free.trees_to_dataframe()
     mixed = mixed[mixed["Feature"] != "Leaf"].groupby("Tree")["Feature"]
     assert any({"os_missing", "hour"} <= set(used) for _, used in mixed)
+
+
+def _trees_mixing_eras(booster: xgb.Booster) -> list[int]:
+    trees = booster.trees_to_dataframe()
+    splits = trees[trees["Feature"] != "Leaf"]
+    return [
+        int(tree)
+        for tree, used in splits.groupby("Tree")["Feature"]
+        if len({f in ERA_FEATURES for f in used}) > 1
+    ]
+
+
+def test_the_trained_models_keep_the_era_in_trees_of_their_own(
+    trained: dict, model_path: Path
+) -> None:
+    assert trained["params"]["era_features"] == list(ERA_FEATURES)
+    assert trained["params"]["encoding"]["min_count"] == MIN_COUNT
+    model = load_model(model_path)
+    assert model.in_session_booster is not None
+    assert _trees_mixing_eras(model.session_booster) == []
+    assert _trees_mixing_eras(model.in_session_booster) == []
