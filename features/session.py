@@ -322,21 +322,28 @@ class SessionEncoding:
             raise ValueError(f"{len(expect)} baseline rates for {n} rows")
         columns: dict[str, CategoryCodes] = {}
         for col in CATEGORICAL_COLUMNS:
-            keys = [CategoryCodes.key(v) for v in cols[col]]
-            counts: dict[str, int] = {}
-            positives: dict[str, float] = {}
-            expected: dict[str, float] = {}
-            for k, t, e in zip(keys, target, expect, strict=True):
-                counts[k] = counts.get(k, 0) + 1
-                positives[k] = positives.get(k, 0.0) + t
-                expected[k] = expected.get(k, 0.0) + e
+            # Each value's number, in the order values first appear; the sums per value
+            # add the rows in their order, as a loop over them would.
+            index: dict[str, int] = {}
+            codes = np.fromiter(
+                (index.setdefault(CategoryCodes.key(v), len(index)) for v in cols[col]),
+                dtype=np.int64,
+                count=n,
+            )
+            counts = np.bincount(codes, minlength=len(index)).tolist()
+            positives = np.bincount(codes, weights=target, minlength=len(index)).tolist()
+            expected = np.bincount(codes, weights=expect, minlength=len(index)).tolist()
             # Rare values share one bucket, so each kept value has enough rows to estimate.
-            rare = [k for k, c in counts.items() if c < min_count]
-            kept = {k: (c, positives[k], expected[k]) for k, c in counts.items() if c >= min_count}
+            rare = [i for i, c in enumerate(counts) if c < min_count]
+            kept = {
+                k: (counts[i], positives[i], expected[i])
+                for i, k in enumerate(index)
+                if counts[i] >= min_count
+            }
             kept[OTHER_CATEGORY] = (
-                sum(counts[k] for k in rare),
-                sum(positives[k] for k in rare),
-                sum(expected[k] for k in rare),
+                sum(counts[i] for i in rare),
+                sum(positives[i] for i in rare),
+                sum(expected[i] for i in rare),
             )
 
             def smoothed_logit(pos: float, exp: float) -> float:

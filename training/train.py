@@ -224,11 +224,17 @@ def _columns(sessions: pd.DataFrame, rows: np.ndarray) -> dict[str, list[Any]]:
     return {c: part[c].tolist() for c in SESSION_COLUMNS}
 
 
-def weekly_rates(visit_date: pd.Series, y: np.ndarray, prior_weight: float = 20.0) -> np.ndarray:
-    """Each row's expected conversion: the rate of its calendar week among these rows,
-    shrunk towards the overall rate by ``prior_weight`` conversions' worth of it (weeks
-    of a small data set hold a few conversions)."""
-    week = pd.to_datetime(visit_date, errors="coerce").dt.to_period("W").astype(str).to_numpy()
+def week_of(visit_date: pd.Series) -> np.ndarray:
+    """Each row's calendar week (weeks from Monday, numbered from 1970; unreadable dates
+    share one number of their own)."""
+    days = pd.to_datetime(visit_date, errors="coerce").to_numpy(dtype="datetime64[D]")
+    return (days.astype(np.int64) + 3) // 7  # 1970-01-01 was a Thursday
+
+
+def weekly_rates(week: np.ndarray, y: np.ndarray, prior_weight: float = 20.0) -> np.ndarray:
+    """Each row's expected conversion: the rate of its week (``week_of``) among these
+    rows, shrunk towards the overall rate by ``prior_weight`` conversions' worth of it
+    (weeks of a small data set hold a few conversions)."""
     overall = (float(np.sum(y)) + 1.0) / (len(y) + 2.0)
     weeks, of_row = np.unique(week, return_inverse=True)
     n = np.bincount(of_row, minlength=len(weeks)).astype(np.float64)
@@ -250,8 +256,10 @@ def session_features(
     rng = np.random.default_rng(cfg.seed)
     fold_of = rng.integers(0, cfg.folds, size=len(train_rows))
 
+    week = week_of(ds.sessions["visit_date"])
+
     def fit(rows: np.ndarray) -> SessionEncoding:
-        baseline = weekly_rates(ds.sessions["visit_date"].iloc[rows], y[rows])
+        baseline = weekly_rates(week[rows], y[rows])
         return SessionEncoding.fit(_columns(ds.sessions, rows), y[rows], baseline=baseline)
 
     for k in range(cfg.folds):

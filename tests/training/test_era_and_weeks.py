@@ -15,21 +15,29 @@ from features import SESSION_FEATURES
 from features.session import MIN_COUNT
 from training.config import ERA_FEATURES, era_constraints
 from training.refit import fit_rounds
-from training.train import weekly_rates
+from training.train import week_of, weekly_rates
 
 
 def test_each_row_expects_its_weeks_rate_shrunk_towards_the_overall_one() -> None:
     # Week of 2021-11-01: 1,000 rows at 10 %; week of 2021-11-08: 1,000 rows at 2 %.
     days = pd.Series(["2021-11-03"] * 1000 + ["2021-11-10"] * 1000)
     y = np.r_[np.arange(1000) % 10 == 0, np.arange(1000) % 50 == 0].astype(np.int8)
-    rates = weekly_rates(days, y, prior_weight=20.0)
+    rates = weekly_rates(week_of(days), y, prior_weight=20.0)
     overall = (120 + 1.0) / (2000 + 2.0)
     k = 20.0 / overall
     assert rates[0] == rates[999] == (100 + k * overall) / (1000 + k)
     assert rates[1000] == (20 + k * overall) / (1000 + k)
     assert 0.02 < rates[1000] < overall < rates[0] < 0.10
     # A week with no conversions still expects some.
-    assert weekly_rates(pd.Series(["2021-11-03"] * 10), np.zeros(10, np.int8))[0] > 0
+    assert weekly_rates(week_of(pd.Series(["2021-11-03"] * 10)), np.zeros(10, np.int8))[0] > 0
+
+
+def test_weeks_run_from_monday_and_unreadable_dates_share_one() -> None:
+    days = pd.Series(["2021-11-07", "2021-11-08", "2021-11-14", "2021-11-15", "nonsense", ""])
+    week = week_of(days)
+    # Sunday the 7th ends a week; Monday the 8th to Sunday the 14th is the next.
+    assert week[0] + 1 == week[1] == week[2] and week[3] == week[2] + 1
+    assert week[4] == week[5] and week[4] not in week[:4]
 
 
 def test_era_features_grow_trees_of_their_own() -> None:
