@@ -105,9 +105,11 @@ def _tiers_of(client: TestClient, rows: list[dict]) -> set[str]:
 def test_every_tier_is_reached_and_named(client) -> None:
     model = _model(client)
     assert model.tiers is not None
+    # The quirks, and a visitor from the generated data's best converting channel.
+    best = {"utm_source": "bByPQxmDaMXgpHeypKSM", "utm_medium": "referral", "geo_city": "Moscow"}
     rows = [
         dict(ROW, **{**q, "session_id": f"s{i}-{n}", "visit_number": n})
-        for i, q in enumerate(QUIRKS)
+        for i, q in enumerate([*QUIRKS, {**best, "device_category": "desktop"}])
         for n in (1, 2, 5, 12, 40)
     ]
     items = client.post("/predict/batch", json={"rows": rows}).json()["predictions"]
