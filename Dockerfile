@@ -21,6 +21,11 @@ COPY api ./api
 COPY artifact ./artifact
 COPY contracts ./contracts
 RUN pip install --no-deps --no-build-isolation . && mkdir -p /models /data && chown scorer /models /data
+# The compiled walk of the reasons' path attribution (artifact/paths.c), built once here
+# beside the installed package; the compiler leaves the image again.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && python -m artifact.paths \
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
 
 USER scorer
 ENV SCORER_MODEL_PATH=/models/Pickled_model.pkl

@@ -37,6 +37,7 @@ import xgboost as xgb
 
 from artifact.calibration import Calibration
 from artifact.model import contributions_dense
+from artifact.paths import path_contributions
 from contracts.history import BIAS, CONTRIBUTION, FEATURE, LOG_ODDS, PACKED, REST, TOP, VALUE
 from features import HIT_FEATURES, SESSION_FEATURES
 from features.session import (
@@ -171,9 +172,12 @@ def _layout(names: Sequence[str]) -> _Layout:
 
 def contributions(booster: xgb.Booster, x: np.ndarray, *, exact: bool = False) -> np.ndarray:
     """Each row's contributions to the booster's margin, (n, features + 1) with the bias
-    last: the path attribution, or TreeSHAP with ``exact`` (``contributions_dense``: the
-    names were checked against the code's when the artifact was loaded)."""
-    return contributions_dense(booster, x, exact=exact)
+    last: the path attribution (``artifact.paths``), or TreeSHAP with ``exact``
+    (``contributions_dense``); the names were checked against the code's when the
+    artifact was loaded."""
+    if exact:
+        return contributions_dense(booster, x, exact=True)
+    return path_contributions(booster, x)
 
 
 class _Top:
