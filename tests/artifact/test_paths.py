@@ -1,4 +1,4 @@
-"""The leaf table gives XGBoost's path attribution, and steps aside where it cannot."""
+"""The compiled walk gives XGBoost's path attribution, and steps aside where it cannot."""
 
 from __future__ import annotations
 
