@@ -52,7 +52,7 @@ def _trees(booster: xgb.Booster) -> list[dict]:
 def test_the_table_gives_xgboosts_attribution_for_the_session_model(model, session_x) -> None:  # type: ignore[no-untyped-def]
     booster = model.session_booster
     table = path_table(booster)
-    assert table is not None, "no leaf table for the project's own model"
+    assert table is not None, "no table for the project's own model"
     ours = table.contributions(session_x)
     theirs = contributions_dense(booster, session_x)
     assert ours.shape == theirs.shape == (len(session_x), session_x.shape[1] + 1)
