@@ -289,6 +289,22 @@ class CategoryCodes:
         return NULL_CATEGORY if is_null(value) else str(value)
 
 
+def _value_log_odds(
+    count: float, positives: float, expected: float, prior: float, smoothing: float, weekly: bool
+) -> float:
+    """A value's smoothed log-odds of converting: its conversions against those its rows
+    were expected to make (``weekly``), shrunk towards the overall rate ``prior`` by
+    ``smoothing`` rows' worth of it. Without a baseline the expected conversions are
+    ``count * prior``, and the same formula is written as it always was, so that older
+    fits stay identical to the last bit."""
+    if not weekly:
+        p = (positives + smoothing * prior) / (count + smoothing)
+    else:
+        p = prior * (positives + smoothing * prior) / (expected + smoothing * prior)
+        p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
 @dataclass
 class SessionEncoding:
     """The fitted part of the session features: one :class:`CategoryCodes` per column."""
@@ -346,17 +362,8 @@ class SessionEncoding:
                 sum(expected[i] for i in rare),
             )
 
-            def smoothed_logit(pos: float, exp: float) -> float:
-                p = prior * (pos + smoothing * prior) / (exp + smoothing * prior)
-                p = min(max(p, 1e-6), 1 - 1e-6)
-                return math.log(p / (1 - p))
-
-            def plain_logit(count: float, pos: float) -> float:
-                p = (pos + smoothing * prior) / (count + smoothing)
-                return math.log(p / (1 - p))
-
             log_odds = {
-                k: plain_logit(c, p) if baseline is None else smoothed_logit(p, e)
+                k: _value_log_odds(c, p, e, prior, smoothing, weekly=baseline is not None)
                 for k, (c, p, e) in kept.items()
             }
             log_share = {k: math.log((c + 1.0) / (n + 1.0)) for k, (c, _, _) in kept.items()}

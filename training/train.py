@@ -31,6 +31,7 @@ from training.refit import margins, platt_calibration, recent_rows, refit_shippe
 from training.resources import stage
 from training.snapshots import Snapshots, snapshots
 from training.tiers import tiers_for_model, true_probabilities
+from training.weeks import week_of, weekly_rates
 
 log = logging.getLogger(__name__)
 
@@ -222,25 +223,6 @@ def time_split(
 def _columns(sessions: pd.DataFrame, rows: np.ndarray) -> dict[str, list[Any]]:
     part = sessions.iloc[rows]
     return {c: part[c].tolist() for c in SESSION_COLUMNS}
-
-
-def week_of(visit_date: pd.Series) -> np.ndarray:
-    """Each row's calendar week (weeks from Monday, numbered from 1970; unreadable dates
-    share one number of their own)."""
-    days = pd.to_datetime(visit_date, errors="coerce").to_numpy(dtype="datetime64[D]")
-    return (days.astype(np.int64) + 3) // 7  # 1970-01-01 was a Thursday
-
-
-def weekly_rates(week: np.ndarray, y: np.ndarray, prior_weight: float = 20.0) -> np.ndarray:
-    """Each row's expected conversion: the rate of its week (``week_of``) among these
-    rows, shrunk towards the overall rate by ``prior_weight`` conversions' worth of it
-    (weeks of a small data set hold a few conversions)."""
-    overall = (float(np.sum(y)) + 1.0) / (len(y) + 2.0)
-    weeks, of_row = np.unique(week, return_inverse=True)
-    n = np.bincount(of_row, minlength=len(weeks)).astype(np.float64)
-    pos = np.bincount(of_row, weights=np.asarray(y, np.float64), minlength=len(weeks))
-    k = prior_weight / overall
-    return np.asarray(((pos + k * overall) / (n + k))[of_row], dtype=np.float64)
 
 
 def session_features(

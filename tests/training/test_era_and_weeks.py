@@ -15,7 +15,7 @@ from features import SESSION_FEATURES
 from features.session import MIN_COUNT
 from training.config import ERA_FEATURES, era_constraints
 from training.refit import fit_rounds
-from training.train import week_of, weekly_rates
+from training.weeks import week_of, weekly_rates
 
 
 def test_each_row_expects_its_weeks_rate_shrunk_towards_the_overall_one() -> None:
