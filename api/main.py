@@ -25,6 +25,7 @@ from api.routes import router
 from api.settings import ApiSettings
 from api.stored import Layouts
 from artifact import ArtifactError, ConversionModel, PinnedDigestError, load_model, read_card
+from artifact.explain import prepare as prepare_reasons
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ def create_app(
         log.log(logging.WARNING if access.demo else logging.INFO, "%s", access.describe())
         filters = install_log_filter(access, LOGGERS_WITH_PATHS)
         app.state.model = model or load_model(cfg.model_path, expected_sha256=cfg.model_sha256)
+        prepare_reasons(app.state.model)
         app.state.card = (
             read_card(cfg.model_path) if model is None else {"version": app.state.model.version}
         )

@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 from artifact import ArtifactError, PinnedDigestError, load_model, read_card
+from artifact.explain import prepare as prepare_reasons
 from stream.metrics import WorkerMetrics
 from stream.processor import Processor
 from stream.settings import StreamSettings
@@ -49,6 +50,8 @@ class ModelReloads:
             model = await asyncio.to_thread(
                 load_model, path, expected_sha256=self.settings.model_sha256
             )
+            if self.settings.reasons:
+                await asyncio.to_thread(prepare_reasons, model)
         except (ArtifactError, OSError, ValueError) as exc:
             log.warning(
                 "model reload: %s not loaded, keeping %s: %s",

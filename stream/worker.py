@@ -10,6 +10,7 @@ import sys
 import faust
 
 from artifact import ArtifactError, load_model
+from artifact.explain import prepare as prepare_reasons
 from contracts import topics
 from stream.admin import ensure_topics
 from stream.app import attach_pipeline, create_app
@@ -52,6 +53,8 @@ def run_worker(settings: StreamSettings) -> int:
         # Before Faust sets up logging: straight to stderr, where a supervisor looks.
         print(f"worker: the model was refused, not starting: {exc}", file=sys.stderr)
         return EXIT_MODEL_REFUSED
+    if settings.reasons:
+        prepare_reasons(model)
     partitions = asyncio.run(ensure_topics(settings))
     client, lanes = connect(settings.redis_url, cluster=settings.redis_cluster)
     store = RedisStore(

@@ -11,6 +11,7 @@ import pytest
 import xgboost as xgb
 
 from artifact import load_model, paths
+from artifact.explain import prepare
 from artifact.model import contributions_dense
 from artifact.paths import (
     PathTable,
@@ -220,3 +221,13 @@ def test_without_a_compiler_xgboost_explains(
         PathTable(booster)
     assert path_table(booster) is None
     assert np.array_equal(path_contributions(booster, x), contributions_dense(booster, x))
+
+
+def test_a_loaded_model_is_prepared_before_its_first_score(model_path: Path) -> None:
+    fresh = load_model(model_path)  # boosters of its own, not explained yet
+    boosters = (fresh.session_booster, fresh.in_session_booster)
+    assert all(id(b) not in paths._TABLES for b in boosters)
+    prepare(fresh)
+    for booster in boosters:
+        held, table = paths._TABLES[id(booster)]
+        assert held is booster and table is not None
