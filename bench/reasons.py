@@ -4,7 +4,7 @@ with TreeSHAP.
 Times one call of each way of finding the contributions, for batches of the sizes a
 worker's batch explains (the Warm and Hot scores of a fetch, a few rows) and larger:
 
-- ``table``: the path attribution by the compiled walk of the booster's table
+- ``compiled_walk``: the path attribution by the compiled walk of the booster's table
   (``artifact.paths``), what the worker and the API use;
 - ``xgboost_path``: the same attribution computed by XGBoost (``approx_contribs``);
 - ``treeshap``: XGBoost's exact TreeSHAP.
@@ -78,7 +78,7 @@ def measure(model_path: Path, data: Path, sessions: int, explained: int) -> dict
         "per_call_us": {},
     }
     ways: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-        "table": lambda rows: path_contributions(booster, rows),
+        "compiled_walk": lambda rows: path_contributions(booster, rows),
         "xgboost_path": lambda rows: contributions_dense(booster, rows),
         "treeshap": lambda rows: contributions_dense(booster, rows, exact=True),
     }

@@ -259,7 +259,26 @@ def _train(f: dict[str, Any]) -> tuple[str, str]:
     return "one process", what
 
 
-FORMATS = {"api": _api, "cost": _cost, "stream": _stream, "train": _train}
+def _reasons(f: dict[str, Any]) -> tuple[str, str]:
+    per = f["per_call_us"]
+    agree = f["agreement_with_treeshap"]
+    calls = "; ".join(
+        f"{rows} row{'s' if rows != '1' else ''} a call: "
+        + ", ".join(f"{name.replace('_', ' ')} {per[name][rows]:,} µs" for name in per)
+        for rows in ("1", "64")
+        if all(rows in per[name] for name in per)
+    )
+    what = (
+        f"{f['trees']} trees; {calls}; against TreeSHAP on the {agree['explained']} "
+        f"highest-scored of {_n(agree['sessions'])} sessions: the same top reason "
+        f"{agree['top_reason']:.0%}"
+    )
+    if "top_three_shared" in agree:
+        what += f", {agree['top_three_shared']:.0%} of the top three shared"
+    return "one process", what
+
+
+FORMATS = {"api": _api, "cost": _cost, "reasons": _reasons, "stream": _stream, "train": _train}
 
 
 def table(kept: list[tuple[str, dict[str, Any]]]) -> str:

@@ -130,3 +130,25 @@ def test_a_cost_run_that_compared_the_reasons_says_what_they_cost() -> None:
     assert "(17.4% of scores) the worker's 253,801: reasons +12.0%" in row
     (plain,) = results.table([_record("20261203T130000Z", "cost", COST)]).splitlines()[2:]
     assert "reasons" not in plain
+
+
+def test_a_reasons_run_shows_each_way_per_call_and_the_agreement() -> None:
+    figures = {
+        "trees": 441,
+        "per_call_us": {
+            "compiled_walk": {"1": 20.6, "4": 36.2, "64": 368.1},
+            "xgboost_path": {"1": 321.8, "4": 398.1, "64": 2125.3},
+            "treeshap": {"1": 1819.1, "4": 6243.6, "64": 94662.7},
+        },
+        "agreement_with_treeshap": {
+            "sessions": 20000,
+            "explained": 600,
+            "top_reason": 0.96,
+            "top_three": 0.7,
+            "top_three_shared": 0.88,
+        },
+    }
+    (row,) = results.table([_record("20261203T210000Z", "reasons", figures)]).splitlines()[2:]
+    assert "1 row a call: compiled walk 20.6 µs, xgboost path 321.8 µs" in row
+    assert "64 rows a call: compiled walk 368.1 µs" in row and "treeshap 94,662.7 µs" in row
+    assert "the same top reason 96%, 88% of the top three shared" in row
