@@ -172,14 +172,17 @@ async def _process(
 
 
 def child(args: argparse.Namespace) -> int:
-    """The worker's side: prepare as the worker starts (the model loaded, the garbage
-    collector set up as the worker sets it), say "ready", process on "go", report, exit
-    on "exit"."""
+    """The worker's side: prepare as the worker starts (the model loaded, its reasons'
+    tables made, the garbage collector set up as the worker sets it), say "ready",
+    process on "go", report, exit on "exit"."""
     from artifact import load_model
+    from artifact.explain import prepare as prepare_reasons
     from stream.worker import settle_gc
 
     records = _records(args.data, args.sessions)
     model = load_model(args.model)
+    if not args.no_reasons:
+        prepare_reasons(model)  # as the worker does when it loads the model
     settle_gc()
     print("ready", flush=True)
     sys.stdin.readline()
