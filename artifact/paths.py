@@ -29,6 +29,7 @@ import functools
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -95,7 +96,8 @@ def kernel() -> Any:
     except OSError as exc:
         log.warning("path attribution by XGBoost: %s", exc)
         return None
-    digest = hashlib.sha256(source + " ".join(FLAGS).encode() + sys.platform.encode())
+    built_for = f"{' '.join(FLAGS)} {sys.platform} {platform.machine()}".encode()
+    digest = hashlib.sha256(source + built_for)
     name = f"paths-{digest.hexdigest()[:16]}.so"
     problems = []
     for folder in _folders():
