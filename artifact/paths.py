@@ -278,8 +278,8 @@ def path_table(booster: xgb.Booster) -> PathTable | None:
     stand for its attribution (said once in the log)."""
     held = _TABLES.get(id(booster))
     if held is None or held[0] is not booster:
-        if len(_TABLES) >= 8:  # a long-lived process that loaded many models
-            _TABLES.clear()
+        while len(_TABLES) >= 8:  # a long-lived process that loaded many models:
+            del _TABLES[next(iter(_TABLES))]  # the oldest go, not the other booster's
         try:
             table: PathTable | None = PathTable(booster)
         except UnsupportedBoosterError as exc:

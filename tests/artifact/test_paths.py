@@ -231,3 +231,12 @@ def test_a_loaded_model_is_prepared_before_its_first_score(model_path: Path) -> 
     for booster in boosters:
         held, table = paths._TABLES[id(booster)]
         assert held is booster and table is not None
+
+
+def test_the_tables_of_many_models_keep_the_newest() -> None:
+    boosters = [_fit({"seed": k})[0] for k in range(10)]
+    for booster in boosters:
+        path_table(booster)
+    assert len(paths._TABLES) == 8
+    # The two made last, as a model's two boosters are, are both still there.
+    assert all(paths._TABLES[id(b)][0] is b for b in boosters[-2:])
